@@ -1,0 +1,3 @@
+from taskproc.cli import main
+
+main()

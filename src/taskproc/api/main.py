@@ -1,0 +1,98 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_fastapi_instrumentator import Instrumentator
+from redis.asyncio import Redis
+from starlette.middleware.base import RequestResponseEndpoint
+
+from taskproc import __version__
+from taskproc.api.deps import AuthDep
+from taskproc.api.errors import install_error_handlers
+from taskproc.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from taskproc.api.routes import health, meta, tasks
+from taskproc.config import Settings, get_settings
+from taskproc.db import create_engine, create_sessionmaker
+from taskproc.tasks.registry import load_task_modules, registry
+
+log = logging.getLogger("taskproc.api")
+
+DESCRIPTION = """
+Submit tasks over HTTP; workers run them; every state change is recorded in Postgres.
+
+When API keys are configured, every `/api/v1` route needs `Authorization: Bearer <key>`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    load_task_modules(settings.task_modules)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        app.state.engine = engine
+        app.state.sessions = create_sessionmaker(engine)
+        app.state.redis = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            health_check_interval=10,
+            retry_on_timeout=False,
+        )
+        try:
+            yield
+        finally:
+            await app.state.redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="taskproc",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.api_keys = [k.encode() for k in settings.all_api_keys()]
+
+    install_error_handlers(app)
+
+    api = APIRouter(prefix="/api/v1", dependencies=[AuthDep])
+    api.include_router(tasks.router)
+    api.include_router(meta.router)
+    app.include_router(api)
+    app.include_router(health.router)
+
+    Instrumentator(
+        should_group_status_codes=False,
+        excluded_handlers=["/metrics", "/healthz", "/readyz"],
+    ).instrument(app)
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next: RequestResponseEndpoint) -> Response:
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        if request.url.path not in ("/healthz", "/readyz", "/metrics"):
+            log.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "path": request.url.path,
+                    "status_code": response.status_code,
+                    "duration_ms": round((time.perf_counter() - t0) * 1000, 2),
+                    "request_id": request.scope.get("state", {}).get("request_id"),
+                },
+            )
+        return response
+
+    # Outermost last: ids are assigned first, then limits are enforced before anything parses the body.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,110 @@
+"""The `taskproc` command: server roles (api, worker, migrate, up) and the client commands."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from taskproc.config import get_settings
+
+app = typer.Typer(
+    name="taskproc",
+    help="taskproc: a Kubernetes-native task processing service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Serve the REST API (uvicorn)."""
+    import uvicorn
+
+    from taskproc.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings, "api")
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several processes serve /metrics in turn: they must share counters through files, or each scrape
+        # would see one process's numbers.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="taskproc-metrics-")
+    uvicorn.run(
+        "taskproc.api.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips="*",
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker process (arq): takes tasks from Redis, records their state in Postgres."""
+    from taskproc.logging import configure_logging
+    from taskproc.tasks.registry import load_task_modules
+    from taskproc.worker.main import run_worker
+
+    settings = get_settings()
+    configure_logging(settings, "worker")
+    load_task_modules(settings.task_modules)
+    run_worker(settings)
+
+
+@app.command()
+def migrate(
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the database to accept connections.")] = 60.0,
+) -> None:
+    """Create or upgrade the database schema (alembic upgrade head)."""
+    from taskproc.logging import configure_logging
+    from taskproc.migrate import migrate as run_migrations
+
+    settings = get_settings()
+    configure_logging(settings, "migrate")
+    run_migrations(settings, wait_s=wait)
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="API interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    data_dir: Annotated[Path, typer.Option(help="Where the embedded Postgres and Redis keep their data.")] = Path(
+        ".taskproc"
+    ),
+    api_key: Annotated[
+        str | None, typer.Option(help="Require this API key on /api/v1 (sets TASKPROC_API_KEYS).")
+    ] = None,
+) -> None:
+    """Run the whole stack locally: embedded Postgres and Redis, migrations, the API and workers."""
+    from taskproc.stack import run_stack
+
+    raise typer.Exit(run_stack(host=host, port=port, workers=workers, data_dir=data_dir, api_key=api_key))
+
+
+def _register_client_commands() -> None:
+    try:
+        from taskproc.client_cli import register
+    except ImportError:
+        return
+    register(app)
+
+
+_register_client_commands()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,106 @@
+"""Settings: one pydantic-settings class, every field read from a `TASKPROC_` environment variable."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime configuration shared by the API, the workers and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="TASKPROC_", extra="ignore")
+
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql://postgres@127.0.0.1:5432/taskproc"),
+        description="Postgres URL (postgresql:// or postgresql+psycopg://); the source of truth for task state.",
+    )
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis URL for the queue; its database index is the one KEDA must read.",
+    )
+    max_retries: int = Field(default=3, ge=0, le=20, description="Default retries after the first attempt.")
+    retry_base_s: float = Field(default=1.0, gt=0, description="Base of the exponential retry backoff.")
+    retry_max_s: float = Field(default=300.0, gt=0, description="Cap of the retry backoff.")
+    task_timeout_s: float = Field(default=300.0, gt=0, description="Default per-attempt timeout of a task.")
+    worker_concurrency: int = Field(default=16, ge=1, le=1000, description="Tasks run at once per worker.")
+    worker_poll_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="Fallback queue poll interval; idle workers are woken at once by pub/sub.",
+    )
+    worker_metrics_port: int = Field(default=9100, ge=0, le=65535, description="Worker /metrics port (0 = off).")
+    task_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated extra modules that register task types."
+    )
+    lease_s: float = Field(
+        default=30.0, ge=1, description="Worker heartbeat TTL: a dead worker's task is re-run within this."
+    )
+    shutdown_grace_s: float = Field(
+        default=25.0, ge=0, description="On SIGTERM, how long running tasks may finish before being requeued."
+    )
+    reconcile_s: float = Field(
+        default=15.0, gt=0, description="How often pending tasks missing from Redis are re-enqueued."
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated API keys; when set, /api/v1 requires one."
+    )
+    api_keys_file: Path | None = Field(default=None, description="File with one API key per line.")
+    retention_days: float = Field(
+        default=7.0, ge=0, description="Terminal tasks older than this are purged (0 = keep forever)."
+    )
+    log_format: Literal["json", "text"] = Field(default="json", description="Log line format on stdout.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    log_file: Path | None = Field(default=None, description="Also append log lines to this file.")
+    db_pool_size: int = Field(default=10, ge=1, le=200, description="Postgres connections per process.")
+    db_timeout_s: float = Field(
+        default=3.0, gt=0, description="Connect and statement timeout, so an outage answers 503, not a hang."
+    )
+
+    @field_validator("task_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def all_api_keys(self) -> list[str]:
+        """Keys from TASKPROC_API_KEYS and TASKPROC_API_KEYS_FILE together."""
+        keys = [k.get_secret_value() for k in self.api_keys]
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    keys.append(line)
+        return keys
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the psycopg 3 driver named, as SQLAlchemy wants it."""
+        url = self.database_url.get_secret_value()
+        for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def libpq_url(self) -> str:
+        """The database URL without a SQLAlchemy driver suffix, as psycopg wants it."""
+        return self.sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

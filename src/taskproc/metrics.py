@@ -1,0 +1,74 @@
+"""Prometheus metrics shared by the API and the workers.
+
+Labels are bounded by design: task types come from the registry (unknown names are folded into "other"),
+priorities and statuses are enums. No task id, payload or key ever becomes a label.
+
+When PROMETHEUS_MULTIPROC_DIR is set (the API sets it before uvicorn forks several workers), the metrics are
+written to files in that directory and aggregated at scrape time, so N uvicorn workers give one correct total.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from taskproc.tasks.registry import registry as task_registry
+
+_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+TASKS_SUBMITTED = Counter("taskproc_tasks_submitted_total", "Tasks accepted by the API.", ["type", "priority"])
+TASKS_FINISHED = Counter("taskproc_tasks_finished_total", "Tasks that reached a terminal state.", ["type", "status"])
+TASK_ATTEMPTS = Counter(
+    "taskproc_task_attempts_total",
+    "Attempts that ended, by outcome (success, error, timeout, aborted, lost).",
+    ["type", "outcome"],
+)
+TASKS_RETRIED = Counter("taskproc_tasks_retried_total", "Retries scheduled after a failed attempt.", ["type"])
+TASK_DURATION = Histogram(
+    "taskproc_task_duration_seconds", "Run time of one attempt.", ["type"], buckets=_DURATION_BUCKETS
+)
+TASK_QUEUE_WAIT = Histogram(
+    "taskproc_task_queue_wait_seconds",
+    "Time from ready to started.",
+    ["priority"],
+    buckets=_DURATION_BUCKETS,
+)
+TASKS_RUNNING = Gauge("taskproc_tasks_running", "Tasks running in this worker process.", multiprocess_mode="livesum")
+QUEUE_DEPTH = Gauge(
+    "taskproc_queue_depth",
+    "Tasks ready to run and not started, by priority.",
+    ["priority"],
+    multiprocess_mode="mostrecent",
+)
+QUEUE_DEFERRED = Gauge(
+    "taskproc_queue_deferred", "Tasks waiting for a delay or a retry backoff.", multiprocess_mode="mostrecent"
+)
+WORKERS = Gauge("taskproc_workers", "Live worker processes, as the API sees them.", multiprocess_mode="mostrecent")
+API_OPERATIONS = Counter(
+    "taskproc_api_operations_total",
+    "API operations on tasks by outcome (ok, created, existing, not_found, conflict, invalid, unavailable).",
+    ["operation", "outcome"],
+)
+
+
+def type_label(name: str) -> str:
+    """The type as a label value, bounded to the registered types."""
+    return name if task_registry.get(name) is not None else "other"
+
+
+def render_latest() -> tuple[bytes, str]:
+    """The exposition text for this process, aggregated across processes in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,243 @@
+"""Tables and API models: TaskBase / TaskCreate / Task (table) / TaskPublic, and the event history."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import ConfigDict, field_serializer
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+MAX_TIMEOUT_S = 86_400.0
+MAX_DELAY_S = 30 * 86_400.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Priority(StrEnum):
+    high = "high"
+    normal = "normal"
+    low = "low"
+
+
+class TaskStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    retrying = "retrying"
+    completed = "completed"
+    failed = "failed"
+    canceled = "canceled"
+
+
+TERMINAL = frozenset({TaskStatus.completed, TaskStatus.failed, TaskStatus.canceled})
+WAITING = frozenset({TaskStatus.pending, TaskStatus.retrying})
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class TaskBase(SQLModel):
+    type: str = Field(min_length=1, max_length=100, description="Registered task type, see /api/v1/task-types.")
+    priority: Priority = Field(default=Priority.normal, description="high, normal or low.")
+
+
+class TaskCreate(TaskBase):
+    """Body of POST /api/v1/tasks."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    payload: dict[str, Any] = Field(default_factory=dict, description="Input, validated by the type's schema.")
+    max_retries: int | None = Field(default=None, ge=0, le=20, description="Retries after the first attempt.")
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description="Per-attempt timeout in seconds.")
+    delay_s: float | None = Field(default=None, ge=0, le=MAX_DELAY_S, description="Run no earlier than this.")
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Same key, same task: never created twice."
+    )
+
+
+class TaskBatchCreate(SQLModel):
+    """Body of POST /api/v1/tasks/batch."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    tasks: list[TaskCreate] = Field(min_length=1, max_length=1000)
+
+
+class TaskUpdate(SQLModel):
+    """Body of PATCH /api/v1/tasks/{id}."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    priority: Priority
+
+
+class Task(TaskBase, table=True):
+    """A task row: its current state. History lives in `task_event`."""
+
+    __tablename__ = "task"
+    __table_args__ = (
+        sa.Index("ix_task_created", sa.text("created_at DESC"), sa.text("id DESC")),
+        sa.Index("ix_task_status_created", "status", sa.text("created_at DESC"), sa.text("id DESC")),
+        sa.Index("ix_task_type_created", "type", sa.text("created_at DESC"), sa.text("id DESC")),
+        sa.Index(
+            "ix_task_waiting",
+            "id",
+            postgresql_where=sa.text("status IN ('pending', 'retrying')"),
+        ),
+        sa.Index(
+            "ix_task_ready",
+            "priority",
+            "run_at",
+            postgresql_where=sa.text("status IN ('pending', 'retrying')"),
+        ),
+        sa.Index("ix_task_running_worker", "worker_id", postgresql_where=sa.text("status = 'running'")),
+        sa.Index(
+            "ix_task_terminal_finished",
+            "finished_at",
+            postgresql_where=sa.text("status IN ('completed', 'failed', 'canceled')"),
+        ),
+        sa.Index(
+            "uq_task_idempotency_key",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+        ),
+        sa.CheckConstraint("priority IN ('high', 'normal', 'low')", name="ck_task_priority"),
+        sa.CheckConstraint(
+            "status IN ('pending', 'running', 'retrying', 'completed', 'failed', 'canceled')",
+            name="ck_task_status",
+        ),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    type: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    priority: Priority = Field(sa_column=sa.Column(sa.String(10), nullable=False))
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(JSONB, nullable=False))
+    status: TaskStatus = Field(sa_column=sa.Column(sa.String(10), nullable=False))
+    attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False))
+    max_retries: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    timeout_s: float = Field(sa_column=sa.Column(sa.Float, nullable=False))
+    result: Any | None = Field(default=None, sa_column=sa.Column(JSONB, nullable=True))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    idempotency_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
+    # Bumped whenever the task is (re)enqueued: a worker only acts on the job of the current generation.
+    generation: int = Field(default=1, sa_column=sa.Column(sa.Integer, nullable=False))
+    run_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    worker_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
+    cancel_requested: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False))
+    created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    started_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
+    finished_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
+    updated_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+
+
+class TaskPublic(TaskBase):
+    """A task as the API returns it."""
+
+    id: uuid.UUID
+    payload: dict[str, Any]
+    status: TaskStatus
+    attempts: int
+    max_retries: int
+    timeout_s: float
+    result: Any | None
+    error: str | None
+    idempotency_key: str | None
+    run_at: datetime
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    @field_serializer("run_at", "created_at", "started_at", "finished_at", "updated_at")
+    def _utc(self, value: datetime | None) -> str | None:
+        return _iso(value)
+
+
+class TaskList(SQLModel):
+    items: list[TaskPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class TaskBatchPublic(SQLModel):
+    items: list[TaskPublic]
+
+
+class TaskEvent(SQLModel, table=True):
+    """One state change of a task, appended by whoever made it."""
+
+    __tablename__ = "task_event"
+    __table_args__ = (
+        sa.Index("ix_task_event_task", "task_id", "id"),
+        sa.Index("ix_task_event_retrying", "id", postgresql_where=sa.text("status = 'retrying'")),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, sa.Identity(), primary_key=True))
+    task_id: uuid.UUID = Field(
+        sa_column=sa.Column(sa.Uuid, sa.ForeignKey("task.id", ondelete="CASCADE"), nullable=False)
+    )
+    at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    status: str = Field(sa_column=sa.Column(sa.String(10), nullable=False))
+    attempt: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    detail: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+
+
+class TaskEventPublic(SQLModel):
+    at: datetime
+    status: TaskStatus
+    attempt: int
+    detail: str | None
+
+    @field_serializer("at")
+    def _utc(self, value: datetime) -> str | None:
+        return _iso(value)
+
+
+class Worker(SQLModel, table=True):
+    """A live worker process: its heartbeat is `expires_at` moving forward."""
+
+    __tablename__ = "worker"
+
+    id: str = Field(sa_column=sa.Column(sa.String(200), primary_key=True))
+    hostname: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    pid: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    started_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    expires_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+
+
+class TaskCounts(SQLModel):
+    pending: int = 0
+    running: int = 0
+    retrying: int = 0
+    completed: int = 0
+    failed: int = 0
+    canceled: int = 0
+    total: int = 0
+
+
+class QueueCounts(SQLModel):
+    high: int = 0
+    normal: int = 0
+    low: int = 0
+
+
+class Stats(SQLModel):
+    tasks: TaskCounts
+    queue: QueueCounts = Field(description="Tasks ready to run now and not yet started, by priority.")
+    retried_total: int = Field(description="Retries scheduled over the lifetime of the stored tasks.")
+    workers: int = Field(description="Live worker processes (heartbeat within the lease).")
+
+
+class TaskTypePublic(SQLModel):
+    name: str
+    description: str
+    payload_schema: dict[str, Any]

@@ -1,0 +1,1 @@
+"""Service layer: the operations the API and the CLI perform on tasks."""

@@ -1,0 +1,385 @@
+"""Task service: every state change is one compare-and-set statement that also appends the event row.
+
+Postgres commits first; Redis is told afterwards, best effort. If that second step fails (Redis down, process
+killed), the reconciler finds the pending task missing from the queue and enqueues it, so a 201 is never lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskproc import queue
+from taskproc.config import Settings
+from taskproc.errors import ConflictError, InvalidInputError, NotFoundError
+from taskproc.models import (
+    TERMINAL,
+    Priority,
+    QueueCounts,
+    Stats,
+    Task,
+    TaskCounts,
+    TaskCreate,
+    TaskEvent,
+    TaskEventPublic,
+    TaskList,
+    TaskPublic,
+    TaskStatus,
+    TaskUpdate,
+    utcnow,
+)
+from taskproc.tasks.registry import TaskRegistry
+
+log = logging.getLogger("taskproc.service")
+
+TASK_COLUMNS = (
+    "id, type, priority, payload, status, attempts, max_retries, timeout_s, result, error, idempotency_key, "
+    "generation, run_at, worker_id, cancel_requested, created_at, started_at, finished_at, updated_at"
+)
+
+
+def to_public(row: Any) -> TaskPublic:
+    return TaskPublic.model_validate(row._mapping if hasattr(row, "_mapping") else row)
+
+
+async def transition(
+    session: AsyncSession, *, sets: str, where: str, params: dict[str, Any], detail: str | None
+) -> list[Any]:
+    """UPDATE task ... WHERE <where> and append one event per changed row, in one statement.
+
+    `sets` and `where` are constant SQL fragments written in this package; values only ever travel as
+    bound parameters.
+    """
+    sql = sa.text(
+        f"WITH t AS (UPDATE task SET {sets}, updated_at = now() WHERE {where} RETURNING {TASK_COLUMNS}), "  # noqa: S608
+        "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
+        "SELECT id, updated_at, status, attempts, CAST(:detail AS text) FROM t) "
+        "SELECT * FROM t"
+    )
+    result = await session.execute(sql, {**params, "detail": detail})
+    return list(result.fetchall())
+
+
+async def _redis_best_effort(what: str, coro: Any) -> None:
+    try:
+        await coro
+    except (RedisError, OSError, TimeoutError) as exc:
+        # The reconciler repairs the queue from Postgres; the caller's answer does not depend on Redis.
+        log.warning("redis unavailable, %s deferred to the reconciler: %s", what, type(exc).__name__)
+
+
+def enqueue_item(row: Any) -> queue.Enqueue:
+    m = row._mapping
+    return queue.Enqueue(
+        task_id=m["id"],
+        generation=m["generation"],
+        priority=Priority(m["priority"]),
+        run_at_ms=int(m["run_at"].timestamp() * 1000),
+    )
+
+
+async def create_tasks(
+    *,
+    session: AsyncSession,
+    redis: Redis,
+    tasks_in: Sequence[TaskCreate],
+    settings: Settings,
+    registry: TaskRegistry,
+    loc_prefix: tuple[str | int, ...] = ("body",),
+    batch: bool = False,
+) -> list[tuple[TaskPublic, bool]]:
+    """Validate every payload, then insert all tasks in one transaction; (task, created) per input, in order.
+
+    A task whose idempotency key already exists is returned as it is, not created again, even when concurrent
+    requests race on the same key (the unique index decides, ON CONFLICT DO NOTHING yields to the winner).
+    """
+    errors: list[dict[str, Any]] = []
+    payloads: list[dict[str, Any]] = []
+    seen_keys: dict[str, int] = {}
+    for index, task_in in enumerate(tasks_in):
+        loc = (*loc_prefix, "tasks", index) if batch else loc_prefix
+        try:
+            payloads.append(registry.validate_payload(task_in.type, task_in.payload, loc=loc))
+        except InvalidInputError as exc:
+            errors.extend(exc.detail)
+            payloads.append({})
+        key = task_in.idempotency_key
+        if key is not None:
+            if key in seen_keys:
+                errors.append(
+                    {
+                        "loc": [*loc, "idempotency_key"],
+                        "msg": f"duplicate idempotency_key, also used at index {seen_keys[key]}",
+                        "type": "duplicate_idempotency_key",
+                    }
+                )
+            seen_keys.setdefault(key, index)
+    if errors:
+        raise InvalidInputError(errors)
+
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    for task_in, payload in zip(tasks_in, payloads, strict=True):
+        run_at = now + timedelta(seconds=task_in.delay_s) if task_in.delay_s else now
+        rows.append(
+            {
+                "id": uuid.uuid4(),
+                "type": task_in.type,
+                "priority": task_in.priority.value,
+                "payload": payload,
+                "status": TaskStatus.pending.value,
+                "attempts": 0,
+                "max_retries": settings.max_retries if task_in.max_retries is None else task_in.max_retries,
+                "timeout_s": settings.task_timeout_s if task_in.timeout_s is None else task_in.timeout_s,
+                "idempotency_key": task_in.idempotency_key,
+                "generation": 1,
+                "run_at": run_at,
+                "cancel_requested": False,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    table = Task.__table__  # type: ignore[attr-defined]
+    stmt = (
+        pg_insert(table)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"], index_where=sa.text("idempotency_key IS NOT NULL"))
+        .returning(*table.c)
+    )
+    inserted = {r.id: r for r in (await session.execute(stmt)).fetchall()}
+    if inserted:
+        await session.execute(
+            sa.insert(TaskEvent.__table__),  # type: ignore[attr-defined]
+            [
+                {"task_id": r.id, "at": now, "status": "pending", "attempt": 0, "detail": "accepted"}
+                for r in inserted.values()
+            ],
+        )
+    existing: dict[str, Any] = {}
+    missing_keys = [r["idempotency_key"] for r in rows if r["id"] not in inserted and r["idempotency_key"]]
+    if missing_keys:
+        found = await session.execute(sa.select(table).where(table.c.idempotency_key.in_(missing_keys)))
+        existing = {r.idempotency_key: r for r in found.fetchall()}
+    await session.commit()
+
+    out: list[tuple[TaskPublic, bool]] = []
+    for r in rows:
+        if r["id"] in inserted:
+            out.append((to_public(inserted[r["id"]]), True))
+        else:
+            out.append((to_public(existing[r["idempotency_key"]]), False))
+    if inserted:
+        await _redis_best_effort("enqueue", queue.enqueue(redis, [enqueue_item(r) for r in inserted.values()]))
+    return out
+
+
+async def get_task(*, session: AsyncSession, task_id: uuid.UUID) -> TaskPublic:
+    row = (
+        await session.execute(sa.text(f"SELECT {TASK_COLUMNS} FROM task WHERE id = :id"), {"id": task_id})  # noqa: S608
+    ).first()
+    if row is None:
+        raise NotFoundError(f"task {task_id} not found")
+    return to_public(row)
+
+
+def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
+    raw = f"{created_at.astimezone(UTC).isoformat()}|{task_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, _, tid = raw.partition("|")
+        created = datetime.fromisoformat(at)
+        if created.tzinfo is None:
+            raise ValueError("naive time")
+        return created, uuid.UUID(tid)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInputError(
+            [{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "invalid_cursor"}]
+        ) from None
+
+
+async def list_tasks(
+    *,
+    session: AsyncSession,
+    status: TaskStatus | None,
+    type_: str | None,
+    priority: Priority | None,
+    limit: int,
+    cursor: str | None,
+) -> TaskList:
+    """Newest first, keyset-paginated on (created_at, id): stable while tasks are being added."""
+    where = ["TRUE"]
+    params: dict[str, Any] = {"limit": limit + 1}
+    if status is not None:
+        where.append("status = :status")
+        params["status"] = status.value
+    if type_ is not None:
+        where.append("type = :type")
+        params["type"] = type_
+    if priority is not None:
+        where.append("priority = :priority")
+        params["priority"] = priority.value
+    if cursor is not None:
+        params["c_at"], params["c_id"] = decode_cursor(cursor)
+        where.append("(created_at, id) < (:c_at, :c_id)")
+    sql = sa.text(
+        f"SELECT {TASK_COLUMNS} FROM task WHERE {' AND '.join(where)} "  # noqa: S608
+        "ORDER BY created_at DESC, id DESC LIMIT :limit"
+    )
+    rows = (await session.execute(sql, params)).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    return TaskList(items=[to_public(r) for r in rows], next_cursor=next_cursor)
+
+
+async def _current_status(session: AsyncSession, task_id: uuid.UUID) -> TaskStatus:
+    row = (await session.execute(sa.text("SELECT status FROM task WHERE id = :id"), {"id": task_id})).first()
+    if row is None:
+        raise NotFoundError(f"task {task_id} not found")
+    return TaskStatus(row.status)
+
+
+async def update_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID, task_in: TaskUpdate) -> TaskPublic:
+    """Change the priority of a pending task: the job is re-issued under a new generation."""
+    rows = await transition(
+        session,
+        sets="priority = :priority, generation = generation + 1",
+        where="id = :id AND status = 'pending'",
+        params={"id": task_id, "priority": task_in.priority.value},
+        detail=f"priority changed to {task_in.priority.value}",
+    )
+    if not rows:
+        await session.rollback()
+        status = await _current_status(session, task_id)
+        raise ConflictError(f"task {task_id} is {status.value}; only a pending task's priority can change")
+    await session.commit()
+    row = rows[0]
+    old = [(row.id, row.generation - 1, Priority(row.priority))]
+    await _redis_best_effort("re-enqueue", queue.enqueue(redis, [enqueue_item(row)]))
+    await _redis_best_effort("cleanup", queue.remove_jobs(redis, old))
+    return to_public(row)
+
+
+async def cancel_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID) -> TaskPublic:
+    """Pending/retrying: canceled now. Running: flagged, and its worker aborts it. Terminal: conflict."""
+    rows = await transition(
+        session,
+        sets="status = 'canceled', finished_at = now(), generation = generation + 1, worker_id = NULL",
+        where="id = :id AND status IN ('pending', 'retrying')",
+        params={"id": task_id},
+        detail="canceled before it ran",
+    )
+    if rows:
+        await session.commit()
+        row = rows[0]
+        await _redis_best_effort(
+            "cleanup", queue.remove_jobs(redis, [(row.id, row.generation - 1, Priority(row.priority))])
+        )
+        return to_public(row)
+    result = await session.execute(
+        sa.text(
+            "UPDATE task SET cancel_requested = TRUE, updated_at = now() "
+            f"WHERE id = :id AND status = 'running' RETURNING {TASK_COLUMNS}"  # noqa: S608
+        ),
+        {"id": task_id},
+    )
+    running = result.first()
+    if running is None:
+        await session.rollback()
+        status = await _current_status(session, task_id)
+        raise ConflictError(f"task {task_id} is already {status.value}")
+    await session.commit()
+    await _redis_best_effort("abort", queue.request_abort(redis, running.id, running.generation))
+    return to_public(running)
+
+
+async def retry_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID) -> TaskPublic:
+    """A failed or canceled task goes back to pending with its attempts reset."""
+    rows = await transition(
+        session,
+        sets=(
+            "status = 'pending', attempts = 0, generation = generation + 1, run_at = now(), result = NULL, "
+            "error = NULL, started_at = NULL, finished_at = NULL, worker_id = NULL, cancel_requested = FALSE"
+        ),
+        where="id = :id AND status IN ('failed', 'canceled')",
+        params={"id": task_id},
+        detail="retry requested",
+    )
+    if not rows:
+        await session.rollback()
+        status = await _current_status(session, task_id)
+        raise ConflictError(f"task {task_id} is {status.value}; only failed or canceled tasks can be retried")
+    await session.commit()
+    await _redis_best_effort("enqueue", queue.enqueue(redis, [enqueue_item(rows[0])]))
+    return to_public(rows[0])
+
+
+async def delete_task(*, session: AsyncSession, task_id: uuid.UUID) -> None:
+    result = await session.execute(
+        sa.text("DELETE FROM task WHERE id = :id AND status IN ('completed', 'failed', 'canceled') RETURNING id"),
+        {"id": task_id},
+    )
+    if result.first() is None:
+        await session.rollback()
+        status = await _current_status(session, task_id)
+        raise ConflictError(f"task {task_id} is {status.value}; only finished tasks can be deleted")
+    await session.commit()
+
+
+async def list_events(*, session: AsyncSession, task_id: uuid.UUID) -> list[TaskEventPublic]:
+    rows = (
+        await session.execute(
+            sa.text("SELECT at, status, attempt, detail FROM task_event WHERE task_id = :id ORDER BY id"),
+            {"id": task_id},
+        )
+    ).fetchall()
+    if not rows:
+        await _current_status(session, task_id)
+    return [TaskEventPublic.model_validate(r._mapping) for r in rows]
+
+
+async def get_stats(*, session: AsyncSession) -> Stats:
+    rows = (
+        await session.execute(
+            sa.text(
+                "SELECT 's' AS kind, status AS k, count(*) AS n FROM task GROUP BY status "
+                "UNION ALL SELECT 'q', priority, count(*) FROM task "
+                "WHERE status IN ('pending', 'retrying') AND run_at <= now() GROUP BY priority "
+                "UNION ALL SELECT 'r', '', count(*) FROM task_event WHERE status = 'retrying' "
+                "UNION ALL SELECT 'w', '', count(*) FROM worker WHERE expires_at > now()"
+            )
+        )
+    ).fetchall()
+    counts = TaskCounts()
+    queue_counts = QueueCounts()
+    retried = workers = 0
+    for kind, key, n in rows:
+        if kind == "s":
+            setattr(counts, key, n)
+            counts.total += n
+        elif kind == "q":
+            setattr(queue_counts, key, n)
+        elif kind == "r":
+            retried = n
+        else:
+            workers = n
+    return Stats(tasks=counts, queue=queue_counts, retried_total=retried, workers=workers)
+
+
+def is_terminal(status: str) -> bool:
+    return TaskStatus(status) in TERMINAL

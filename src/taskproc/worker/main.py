@@ -1,0 +1,254 @@
+"""The worker process: an arq Worker that is woken by pub/sub instead of sleeping between polls.
+
+arq's loop sleeps `poll_delay` (0.5 s) between queue reads, which is most of a task's pickup latency. Here the
+poll delay is 0 and the iteration itself waits on an event that is set by a pub/sub message from the API, by
+a job finishing, or by the next deferred job falling due; a slow fallback poll covers lost messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from typing import Any
+
+from arq import Retry
+from arq.connections import RedisSettings
+from arq.utils import timestamp_ms
+from arq.worker import Worker, func
+from redis.exceptions import RedisError
+
+from taskproc import queue
+from taskproc.config import Settings
+from taskproc.db import create_engine, create_sessionmaker
+from taskproc.metrics import render_latest
+from taskproc.models import MAX_TIMEOUT_S
+from taskproc.tasks.registry import registry
+from taskproc.worker.runtime import TRANSIENT, WorkerRuntime, every
+
+log = logging.getLogger("taskproc.worker")
+
+
+async def run_task(ctx: dict[str, Any], *, task_id: str, generation: int) -> None:
+    """The one arq function: run generation `generation` of task `task_id`."""
+    runtime: WorkerRuntime = ctx["runtime"]
+    try:
+        await runtime.run(uuid.UUID(task_id), int(generation))
+    except TRANSIENT as exc:
+        # Postgres (or Redis) is unreachable: leave the job on the queue and come back to it shortly.
+        log.warning("task %s deferred, backing service unavailable: %s", task_id, type(exc).__name__)
+        raise Retry(defer=2.0) from exc
+
+
+class TaskprocWorker(Worker):  # type: ignore[misc]
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        self._redis_failures = 0
+        super().__init__(**kwargs)
+
+    @property
+    def runtime(self) -> WorkerRuntime:
+        runtime: WorkerRuntime = self.ctx["runtime"]
+        return runtime
+
+    def handle_sig(self, signum: signal.Signals) -> None:
+        if "runtime" in self.ctx:
+            self.runtime.shutting_down = True
+        super().handle_sig(signum)
+
+    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
+        if "runtime" in self.ctx:
+            self.runtime.shutting_down = True
+            self.runtime.wake.set()
+        log.info(
+            "shutdown requested: no new tasks; running ones get %.0fs to finish, then go back to the queue",
+            self.settings.shutdown_grace_s,
+        )
+        super().handle_sig_wait_for_completion(signum)
+
+    async def _poll_iteration(self) -> None:
+        runtime = self.runtime
+        runtime.last_loop_at = time.monotonic()
+        runtime.wake.clear()
+        next_due: int | None = None
+        try:
+            _, next_due = await runtime.promoter.promote()
+            if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+                job_ids = await self.pool.zrangebyscore(
+                    self.queue_name, min=float("-inf"), max=timestamp_ms(), start=0, num=self.queue_read_limit
+                )
+                # arq's start_jobs blocks on its semaphore when handed more ids than free slots, which would
+                # also stall abort checks; hand it at most the free slots at a time.
+                i = 0
+                while i < len(job_ids) and self.job_counter < self.max_jobs:
+                    free = self.max_jobs - self.job_counter
+                    await self.start_jobs(job_ids[i : i + free])
+                    i += free
+            if self.allow_abort_jobs:
+                await self._cancel_aborted_jobs()
+            await self.heart_beat()
+            self._redis_failures = 0
+        except (RedisError, OSError) as exc:
+            self._redis_failures += 1
+            delay = min(5.0, 0.1 * 2**self._redis_failures)
+            log.warning("redis unavailable (%s), retrying in %.1fs", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            return
+        finally:
+            for job_id, task in list(self.tasks.items()):
+                if task.done():
+                    del self.tasks[job_id]
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error("job %s crashed: %r", job_id, task.exception())
+        timeout = self.settings.worker_poll_s
+        if next_due is not None:
+            timeout = min(timeout, max(0.0, (next_due - timestamp_ms()) / 1000))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runtime.wake.wait(), timeout)
+
+
+async def _listen_for_wakeups(runtime: WorkerRuntime) -> None:
+    failures = 0
+    while True:
+        pubsub = runtime.redis.pubsub()
+        try:
+            await pubsub.subscribe(queue.WAKE_CHANNEL)
+            failures = 0
+            while True:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                if msg is not None:
+                    runtime.wake.set()
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError):
+            failures += 1
+            await asyncio.sleep(min(5.0, 0.2 * 2**failures))
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+
+async def _serve_metrics(runtime: WorkerRuntime, port: int) -> asyncio.Server:
+    """A minimal HTTP endpoint for /metrics and /healthz on the event loop itself.
+
+    It runs on the loop on purpose: if the loop is stuck, /healthz stops answering and the kubelet restarts us.
+    """
+    stale_after = max(30.0, runtime.settings.worker_poll_s * 20)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            path = request.split(b" ", 2)[1].split(b"?")[0] if request.count(b" ") >= 2 else b"/"
+            if path == b"/metrics":
+                body, ctype = render_latest()
+                status = "200 OK"
+            elif path in (b"/healthz", b"/"):
+                alive = time.monotonic() - runtime.last_loop_at < stale_after
+                status = "200 OK" if alive else "503 Service Unavailable"
+                body, ctype = (b'{"status":"ok"}' if alive else b'{"detail":"worker loop stalled"}'), "application/json"
+            else:
+                status, body, ctype = "404 Not Found", b'{"detail":"not found"}', "application/json"
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    return await asyncio.start_server(handle, host="0.0.0.0", port=port)  # noqa: S104
+
+
+async def on_startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    engine = create_engine(settings, pool_size=min(settings.db_pool_size, settings.worker_concurrency + 4))
+    runtime = WorkerRuntime(
+        settings=settings,
+        engine=engine,
+        sessions=create_sessionmaker(engine),
+        redis=ctx["redis"],
+        registry=registry,
+    )
+    ctx["runtime"] = runtime
+    # Register before taking any job, so the reaper never mistakes our first task for an orphan.
+    delay = 0.2
+    while True:
+        try:
+            await runtime.heartbeat()
+            break
+        except TRANSIENT as exc:
+            log.warning("postgres unavailable at startup (%s), retrying in %.1fs", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
+    lease_tick = max(0.2, settings.lease_s / 3)
+    background = [
+        asyncio.create_task(every(lease_tick, runtime.heartbeat, "heartbeat", jitter=0.0)),
+        asyncio.create_task(every(lease_tick, runtime.reap_lost, "reaper")),
+        asyncio.create_task(every(settings.reconcile_s, runtime.reconcile, "reconciler")),
+        asyncio.create_task(every(60.0, runtime.purge_expired, "retention")),
+        asyncio.create_task(_listen_for_wakeups(runtime)),
+    ]
+    ctx["background"] = background
+    if settings.worker_metrics_port:
+        ctx["metrics_server"] = await _serve_metrics(runtime, settings.worker_metrics_port)
+    log.info(
+        "worker started",
+        extra={"worker": runtime.worker_id, "concurrency": settings.worker_concurrency},
+    )
+
+
+async def on_shutdown(ctx: dict[str, Any]) -> None:
+    for task in ctx.get("background", []):
+        task.cancel()
+    await asyncio.gather(*ctx.get("background", []), return_exceptions=True)
+    server: asyncio.Server | None = ctx.get("metrics_server")
+    if server is not None:
+        server.close()
+        await server.wait_closed()
+    runtime: WorkerRuntime | None = ctx.get("runtime")
+    if runtime is not None:
+        with contextlib.suppress(*TRANSIENT):
+            await runtime.unregister()
+        await runtime.engine.dispose()
+        log.info("worker stopped", extra={"worker": runtime.worker_id})
+
+
+def build_worker(settings: Settings) -> TaskprocWorker:
+    redis_settings = RedisSettings.from_dsn(settings.redis_url.get_secret_value())
+    redis_settings.conn_timeout = 2
+    redis_settings.conn_retries = 30
+    redis_settings.conn_retry_delay = 1
+    return TaskprocWorker(
+        settings,
+        functions=[func(run_task, name=queue.JOB_FUNCTION, timeout=MAX_TIMEOUT_S + 60, max_tries=1_000_000)],
+        redis_settings=redis_settings,
+        queue_name=queue.QUEUE_KEY,
+        max_jobs=settings.worker_concurrency,
+        queue_read_limit=max(500, settings.worker_concurrency * 20),
+        poll_delay=0,
+        keep_result=0,
+        retry_jobs=True,
+        max_tries=1_000_000,
+        allow_abort_jobs=True,
+        job_completion_wait=settings.shutdown_grace_s,  # type: ignore[arg-type]
+        job_serializer=queue.json_serializer,
+        job_deserializer=queue.json_deserializer,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        ctx={"settings": settings},
+        health_check_interval=60,
+        handle_signals=True,
+    )
+
+
+def run_worker(settings: Settings) -> None:
+    worker = build_worker(settings)
+    worker.run()

@@ -1,0 +1,262 @@
+"""Test support: real API and worker processes against the embedded Postgres and Redis."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psycopg
+
+from taskproc.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKPROC = str(Path(sys.executable).parent / "taskproc")
+T = TypeVar("T")
+
+TERMINAL = {"completed", "failed", "canceled"}
+
+
+def wait_for(
+    predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"
+) -> T:
+    """Poll until `predicate` returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the condition may legitimately fail while a server is coming up
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
+        time.sleep(interval)
+
+
+@dataclass
+class Servers:
+    pg: EmbeddedPostgres
+    redis: EmbeddedRedis
+    root: Path
+    _db_counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    _free_redis_dbs: list[int] = field(default_factory=lambda: list(range(1, 16)))
+
+    def admin_url(self) -> str:
+        return self.pg.url_for("postgres")
+
+    def new_database(self) -> str:
+        """A fresh, migrated database cloned from the template."""
+        name = f"t{next(self._db_counter)}_{os.getpid()}"
+        with psycopg.connect(self.admin_url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE taskproc_template')
+        return name
+
+    def take_redis_db(self) -> int:
+        return self._free_redis_dbs.pop(0)
+
+    def give_back_redis_db(self, index: int) -> None:
+        import redis
+
+        with redis.Redis.from_url(self.redis.url.rsplit("/", 1)[0] + f"/{index}") as r:
+            r.flushdb()
+        self._free_redis_dbs.append(index)
+
+
+class Proc:
+    """A real `taskproc <role>` process with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.popen = subprocess.Popen(self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.popen is not None
+        try:
+            code = self.popen.wait(timeout)
+        finally:
+            if self.popen.poll() is not None:
+                self._log.close()
+        return code
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        self._log.close()
+
+    def kill(self) -> None:
+        assert self.popen is not None
+        self.popen.kill()
+        self.popen.wait(10)
+        self._log.close()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+class Stack:
+    """An API and N workers on their own database and Redis db index, so tests can't disturb each other."""
+
+    def __init__(self, servers: Servers, workdir: Path, *, workers: int, env: dict[str, str] | None) -> None:
+        self.servers = servers
+        self.workdir = workdir
+        self.database = servers.new_database()
+        self.redis_db = servers.take_redis_db()
+        self.database_url = servers.pg.url_for(self.database)
+        self.redis_url = servers.redis.url.rsplit("/", 1)[0] + f"/{self.redis_db}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "TASKPROC_DATABASE_URL": self.database_url,
+            "TASKPROC_REDIS_URL": self.redis_url,
+            "TASKPROC_LOG_FORMAT": "text",
+            "TASKPROC_WORKER_METRICS_PORT": "0",
+            "TASKPROC_RETRY_BASE_S": "0.2",
+            "TASKPROC_LEASE_S": "3",
+            "TASKPROC_RECONCILE_S": "2",
+            "TASKPROC_SHUTDOWN_GRACE_S": "5",
+            **(env or {}),
+        }
+        self.api: Proc | None = None
+        self.workers: list[Proc] = []
+        self._names = itertools.count()
+        self.client = httpx.Client(base_url=self.url, timeout=10.0)
+        self.start_api()
+        for _ in range(workers):
+            self.start_worker()
+        self.wait_ready(workers)
+
+    def start_api(self) -> Proc:
+        self.api = Proc(
+            "api", [TASKPROC, "api", "--host", "127.0.0.1", "--port", str(self.port)], self.env, self.workdir
+        ).start()
+        return self.api
+
+    def start_worker(self, env: dict[str, str] | None = None, metrics_port: int = 0) -> Proc:
+        worker_env = {**self.env, "TASKPROC_WORKER_METRICS_PORT": str(metrics_port), **(env or {})}
+        proc = Proc(f"worker{next(self._names)}", [TASKPROC, "worker"], worker_env, self.workdir).start()
+        self.workers.append(proc)
+        return proc
+
+    def wait_ready(self, workers: int | None = None, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            assert self.api is not None
+            if not self.api.alive():
+                raise AssertionError(f"api exited:\n{self.api.tail()}")
+            return self.client.get("/readyz").status_code == 200
+
+        wait_for(ready, timeout=timeout, what="API /readyz")
+        if workers:
+            wait_for(
+                lambda: self.client.get("/api/v1/stats").json()["workers"] >= workers,
+                timeout=timeout,
+                what=f"{workers} live workers",
+            )
+
+    # ---- API helpers ----
+
+    def submit(self, type_: str = "add", payload: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+        body = {"type": type_, "payload": payload if payload is not None else {"a": 1, "b": 2}, **fields}
+        r = self.client.post("/api/v1/tasks", json=body)
+        assert r.status_code in (200, 201), r.text
+        return dict(r.json())
+
+    def get(self, task_id: str) -> dict[str, Any]:
+        r = self.client.get(f"/api/v1/tasks/{task_id}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def wait_status(self, task_id: str, statuses: str | set[str], timeout: float = 30.0) -> dict[str, Any]:
+        wanted = {statuses} if isinstance(statuses, str) else statuses
+        return wait_for(
+            lambda: (t := self.get(task_id))["status"] in wanted and t,
+            timeout=timeout,
+            what=f"task {task_id} to be {sorted(wanted)}",
+        )
+
+    def events(self, task_id: str) -> list[dict[str, Any]]:
+        r = self.client.get(f"/api/v1/tasks/{task_id}/events")
+        assert r.status_code == 200, r.text
+        return list(r.json())
+
+    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    def stop_workers(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.workers.clear()
+
+    def close(self) -> None:
+        self.client.close()
+        for w in self.workers:
+            w.stop()
+        if self.api is not None:
+            self.api.stop()
+        self.servers.give_back_redis_db(self.redis_db)
+        with psycopg.connect(self.servers.admin_url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+    def logs(self) -> str:
+        parts = []
+        for p in [self.api, *self.workers]:
+            if p is not None:
+                parts.append(f"--- {p.name} ---\n{p.tail()}")
+        return "\n".join(parts)
+
+
+@contextmanager
+def make_stack(
+    servers: Servers, workdir: Path, *, workers: int = 2, env: dict[str, str] | None = None
+) -> Iterator[Stack]:
+    stack = Stack(servers, workdir, workers=workers, env=env)
+    try:
+        yield stack
+    except BaseException:
+        print(stack.logs())  # shown by pytest for the failing test
+        raise
+    finally:
+        stack.close()

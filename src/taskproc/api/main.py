@@ -16,7 +16,7 @@ from taskproc import __version__
 from taskproc.api.deps import AuthDep
 from taskproc.api.errors import install_error_handlers
 from taskproc.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from taskproc.api.routes import health, meta, tasks
+from taskproc.api.routes import events, health, meta, tasks, web
 from taskproc.config import Settings, get_settings
 from taskproc.db import create_engine, create_sessionmaker
 from taskproc.tasks.registry import load_task_modules, registry
@@ -67,8 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix="/api/v1", dependencies=[AuthDep])
     api.include_router(tasks.router)
     api.include_router(meta.router)
+    api.include_router(events.router)
     app.include_router(api)
     app.include_router(health.router)
+    app.include_router(web.router)
 
     Instrumentator(
         should_group_status_codes=False,

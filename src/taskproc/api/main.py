@@ -17,6 +17,7 @@ from taskproc.api.deps import AuthDep
 from taskproc.api.errors import install_error_handlers
 from taskproc.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from taskproc.api.routes import events, health, meta, tasks, web
+from taskproc.api.routing import DocstringRoute
 from taskproc.config import Settings, get_settings
 from taskproc.db import create_engine, create_sessionmaker
 from taskproc.tasks.registry import load_task_modules, registry
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
 
-    api = APIRouter(prefix="/api/v1", dependencies=[AuthDep])
+    api = APIRouter(prefix="/api/v1", dependencies=[AuthDep], route_class=DocstringRoute)
     api.include_router(tasks.router)
     api.include_router(meta.router)
     api.include_router(events.router)

@@ -11,9 +11,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from taskproc import metrics, queue
+from taskproc.api.routing import DocstringRoute
 from taskproc.services.tasks import get_stats
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=DocstringRoute)
 log = logging.getLogger("taskproc.api")
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from taskproc.api.deps import RegistryDep, SessionDep
+from taskproc.api.routing import DocstringRoute
 from taskproc.api.schemas import ERROR_RESPONSES
 from taskproc.models import Stats, TaskTypePublic
 from taskproc.services import tasks as service
 
-router = APIRouter(tags=["service"], responses=ERROR_RESPONSES)
+router = APIRouter(tags=["service"], responses=ERROR_RESPONSES, route_class=DocstringRoute)
 
 
 @router.get("/stats", response_model=Stats)

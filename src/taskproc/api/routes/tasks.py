@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from taskproc import metrics
 from taskproc.api.deps import RedisDep, RegistryDep, SessionDep, SettingsDep
+from taskproc.api.routing import DocstringRoute
 from taskproc.api.schemas import ERROR_RESPONSES
 from taskproc.errors import ConflictError, InvalidInputError, NotFoundError, TaskprocError
 from taskproc.models import (
@@ -26,7 +27,7 @@ from taskproc.models import (
 )
 from taskproc.services import tasks as service
 
-router = APIRouter(prefix="/tasks", tags=["tasks"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/tasks", tags=["tasks"], responses=ERROR_RESPONSES, route_class=DocstringRoute)
 
 TaskId = Annotated[uuid.UUID, "task id"]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -22,8 +24,10 @@ def _migrate(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    root = tmp_path_factory.mktemp("servers")
+def servers() -> Iterator[Servers]:
+    # Not under pytest's basetemp: pytest resets /tmp/pytest-of-<user> to mode 0700 at every start, which
+    # would lock the embedded_postgres system user (used when running as root) out of a concurrent session.
+    root = Path(tempfile.mkdtemp(prefix="taskproc-test-"))
     pg = EmbeddedPostgres(root / "pg", fast=True)
     redis = EmbeddedRedis(root / "redis", persist=False)
     pg.start()
@@ -37,6 +41,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     finally:
         redis.stop()
         pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

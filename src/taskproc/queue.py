@@ -89,19 +89,17 @@ async def enqueue(redis: Redis, items: Sequence[Enqueue]) -> None:
     if not items:
         return
     current = now_ms()
-    any_ready = False
     async with redis.pipeline(transaction=True) as pipe:
         for item in items:
             jid = job_id(item.task_id, item.generation)
             # No expiry on the record: Postgres decides when a job is obsolete, not a TTL.
             pipe.set(job_key_prefix + jid, _job_record(item, current))
             if item.run_at_ms <= current:
-                any_ready = True
                 pipe.zadd(QUEUE_KEY, {jid: item.run_at_ms + BAND[item.priority]})
             else:
                 pipe.zadd(DEFERRED_KEY, {f"{item.priority.value}|{jid}": item.run_at_ms})
-        if any_ready:
-            pipe.publish(WAKE_CHANNEL, b"1")
+        # Also for deferred-only batches: an idle worker must learn the new earliest due time.
+        pipe.publish(WAKE_CHANNEL, b"1")
         await pipe.execute()
 
 

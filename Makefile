@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Fragments in mk/ add what the suite needs besides the venv (e.g. helm/kubectl, checkov's venv).
+TEST_DEPS :=
+
+.DEFAULT_GOAL := help
+-include mk/*.mk
 
 .PHONY: help venv run test test-fast lint typecheck bench clean
 
@@ -21,7 +26,7 @@ venv: $(STAMP)  ## create .venv and install taskproc with its dev tools
 run: $(STAMP)  ## run the whole stack locally (embedded Postgres + Redis, API on :8000, 2 workers)
 	$(VENV)/bin/taskproc up --host 127.0.0.1 --port 8000 --workers 2
 
-test: $(STAMP) tools  ## the whole suite: lint, types, unit, integration, chart (e2e skips without a cluster)
+test: $(STAMP) $(TEST_DEPS)  ## the whole suite: lint, types, unit, integration, chart (e2e skips without a cluster)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
@@ -37,4 +42,3 @@ lint: $(STAMP)  ## ruff and mypy
 clean:  ## remove local state (.taskproc data, caches); keeps .venv
 	rm -rf .taskproc .pytest_cache .mypy_cache .ruff_cache
 
--include mk/*.mk

@@ -1,0 +1,26 @@
+"""The README's settings table is the code's settings, with the same defaults."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import SecretStr
+from support import ROOT
+
+from taskproc.config import Settings
+
+
+def _readme_settings() -> dict[str, str]:
+    rows = re.findall(r"^\| `(TASKPROC_[A-Z_]+)` \| (.+?) \| .+ \|$", (ROOT / "README.md").read_text(), re.M)
+    return dict(rows)
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    documented = _readme_settings()
+    expected: dict[str, str] = {}
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
+        expected[f"TASKPROC_{name.upper()}"] = "(unset)" if default in ([], None) else f"`{default}`"
+    assert documented == expected

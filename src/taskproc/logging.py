@@ -29,6 +29,20 @@ FIELDS = (
 )
 
 
+# Process-wide fields (e.g. the worker id) added to every record that does not carry its own.
+_context: dict[str, Any] = {}
+
+
+def bind(**fields: Any) -> None:
+    """Add fields to every later log line of this process."""
+    _context.update(fields)
+
+
+def _field(record: logging.LogRecord, name: str) -> Any:
+    value = record.__dict__.get(name)
+    return _context.get(name) if value is None else value
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, role: str) -> None:
         super().__init__()
@@ -43,7 +57,7 @@ class JsonFormatter(logging.Formatter):
             "role": self.role,
         }
         for name in FIELDS:
-            value = record.__dict__.get(name)
+            value = _field(record, name)
             if value is not None:
                 out[name] = value
         if record.exc_info:
@@ -55,7 +69,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = f"{datetime.fromtimestamp(record.created).strftime('%H:%M:%S.%f')[:-3]} {record.levelname:<7} "
         base += f"{record.name}: {record.getMessage()}"
-        extras = " ".join(f"{n}={record.__dict__[n]}" for n in FIELDS if record.__dict__.get(n) is not None)
+        extras = " ".join(f"{n}={_field(record, n)}" for n in FIELDS if _field(record, n) is not None)
         if extras:
             base += f" [{extras}]"
         if record.exc_info:

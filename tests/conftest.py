@@ -11,9 +11,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from support import Servers, Stack, make_stack
 
 from taskproc.embedded import EmbeddedPostgres, EmbeddedRedis
+
+from support import Servers, Stack, make_stack
 
 
 def _migrate(url: str) -> None:

@@ -8,6 +8,7 @@ import uuid
 from datetime import datetime
 
 import pytest
+
 from support import Stack, wait_for
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -74,7 +75,9 @@ def test_create_rejects_invalid_input_with_422(stack: Stack, body: dict[str, obj
 
 def test_idempotency_key_in_body_returns_existing_with_200(stack: Stack) -> None:
     key = f"order-{uuid.uuid4()}"
-    first = stack.client.post("/api/v1/tasks", json={"type": "add", "payload": {"a": 1, "b": 1}, "idempotency_key": key})
+    first = stack.client.post(
+        "/api/v1/tasks", json={"type": "add", "payload": {"a": 1, "b": 1}, "idempotency_key": key}
+    )
     second = stack.client.post(
         "/api/v1/tasks", json={"type": "add", "payload": {"a": 9, "b": 9}, "idempotency_key": key}
     )
@@ -187,9 +190,7 @@ def test_get_unknown_is_404_and_malformed_is_422(stack: Stack) -> None:
 
 def test_list_newest_first_with_filters(stack: Stack) -> None:
     t_type = "text_stats"
-    made = [
-        stack.submit(t_type, {"text": f"hello {i}"}, priority=("high" if i % 2 else "low"))["id"] for i in range(6)
-    ]
+    made = [stack.submit(t_type, {"text": f"hello {i}"}, priority=("high" if i % 2 else "low"))["id"] for i in range(6)]
     r = stack.client.get("/api/v1/tasks", params={"type": t_type, "limit": 200})
     assert r.status_code == 200
     ids = [t["id"] for t in r.json()["items"]]
@@ -380,7 +381,12 @@ def test_task_types_lists_builtins_with_schemas(stack: Stack) -> None:
         (
             "text_stats",
             {"text": "the cat and the hat\nthe end"},
-            {"characters": 27, "words": 7, "lines": 2, "top_words": [["the", 3], ["cat", 1], ["and", 1], ["hat", 1], ["end", 1]]},
+            {
+                "characters": 27,
+                "words": 7,
+                "lines": 2,
+                "top_words": [["the", 3], ["cat", 1], ["and", 1], ["hat", 1], ["end", 1]],
+            },
         ),
     ],
 )

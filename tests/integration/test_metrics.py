@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import httpx
-from conftest import StackFactory
 from prometheus_client.parser import text_string_to_metric_families
-from support import TASKPROC, Proc, wait_for
 
 from taskproc.embedded import free_port
+
+from conftest import StackFactory
+from support import TASKPROC, Proc, wait_for
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 
 from conftest import StackFactory
@@ -56,7 +57,7 @@ def test_retries_with_growing_backoff_until_failed(stack_factory: StackFactory) 
         statuses = [e["status"] for e in events]
         assert statuses == ["pending"] + ["running", "retrying"] * 3 + ["running", "failed"]
         starts = [_ts(e["at"]) for e in events if e["status"] == "running"]
-        gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
         # Equal-jitter backoff: attempt n waits within [base*2^(n-1)/2, base*2^(n-1)], so gaps never shrink.
         assert gaps[0] >= 0.15
         assert gaps == sorted(gaps), gaps

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 from pydantic import SecretStr
-from support import ROOT
 
 from taskproc.config import Settings
+
+from support import ROOT
 
 
 def _readme_settings() -> dict[str, str]:

@@ -69,9 +69,7 @@ def test_validate_rejects_non_finite_numbers() -> None:
 
 def test_builtins() -> None:
     assert asyncio.run(builtin.add(builtin.AddIn(a=2, b=3), CTX)) == {"sum": 5}
-    assert asyncio.run(builtin.sum_pairs(builtin.SumPairsIn(pairs=[(1, 2), (3.5, 0.5)]), CTX)) == {
-        "results": [3, 4.0]
-    }
+    assert asyncio.run(builtin.sum_pairs(builtin.SumPairsIn(pairs=[(1, 2), (3.5, 0.5)]), CTX)) == {"results": [3, 4.0]}
     stats = asyncio.run(builtin.text_stats(builtin.TextStatsIn(text="A b a\nc"), CTX))
     assert stats == {"characters": 7, "words": 4, "lines": 2, "top_words": [["a", 2], ["b", 1], ["c", 1]]}
     assert asyncio.run(builtin.sleep(builtin.SleepIn(duration_ms=0), CTX)) == {"slept_ms": 0}

@@ -26,6 +26,9 @@ def run_stack(*, host: str, port: int, workers: int, data_dir: Path, api_key: st
     services: dict[str, Restartable] = {}
     stoppers = []
     data_dir = data_dir.resolve()
+    if "TASKPROC_LOG_FORMAT" not in os.environ and sys.stdout.isatty():
+        # A person is watching this terminal: readable lines rather than JSON (set the variable to override).
+        os.environ["TASKPROC_LOG_FORMAT"] = "text"
     base = Settings()
     configure_logging(base, "up")
 

@@ -1,0 +1,286 @@
+{{/* Names ---------------------------------------------------------------------------------------- */}}
+
+{{- define "taskproc.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "taskproc.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 45 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 45 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 45 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "taskproc.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "taskproc.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "taskproc.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "taskproc.secretName" -}}
+{{- include "taskproc.fullname" . }}
+{{- end }}
+
+{{- define "taskproc.redisHost" -}}
+{{- printf "%s-redis" (include "taskproc.fullname" .) }}
+{{- end }}
+
+{{- define "taskproc.postgresHost" -}}
+{{- printf "%s-postgresql" (include "taskproc.fullname" .) }}
+{{- end }}
+
+{{/* Labels --------------------------------------------------------------------------------------- */}}
+
+{{- define "taskproc.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "taskproc.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "taskproc.labels" -}}
+helm.sh/chart: {{ include "taskproc.chart" . }}
+{{ include "taskproc.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: taskproc
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of one component: (dict "ctx" $ "component" "api") */}}
+{{- define "taskproc.componentLabels" -}}
+{{ include "taskproc.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "taskproc.componentSelector" -}}
+{{ include "taskproc.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Images --------------------------------------------------------------------------------------- */}}
+
+{{/* (dict "image" .Values.image "default" .Chart.AppVersion) */}}
+{{- define "taskproc.imageRef" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (toString (default .default .image.tag)) }}
+{{- end }}
+{{- end }}
+
+{{- define "taskproc.image" -}}
+{{- include "taskproc.imageRef" (dict "image" .Values.image "default" .Chart.AppVersion) }}
+{{- end }}
+
+{{/* checkov skip annotations shared by the pods' owners; each entry is "CHECK_ID=reason". */}}
+{{- define "taskproc.checkovSkips" -}}
+checkov.io/skip1: CKV_K8S_43=Images are referenced by tag by default; set image.digest (and redis/postgresql.image.digest) to pin a digest per environment
+checkov.io/skip2: CKV_K8S_15=imagePullPolicy is a value (IfNotPresent by default) so that kind/skaffold can use locally loaded images
+checkov.io/skip3: CKV_K8S_35=taskproc reads its settings (database and Redis URLs, API keys) only from TASKPROC_* environment variables; the values come from Secrets via secretKeyRef
+{{- end }}
+
+{{/* Scalars -------------------------------------------------------------------------------------- */}}
+
+{{/* Renders a values scalar as an env string; whole floats (YAML numbers arrive as float64) print as integers. */}}
+{{- define "taskproc.scalar" -}}
+{{- if kindIs "float64" . }}
+{{- if eq . (floor .) }}{{ printf "%d" (int64 .) }}{{ else }}{{ toString . }}{{ end }}
+{{- else }}
+{{- toString . }}
+{{- end }}
+{{- end }}
+
+{{/* Secrets -------------------------------------------------------------------------------------- */}}
+
+{{/*
+Value of one key of the chart's Secret: the given value, else the value already in the cluster (kept on
+upgrade), else a new random string. (dict "ctx" $ "key" "redis-password" "value" "..." "length" 32)
+*/}}
+{{- define "taskproc.secretValue" -}}
+{{- if .value }}
+{{- .value }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace (include "taskproc.secretName" .ctx) }}
+{{- if and $existing $existing.data (hasKey $existing.data .key) }}
+{{- index $existing.data .key | b64dec }}
+{{- else }}
+{{- randAlphaNum (int .length) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Database ------------------------------------------------------------------------------------- */}}
+
+{{- define "taskproc.postgresSecret" -}}
+{{- default (include "taskproc.secretName" .) .Values.postgresql.auth.existingSecret }}
+{{- end }}
+
+{{/* The env entries that give TASKPROC_DATABASE_URL. */}}
+{{- define "taskproc.databaseEnv" -}}
+{{- if .Values.postgresql.enabled }}
+- name: TASKPROC_DB_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "taskproc.postgresSecret" . }}
+      key: {{ .Values.postgresql.auth.existingSecretPasswordKey }}
+- name: TASKPROC_DATABASE_URL
+  value: {{ printf "postgresql://%s:$(TASKPROC_DB_PASSWORD)@%s:5432/%s" .Values.postgresql.auth.username (include "taskproc.postgresHost" .) .Values.postgresql.auth.database | quote }}
+{{- else if .Values.externalDatabase.url }}
+- name: TASKPROC_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "taskproc.secretName" . }}
+      key: database-url
+{{- else if .Values.externalDatabase.existingSecret }}
+- name: TASKPROC_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.externalDatabase.existingSecret }}
+      key: {{ .Values.externalDatabase.existingSecretUrlKey }}
+{{- else }}
+{{- fail "postgresql.enabled is false: set externalDatabase.url or externalDatabase.existingSecret" }}
+{{- end }}
+{{- end }}
+
+{{/* Redis ---------------------------------------------------------------------------------------- */}}
+
+{{/*
+Redis connection facts as a YAML dict: host, port, database, tls, passwordSecret, passwordKey (empty when
+there is no password), username. Used by the env of the pods and by KEDA, so both read the same database.
+*/}}
+{{- define "taskproc.redisInfo" -}}
+{{- if .Values.redis.enabled }}
+host: {{ include "taskproc.redisHost" . }}
+port: 6379
+database: {{ include "taskproc.scalar" .Values.redis.database | quote }}
+tls: false
+passwordSecret: {{ default (include "taskproc.secretName" .) .Values.redis.auth.existingSecret }}
+passwordKey: {{ .Values.redis.auth.existingSecretPasswordKey }}
+username: ""
+fromUrl: false
+{{- else if .Values.externalRedis.url }}
+{{- $u := urlParse .Values.externalRedis.url }}
+{{- if not (has $u.scheme (list "redis" "rediss")) }}
+{{- fail "externalRedis.url must start with redis:// or rediss://" }}
+{{- end }}
+{{- $hostport := splitList ":" $u.host }}
+host: {{ first $hostport }}
+port: {{ if gt (len $hostport) 1 }}{{ last $hostport }}{{ else }}6379{{ end }}
+database: {{ default "0" (trimPrefix "/" $u.path) | quote }}
+tls: {{ eq $u.scheme "rediss" }}
+{{- $userinfo := splitList ":" (default "" $u.userinfo) }}
+passwordSecret: {{ include "taskproc.secretName" . }}
+passwordKey: {{ if gt (len $userinfo) 1 }}redis-password{{ end }}
+username: {{ first $userinfo | quote }}
+fromUrl: true
+{{- else if .Values.externalRedis.host }}
+host: {{ .Values.externalRedis.host }}
+port: {{ include "taskproc.scalar" .Values.externalRedis.port }}
+database: {{ include "taskproc.scalar" .Values.externalRedis.database | quote }}
+tls: {{ .Values.externalRedis.tls }}
+passwordSecret: {{ .Values.externalRedis.existingSecret }}
+passwordKey: {{ if .Values.externalRedis.existingSecret }}{{ .Values.externalRedis.existingSecretPasswordKey }}{{ end }}
+username: ""
+fromUrl: false
+{{- else }}
+{{- fail "redis.enabled is false: set externalRedis.url or externalRedis.host" }}
+{{- end }}
+{{- end }}
+
+{{/* The env entries that give TASKPROC_REDIS_URL. */}}
+{{- define "taskproc.redisEnv" -}}
+{{- $r := include "taskproc.redisInfo" . | fromYaml }}
+{{- if $r.fromUrl }}
+- name: TASKPROC_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "taskproc.secretName" . }}
+      key: redis-url
+{{- else }}
+{{- $scheme := ternary "rediss" "redis" $r.tls }}
+{{- if $r.passwordKey }}
+- name: TASKPROC_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $r.passwordSecret }}
+      key: {{ $r.passwordKey }}
+- name: TASKPROC_REDIS_URL
+  value: {{ printf "%s://:$(TASKPROC_REDIS_PASSWORD)@%s:%v/%v" $scheme $r.host $r.port $r.database | quote }}
+{{- else }}
+- name: TASKPROC_REDIS_URL
+  value: {{ printf "%s://%s:%v/%v" $scheme $r.host $r.port $r.database | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Common env of the taskproc containers ------------------------------------------------------- */}}
+
+{{- define "taskproc.apiKeysSecret" -}}
+{{- default (include "taskproc.secretName" .) .Values.auth.existingSecret }}
+{{- end }}
+
+{{- define "taskproc.commonEnv" -}}
+{{ include "taskproc.databaseEnv" . | trim }}
+{{ include "taskproc.redisEnv" . | trim }}
+{{- if .Values.auth.enabled }}
+- name: TASKPROC_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "taskproc.apiKeysSecret" . }}
+      key: {{ .Values.auth.existingSecretKey }}
+{{- end }}
+{{- range $key, $value := .Values.config }}
+{{- if ne (toString $value) "" }}
+- name: {{ printf "TASKPROC_%s" (upper $key) }}
+  value: {{ include "taskproc.scalar" $value | quote }}
+{{- end }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Checks run by every render ------------------------------------------------------------------- */}}
+{{- define "taskproc.validate" -}}
+{{- if le (float64 .Values.worker.terminationGracePeriodSeconds) (float64 .Values.worker.shutdownGraceSeconds) }}
+{{- fail (printf "worker.terminationGracePeriodSeconds (%v) must be greater than worker.shutdownGraceSeconds (%v), or Kubernetes kills running tasks before the worker can requeue them" .Values.worker.terminationGracePeriodSeconds .Values.worker.shutdownGraceSeconds) }}
+{{- end }}
+{{- if and .Values.keda.enabled .Values.worker.hpa.enabled }}
+{{- fail "keda.enabled and worker.hpa.enabled both scale the workers: enable one of them" }}
+{{- end }}
+{{- if and .Values.keda.enabled (gt (int .Values.keda.minReplicaCount) (int .Values.keda.maxReplicaCount)) }}
+{{- fail "keda.minReplicaCount must not exceed keda.maxReplicaCount" }}
+{{- end }}
+{{- if and .Values.worker.hpa.enabled (gt (int .Values.worker.hpa.minReplicas) (int .Values.worker.hpa.maxReplicas)) }}
+{{- fail "worker.hpa.minReplicas must not exceed worker.hpa.maxReplicas" }}
+{{- end }}
+{{- end }}
+
+{{/* Optional APIs -------------------------------------------------------------------------------- */}}
+
+{{/* "true" when KEDA scales the workers: keda.enabled and the cluster serves KEDA's ScaledObject. */}}
+{{- define "taskproc.kedaActive" -}}
+{{- if and .Values.keda.enabled (.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject") }}true{{ end }}
+{{- end }}
+
+{{/* "true" when ServiceMonitors can be created (monitoring.enabled and the prometheus-operator CRDs). */}}
+{{- define "taskproc.serviceMonitorActive" -}}
+{{- if and .Values.monitoring.enabled (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor") }}true{{ end }}
+{{- end }}
+
+{{- define "taskproc.prometheusRuleActive" -}}
+{{- if and .Values.monitoring.enabled .Values.monitoring.prometheusRule.enabled (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PrometheusRule") }}true{{ end }}
+{{- end }}

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from .conftest import CHART
@@ -111,11 +113,10 @@ def _lookup_value(values: Any, path: str) -> tuple[bool, Any]:
     return True, node
 
 
-def test_readme_values_table_is_current() -> None:
-    readme = (CHART / "README.md").read_text(encoding="utf-8")
-    m = re.search(r"<!-- values-table:start[^>]*-->\n(.*?)<!-- values-table:end -->", readme, flags=re.DOTALL)
-    assert m, "charts/taskproc/README.md lost its values-table markers"
+@pytest.mark.parametrize("readme", [CHART / "README.md", CHART.parents[1] / "README.md"], ids=["chart", "project"])
+def test_readme_values_table_is_current(readme: Path) -> None:
+    text = readme.read_text(encoding="utf-8")
+    m = re.search(r"<!-- values-table:start[^>]*-->\n(.*?)<!-- values-table:end -->", text, flags=re.DOTALL)
+    assert m, f"{readme} lost its values-table markers"
     expected = values_table()
-    assert m.group(1) == expected, (
-        "charts/taskproc/README.md values table is out of date; replace it with:\n" + expected
-    )
+    assert m.group(1) == expected, f"{readme} values table is out of date; replace it with:\n" + expected

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 from redis.asyncio import Redis
-from starlette.middleware.base import RequestResponseEndpoint
 
 from taskproc import __version__
 from taskproc.api.deps import AuthDep
 from taskproc.api.errors import install_error_handlers
-from taskproc.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from taskproc.api.middleware import AccessLogMiddleware, BodyLimitMiddleware, RequestIdMiddleware
 from taskproc.api.routes import events, health, meta, tasks, web
 from taskproc.api.routing import DocstringRoute
 from taskproc.config import Settings, get_settings
@@ -78,24 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         excluded_handlers=["/metrics", "/healthz", "/readyz"],
     ).instrument(app)
 
-    @app.middleware("http")
-    async def access_log(request: Request, call_next: RequestResponseEndpoint) -> Response:
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        if request.url.path not in ("/healthz", "/readyz", "/metrics"):
-            log.info(
-                "request",
-                extra={
-                    "method": request.method,
-                    "path": request.url.path,
-                    "status_code": response.status_code,
-                    "duration_ms": round((time.perf_counter() - t0) * 1000, 2),
-                    "request_id": request.scope.get("state", {}).get("request_id"),
-                },
-            )
-        return response
-
     # Outermost last: ids are assigned first, then limits are enforced before anything parses the body.
+    app.add_middleware(AccessLogMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -1,0 +1,279 @@
+"""Soak test (not part of CI): drive many tasks through `taskproc up` while killing workers and Redis.
+
+    .venv/bin/python -m bench.soak --tasks 20000 --workers 4
+
+It starts `taskproc up` in a temporary data directory (embedded Postgres and Redis), submits `--tasks` sleep
+tasks (short random durations, some failing at random and retried), and meanwhile:
+  - SIGKILLs a random worker process every `--kill-every` seconds (the supervisor restarts it),
+  - every `--redis-every` seconds either SIGKILLs redis-server (the supervisor restarts it from its append-only
+    file, losing up to the last second of writes) or empties it with FLUSHALL, alternately.
+At the end it waits for every task to reach a terminal state, stops the stack, and prints:
+  submitted  tasks the API acknowledged (201, or 200 for a resubmitted idempotency key)
+  completed / failed / canceled
+  lost       acknowledged but missing from Postgres or not terminal by the deadline (must be 0)
+  recorded twice   tasks with more than one terminal event in task_event (must be 0)
+plus how many tasks ran more than once (at-least-once: expected after worker kills) and the throughput.
+Exit status 0 only when lost == 0 and recorded twice == 0.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script (`python bench/soak.py`), bench/ itself would come first on sys.path and its http.py would
+# shadow the standard library's http package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import argparse
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+
+from taskproc.embedded import free_port
+
+TASKPROC = str(Path(sys.executable).parent / "taskproc")
+TERMINAL = ("completed", "failed", "canceled")
+
+
+def log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+def children(pid: int) -> dict[int, str]:
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out[int(entry.name)] = cmd
+    return out
+
+
+class Chaos(threading.Thread):
+    def __init__(self, up_pid: int, data_dir: Path, redis_url: str, kill_every: float, redis_every: float) -> None:
+        super().__init__(daemon=True)
+        self.up_pid = up_pid
+        self.data_dir = data_dir
+        self.redis_url = redis_url
+        self.kill_every = kill_every
+        self.redis_every = redis_every
+        self.stop = threading.Event()
+        self.worker_kills = 0
+        self.redis_kills = 0
+        self.redis_flushes = 0
+
+    def run(self) -> None:
+        rng = random.Random(42)
+        next_kill = time.monotonic() + self.kill_every
+        next_redis = time.monotonic() + self.redis_every
+        while not self.stop.wait(0.2):
+            now = time.monotonic()
+            if self.kill_every > 0 and now >= next_kill:
+                next_kill = now + self.kill_every * rng.uniform(0.5, 1.5)
+                workers = [p for p, cmd in children(self.up_pid).items() if cmd.endswith("taskproc worker")]
+                if workers:
+                    victim = rng.choice(workers)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(victim, signal.SIGKILL)
+                        self.worker_kills += 1
+                        log(f"chaos: SIGKILL worker {victim}")
+            if self.redis_every > 0 and now >= next_redis:
+                next_redis = now + self.redis_every
+                if (self.redis_kills + self.redis_flushes) % 2 == 0:
+                    try:
+                        pid = int((self.data_dir / "redis" / "redis.pid").read_text().strip())
+                        os.kill(pid, signal.SIGKILL)
+                        self.redis_kills += 1
+                        log(f"chaos: SIGKILL redis-server {pid}")
+                    except (OSError, ValueError) as exc:
+                        log(f"chaos: could not kill redis: {exc}")
+                else:
+                    try:
+                        with redis.Redis.from_url(self.redis_url, socket_timeout=5) as r:
+                            r.flushall()
+                        self.redis_flushes += 1
+                        log("chaos: FLUSHALL on redis")
+                    except redis.RedisError as exc:
+                        log(f"chaos: could not flush redis: {exc}")
+
+
+def submit_all(client: httpx.Client, args: argparse.Namespace, run_id: str, submitted: set[str]) -> None:
+    rng = random.Random(7)
+    batch_size = 500
+    for start in range(0, args.tasks, batch_size):
+        n = min(batch_size, args.tasks - start)
+        tasks = [
+            {
+                "type": "sleep",
+                "payload": {"duration_ms": rng.randint(0, args.max_ms), "fail_rate": args.fail_rate},
+                "max_retries": args.max_retries,
+                "idempotency_key": f"{run_id}-{start + i}",
+            }
+            for i in range(n)
+        ]
+        # Resubmitting the same batch is safe: idempotency keys return the existing tasks.
+        while True:
+            try:
+                r = client.post("/api/v1/tasks/batch", json={"tasks": tasks})
+            except httpx.HTTPError as exc:
+                log(f"submit: {type(exc).__name__}, retrying")
+                time.sleep(0.5)
+                continue
+            if r.status_code == 201:
+                submitted.update(item["id"] for item in r.json()["items"])
+                break
+            log(f"submit: HTTP {r.status_code} {r.text[:200]}, retrying")
+            time.sleep(0.5)
+        if args.submit_rate:
+            time.sleep(n / args.submit_rate)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--max-ms", type=int, default=100, help="sleep durations are uniform in [0, max-ms]")
+    parser.add_argument("--fail-rate", type=float, default=0.05)
+    parser.add_argument("--max-retries", type=int, default=2)
+    parser.add_argument("--submit-rate", type=float, default=0, help="tasks/s while submitting (0 = flat out)")
+    parser.add_argument("--kill-every", type=float, default=10.0, help="seconds between worker SIGKILLs")
+    parser.add_argument("--redis-every", type=float, default=30.0, help="seconds between Redis kills/flushes")
+    parser.add_argument("--lease", type=float, default=5.0, help="TASKPROC_LEASE_S for the run")
+    parser.add_argument("--deadline", type=float, default=900.0, help="seconds to wait for every task to finish")
+    parser.add_argument("--data-dir", type=Path, default=None, help="default: a fresh temporary directory")
+    args = parser.parse_args()
+
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="taskproc-soak-"))
+    port = free_port()
+    env = {
+        **os.environ,
+        "TASKPROC_LEASE_S": str(args.lease),
+        "TASKPROC_RECONCILE_S": "3",
+        "TASKPROC_SHUTDOWN_GRACE_S": "5",
+        "TASKPROC_RETRY_BASE_S": "0.2",
+        "TASKPROC_RETRY_MAX_S": "5",
+        "TASKPROC_WORKER_METRICS_PORT": "0",
+        "TASKPROC_LOG_LEVEL": "warning",
+    }
+    for name in ("TASKPROC_DATABASE_URL", "TASKPROC_REDIS_URL", "TASKPROC_API_KEYS", "TASKPROC_API_KEYS_FILE"):
+        env.pop(name, None)
+    up_log = data_dir / "up.log"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [TASKPROC, "up", "--port", str(port), "--workers", str(args.workers), "--data-dir", str(data_dir)]
+    log(f"starting taskproc up ({args.workers} workers), data in {data_dir}, log in {up_log}")
+    with up_log.open("ab") as out:
+        up = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    chaos: Chaos | None = None
+    submitted: set[str] = set()
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get("/readyz").status_code == 200:
+                    break
+            if up.poll() is not None or time.monotonic() > deadline:
+                log(f"taskproc up did not become ready; see {up_log}")
+                return 2
+            time.sleep(0.5)
+        pg_url = f"postgresql://postgres@127.0.0.1:{(data_dir / 'postgres.port').read_text().strip()}/taskproc"
+        redis_url = f"redis://127.0.0.1:{(data_dir / 'redis.port').read_text().strip()}/0"
+
+        chaos = Chaos(up.pid, data_dir, redis_url, args.kill_every, args.redis_every)
+        chaos.start()
+        run_id = uuid.uuid4().hex[:8]
+        t0 = time.monotonic()
+        submit_all(client, args, run_id, submitted)
+        log(f"submitted {len(submitted)} tasks in {time.monotonic() - t0:.1f}s")
+
+        deadline = time.monotonic() + args.deadline
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                counts = client.get("/api/v1/stats").json()["tasks"]
+            except (httpx.HTTPError, KeyError, ValueError):
+                time.sleep(1)
+                continue
+            if counts != last:
+                log(f"progress: {counts}")
+                last = counts
+            if counts["pending"] + counts["running"] + counts["retrying"] == 0:
+                break
+            if counts["completed"] + counts["failed"] >= 0.9 * args.tasks and chaos.is_alive():
+                chaos.stop.set()  # let the tail finish without new chaos, so the run ends
+                log("chaos stopped for the tail of the run")
+            time.sleep(2)
+        elapsed = time.monotonic() - t0
+        chaos.stop.set()
+        return report(pg_url, submitted, chaos, elapsed, args)
+    finally:
+        if chaos is not None:
+            chaos.stop.set()
+        client.close()
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait()
+
+
+def report(pg_url: str, submitted: set[str], chaos: Chaos, elapsed: float, args: argparse.Namespace) -> int:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT id::text, status, attempts FROM task").fetchall()
+        twice = conn.execute(
+            "SELECT count(*) FROM (SELECT task_id FROM task_event WHERE status IN ('completed', 'failed', "
+            "'canceled') GROUP BY task_id HAVING count(*) > 1) t"
+        ).fetchone()
+        reran = conn.execute(
+            "SELECT count(*) FROM (SELECT task_id FROM task_event WHERE status = 'running' GROUP BY task_id "
+            "HAVING count(*) > 1) t"
+        ).fetchone()
+        lost_attempts = conn.execute(
+            "SELECT count(*) FROM task_event WHERE detail LIKE 'worker lost%%' OR detail LIKE 'requeued%%'"
+        ).fetchone()
+    status = {r[0]: r[1] for r in rows}
+    by_status = {s: sum(1 for v in status.values() if v == s) for s in ("completed", "failed", "canceled")}
+    missing = [i for i in submitted if i not in status]
+    unfinished = [i for i in submitted if i in status and status[i] not in TERMINAL]
+    lost = len(missing) + len(unfinished)
+    recorded_twice = twice[0] if twice else 0
+    print()
+    print(f"soak: {args.tasks} tasks, {args.workers} workers, sleep 0-{args.max_ms} ms, fail_rate {args.fail_rate}")
+    print(
+        f"chaos: {chaos.worker_kills} worker SIGKILLs, {chaos.redis_kills} redis SIGKILLs, "
+        f"{chaos.redis_flushes} redis FLUSHALLs"
+    )
+    print(f"submitted        {len(submitted)}")
+    print(f"completed        {by_status['completed']}")
+    print(f"failed           {by_status['failed']}  (fail_rate {args.fail_rate}, max_retries {args.max_retries})")
+    print(f"canceled         {by_status['canceled']}")
+    print(f"lost             {lost}  (missing {len(missing)}, not finished {len(unfinished)})")
+    print(f"recorded twice   {recorded_twice}")
+    print(f"ran more than once (at-least-once after a crash or a retry): {reran[0] if reran else 0}")
+    print(f"tries handed back by the reaper or on shutdown: {lost_attempts[0] if lost_attempts else 0}")
+    print(f"elapsed          {elapsed:.1f}s  ({len(submitted) / elapsed:.0f} tasks/s end to end)")
+    return 0 if lost == 0 and recorded_twice == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -214,6 +214,16 @@ class Worker(SQLModel, table=True):
     expires_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
 
 
+class TaskCount(SQLModel, table=True):
+    """Per-status task counters kept by statement triggers (migration 0002); sharded by backend pid."""
+
+    __tablename__ = "task_count"
+
+    status: str = Field(sa_column=sa.Column(sa.String(10), primary_key=True))
+    shard: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
+    n: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+
+
 class TaskCounts(SQLModel):
     pending: int = 0
     running: int = 0

@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     Instrumentator(
         should_group_status_codes=False,
-        excluded_handlers=["/metrics", "/healthz", "/readyz"],
+        excluded_handlers=["/metrics", "/healthz", "/readyz", "/api/v1/events"],
     ).instrument(app)
 
     # Outermost last: ids are assigned first, then limits are enforced before anything parses the body.

@@ -161,11 +161,19 @@ class Stack:
         self.api: Proc | None = None
         self.workers: list[Proc] = []
         self._names = itertools.count()
-        self.client = httpx.Client(base_url=self.url, timeout=10.0)
-        self.start_api()
-        for _ in range(workers):
-            self.start_worker()
-        self.wait_ready(workers)
+        keys = (env or {}).get("TASKPROC_API_KEYS", "").split(",")[0].strip()
+        headers = {"Authorization": f"Bearer {keys}"} if keys else {}
+        self.client = httpx.Client(base_url=self.url, timeout=10.0, headers=headers)
+        try:
+            self.start_api()
+            for _ in range(workers):
+                self.start_worker()
+            self.wait_ready(workers)
+        except BaseException:
+            # make_stack never gets this object to close: stop what was started, or it outlives the test.
+            print(self.logs())
+            self.close()
+            raise
 
     def start_api(self) -> Proc:
         self.api = Proc(

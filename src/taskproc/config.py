@@ -54,10 +54,19 @@ class Settings(BaseSettings):
     retention_days: float = Field(
         default=7.0, ge=0, description="Terminal tasks older than this are purged (0 = keep forever)."
     )
+    retention_interval_s: float = Field(
+        default=300.0, gt=0, description="How often a worker purges expired tasks (in batches of 1000)."
+    )
     log_format: Literal["json", "text"] = Field(default="json", description="Log line format on stdout.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     log_file: Path | None = Field(default=None, description="Also append log lines to this file.")
     db_pool_size: int = Field(default=10, ge=1, le=200, description="Postgres connections per process.")
+    request_timeout_s: float = Field(
+        default=4.5,
+        gt=0,
+        description="An API request whose answer has not started after this long gets 503 (a stream, once "
+        "started, is not limited), so a hung Postgres or Redis never hangs clients.",
+    )
     db_timeout_s: float = Field(
         default=3.0, gt=0, description="Connect and statement timeout, so an outage answers 503, not a hang."
     )

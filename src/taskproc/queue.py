@@ -17,12 +17,18 @@ from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix,
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
-from taskproc.models import Priority
+from taskproc.models import MAX_TIMEOUT_S, Priority
 
 QUEUE_KEY = "arq:queue"
 DEFERRED_KEY = "taskproc:deferred"
 WAKE_CHANNEL = "taskproc:wake"
 JOB_FUNCTION = "run_task"
+# arq's timeout for the one job function; the task's own timeout is enforced by the worker, this is a backstop.
+JOB_TIMEOUT_S = MAX_TIMEOUT_S + 60
+# arq marks a job taken with `arq:in-progress:<job id>`, set with this TTL (its job timeout + 10 s) when a worker
+# starts it and deleted when the job ends. A worker killed in between leaves the key behind for a day, and every
+# other worker skips the job meanwhile; the reconciler uses the TTL left to tell how long ago it was set.
+IN_PROGRESS_TTL_MS = int((JOB_TIMEOUT_S + 10) * 1000)
 
 # Every entry of arq:queue must be "due" (score <= now) for arq to take it, and arq takes the lowest score
 # first. Subtracting a large band per priority keeps all entries due while ordering high < normal < low,
@@ -130,6 +136,70 @@ async def existing_jobs(redis: Redis, job_ids: Sequence[str]) -> list[bool]:
         for jid in job_ids:
             pipe.exists(job_key_prefix + jid)
         return [bool(x) for x in await pipe.execute()]
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What Redis holds for one job: its record, a queue entry (ready or deferred), and arq's in-progress mark."""
+
+    recorded: bool
+    queued: bool
+    taken_ms_ago: int | None  # None: no in-progress mark
+
+    def taken_longer_than(self, ms: float) -> bool:
+        return self.taken_ms_ago is not None and self.taken_ms_ago > ms
+
+
+def _taken_ms_ago(pttl: int) -> int | None:
+    if pttl == -2:  # no such key
+        return None
+    if pttl == -1:  # no TTL: not set by arq's worker; treat as long abandoned
+        return IN_PROGRESS_TTL_MS
+    return max(0, IN_PROGRESS_TTL_MS - pttl)
+
+
+async def job_states(redis: Redis, jobs: Sequence[tuple[uuid.UUID, int, Priority]]) -> list[JobState]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for task_id, generation, priority in jobs:
+            jid = job_id(task_id, generation)
+            pipe.exists(job_key_prefix + jid)
+            pipe.zscore(QUEUE_KEY, jid)
+            pipe.zscore(DEFERRED_KEY, f"{priority.value}|{jid}")
+            pipe.pttl(in_progress_key_prefix + jid)
+        raw = await pipe.execute()
+    return [
+        JobState(
+            recorded=bool(raw[i]),
+            queued=raw[i + 1] is not None or raw[i + 2] is not None,
+            taken_ms_ago=_taken_ms_ago(int(raw[i + 3])),
+        )
+        for i in range(0, len(raw), 4)
+    ]
+
+
+async def abandoned_at_head(redis: Redis, *, limit: int, older_than_ms: float) -> list[tuple[uuid.UUID, int]]:
+    """Jobs among the first `limit` of the ready queue that a worker took over `older_than_ms` ago.
+
+    Workers read the queue from its head and skip jobs marked in progress, so jobs abandoned by killed workers
+    pile up there: enough of them would hide every real job from the workers (and they count as backlog).
+    """
+    members = await redis.zrange(QUEUE_KEY, 0, limit - 1)
+    if not members:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for member in members:
+            pipe.pttl(in_progress_key_prefix + member.decode())
+        ttls = await pipe.execute()
+    out = []
+    for member, pttl in zip(members, ttls, strict=True):
+        age = _taken_ms_ago(int(pttl))
+        if age is None or age <= older_than_ms:
+            continue
+        try:
+            out.append(parse_job_id(member.decode()))
+        except ValueError:
+            continue  # not one of ours
+    return out
 
 
 # Moves due members of the deferred set into arq's queue with their priority band, atomically, so two

@@ -13,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from taskproc.errors import TaskprocError, UnavailableError
+from taskproc.services.tasks import cap_errors
 
 log = logging.getLogger("taskproc.api")
 
@@ -33,15 +34,23 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
         ]
-        return JSONResponse({"detail": detail}, status_code=422)
+        return JSONResponse({"detail": cap_errors(detail)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        cause = exc.__cause__
+        if exc.status_code == 400 and isinstance(cause, RecursionError | ValueError):
+            # FastAPI's "error parsing the body": JSON nested deeper than the parser's recursion limit, or an
+            # integer literal with thousands of digits. Both are invalid input, answered like malformed JSON.
+            msg = "JSON nested too deeply" if isinstance(cause, RecursionError) else "JSON number out of range"
+            return JSONResponse({"detail": [{"loc": ["body"], "msg": msg, "type": "json_invalid"}]}, status_code=422)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(sa_exc.DataError)
     async def _data_error(request: Request, exc: sa_exc.DataError) -> JSONResponse:
-        return JSONResponse({"detail": "a value is not acceptable to the database"}, status_code=422)
+        # E.g. a NUL character in a string, which Postgres text cannot hold. Same shape as other 422s.
+        detail = [{"loc": ["request"], "msg": "a value is not acceptable to the database", "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(sa_exc.OperationalError)
     @app.exception_handler(sa_exc.InterfaceError)

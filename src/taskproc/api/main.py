@@ -13,7 +13,12 @@ from redis.asyncio import Redis
 from taskproc import __version__
 from taskproc.api.deps import AuthDep
 from taskproc.api.errors import install_error_handlers
-from taskproc.api.middleware import AccessLogMiddleware, BodyLimitMiddleware, RequestIdMiddleware
+from taskproc.api.middleware import (
+    AccessLogMiddleware,
+    BodyLimitMiddleware,
+    DeadlineMiddleware,
+    RequestIdMiddleware,
+)
 from taskproc.api.routes import events, health, meta, tasks, web
 from taskproc.api.routing import DocstringRoute
 from taskproc.config import Settings, get_settings
@@ -76,7 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         excluded_handlers=["/metrics", "/healthz", "/readyz", "/api/v1/events"],
     ).instrument(app)
 
-    # Outermost last: ids are assigned first, then limits are enforced before anything parses the body.
+    # Outermost last: ids are assigned first, limits are enforced before anything parses the body, and the
+    # deadline starts once the body has arrived.
+    app.add_middleware(DeadlineMiddleware, deadline_s=settings.request_timeout_s)
     app.add_middleware(AccessLogMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)

@@ -1,7 +1,9 @@
-"""ASGI middleware that runs before any parsing: body size and media type limits, and request ids."""
+"""ASGI middleware that runs before any parsing: body size and media type limits, request ids, deadlines."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -15,6 +17,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_DEADLINE_S = 4.5
+_NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 _JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;.*)?$", re.IGNORECASE)
 _REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
@@ -93,6 +98,97 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class DeadlineMiddleware:
+    """503 for a request whose response has not started within the deadline, instead of a hang.
+
+    Connect, pool and statement timeouts bound most waits on Postgres, but not all: on a server that is frozen,
+    or unreachable behind a network that drops packets, an already open connection waits for TCP to give up
+    (many minutes). Here the client gets 503 JSON `request_timeout_s` (from the app's settings) after its
+    request arrived, and the request is cancelled; the answer does not wait for the cancellation to finish
+    (cancelling a query on a server that does not answer takes a while). Once the response has started (e.g.
+    an event stream) no limit applies. The common path costs one timer, no extra task.
+    """
+
+    def __init__(self, app: ASGIApp, *, deadline_s: float | None = None) -> None:
+        self.app = app
+        self.deadline_s = deadline_s
+        self._replies: set[asyncio.Task[None]] = set()
+
+    def _seconds(self, scope: Scope) -> float:
+        if self.deadline_s is not None:
+            return self.deadline_s
+        settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
+        return float(getattr(settings, "request_timeout_s", DEFAULT_DEADLINE_S))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        current = asyncio.current_task()
+        if scope["type"] != "http" or current is None:
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        seconds = self._seconds(scope)
+        started = timed_out = False
+        timer: asyncio.TimerHandle | None = None
+        reply: asyncio.Task[None] | None = None
+
+        def expire() -> None:
+            nonlocal timed_out, reply
+            if started:
+                return
+            timed_out = True
+            reply = loop.create_task(
+                _reply(
+                    send,
+                    503,
+                    "timed out: a backing service (Postgres or Redis) is slow or unreachable; try again shortly",
+                    [(b"retry-after", b"2")],
+                )
+            )
+            self._replies.add(reply)
+            reply.add_done_callback(self._replies.discard)
+            current.cancel()
+
+        # The clock starts once the request is in: a client slow to upload its body is not the server's delay.
+        if scope["method"] in _NO_BODY:
+            timer = loop.call_later(seconds, expire)
+
+        async def receive_and_arm() -> Message:
+            nonlocal timer
+            message = await receive()
+            if timer is None and message["type"] == "http.request" and not message.get("more_body", False):
+                timer = loop.call_later(seconds, expire)
+            return message
+
+        async def send_unless_timed_out(message: Message) -> None:
+            nonlocal started
+            if timed_out:
+                return  # the client already has its 503
+            if message["type"] == "http.response.start":
+                started = True
+                if timer is not None:
+                    timer.cancel()
+            await send(message)
+
+        try:
+            await self.app(scope, receive_and_arm, send_unless_timed_out)
+        except asyncio.CancelledError:
+            if not timed_out:
+                raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if timed_out:
+            # Our own cancellation, now handled: clear it so the server does not see this task as cancelled.
+            if current.cancelling():
+                current.uncancel()
+            logging.getLogger("taskproc.api").warning(
+                "request timed out before its answer started: %s %s", scope["method"], scope["path"]
+            )
+            if reply is not None:
+                with contextlib.suppress(Exception):
+                    await reply
 
 
 class RequestIdMiddleware:

@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from redis.asyncio import Redis
@@ -47,6 +47,17 @@ TASK_COLUMNS = (
     "id, type, priority, payload, status, attempts, max_retries, timeout_s, result, error, idempotency_key, "
     "generation, run_at, worker_id, cancel_requested, created_at, started_at, finished_at, updated_at"
 )
+
+
+MAX_REPORTED_ERRORS = 100
+
+
+def cap_errors(errors: list[dict[str, Any]], limit: int = MAX_REPORTED_ERRORS) -> list[dict[str, Any]]:
+    """At most `limit` validation errors, so a 1 MiB body with 60 000 bad keys can't make a 6 MB answer."""
+    if len(errors) <= limit:
+        return errors
+    more = {"loc": ["body"], "msg": f"{len(errors) - limit} more errors not shown", "type": "too_many_errors"}
+    return [*errors[:limit], more]
 
 
 def to_public(row: Any) -> TaskPublic:
@@ -112,7 +123,7 @@ async def create_tasks(
         try:
             payloads.append(registry.validate_payload(task_in.type, task_in.payload, loc=loc))
         except InvalidInputError as exc:
-            errors.extend(exc.detail)
+            errors.extend(cast(list[dict[str, Any]], exc.detail))
             payloads.append({})
         key = task_in.idempotency_key
         if key is not None:
@@ -126,7 +137,7 @@ async def create_tasks(
                 )
             seen_keys.setdefault(key, index)
     if errors:
-        raise InvalidInputError(errors)
+        raise InvalidInputError(cap_errors(errors))
 
     now = utcnow()
     rows: list[dict[str, Any]] = []
@@ -153,7 +164,9 @@ async def create_tasks(
     table = Task.__table__  # type: ignore[attr-defined]
     stmt = (
         pg_insert(table)
-        .values(rows)
+        # Rows in key order: two batches racing on the same keys then wait on each other in the same order
+        # and never deadlock.
+        .values(sorted(rows, key=lambda r: r["idempotency_key"] or ""))
         .on_conflict_do_nothing(index_elements=["idempotency_key"], index_where=sa.text("idempotency_key IS NOT NULL"))
         .returning(*table.c)
     )
@@ -293,8 +306,8 @@ async def cancel_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID
         return to_public(row)
     result = await session.execute(
         sa.text(
-            "UPDATE task SET cancel_requested = TRUE, updated_at = now() "
-            f"WHERE id = :id AND status = 'running' RETURNING {TASK_COLUMNS}"  # noqa: S608
+            "UPDATE task SET cancel_requested = TRUE, updated_at = now() "  # noqa: S608 - constant columns
+            f"WHERE id = :id AND status = 'running' RETURNING {TASK_COLUMNS}"
         ),
         {"id": task_id},
     )

@@ -24,8 +24,8 @@ from redis.exceptions import RedisError
 from taskproc import queue
 from taskproc.config import Settings
 from taskproc.db import create_engine, create_sessionmaker
+from taskproc.logging import bind
 from taskproc.metrics import render_latest
-from taskproc.models import MAX_TIMEOUT_S
 from taskproc.tasks.registry import registry
 from taskproc.worker.runtime import TRANSIENT, WorkerRuntime, every
 
@@ -43,11 +43,13 @@ async def run_task(ctx: dict[str, Any], *, task_id: str, generation: int) -> Non
         raise Retry(defer=2.0) from exc
 
 
-class TaskprocWorker(Worker):  # type: ignore[misc]
+class TaskprocWorker(Worker):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
         self._redis_failures = 0
         super().__init__(**kwargs)
+        # Fixed here rather than left to arq's formula: the reconciler reads the age of in-progress marks from it.
+        self.in_progress_timeout_s = queue.IN_PROGRESS_TTL_MS / 1000
 
     @property
     def runtime(self) -> WorkerRuntime:
@@ -128,7 +130,7 @@ async def _listen_for_wakeups(runtime: WorkerRuntime) -> None:
             await asyncio.sleep(min(5.0, 0.2 * 2**failures))
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
 
 
 async def _serve_metrics(runtime: WorkerRuntime, port: int) -> asyncio.Server:
@@ -178,6 +180,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         registry=registry,
     )
     ctx["runtime"] = runtime
+    bind(worker=runtime.worker_id)
     # Register before taking any job, so the reaper never mistakes our first task for an orphan.
     delay = 0.2
     while True:
@@ -188,12 +191,16 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             log.warning("postgres unavailable at startup (%s), retrying in %.1fs", type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2)
+    # Heartbeat three times per lease, so one slow round trip never lets a live worker's lease lapse. The
+    # reaper looks twice as often, so a dead worker's task is picked up at most a sixth of a lease after its
+    # lease ran out (which is 2/3 to 1 lease after the kill).
     lease_tick = max(0.2, settings.lease_s / 3)
+    reap_tick = max(0.2, settings.lease_s / 6)
     background = [
         asyncio.create_task(every(lease_tick, runtime.heartbeat, "heartbeat", jitter=0.0)),
-        asyncio.create_task(every(lease_tick, runtime.reap_lost, "reaper")),
+        asyncio.create_task(every(reap_tick, runtime.reap_lost, "reaper")),
         asyncio.create_task(every(settings.reconcile_s, runtime.reconcile, "reconciler")),
-        asyncio.create_task(every(60.0, runtime.purge_expired, "retention")),
+        asyncio.create_task(every(settings.retention_interval_s, runtime.purge_expired, "retention")),
         asyncio.create_task(_listen_for_wakeups(runtime)),
     ]
     ctx["background"] = background
@@ -228,7 +235,7 @@ def build_worker(settings: Settings) -> TaskprocWorker:
     redis_settings.conn_retry_delay = 1
     return TaskprocWorker(
         settings,
-        functions=[func(run_task, name=queue.JOB_FUNCTION, timeout=MAX_TIMEOUT_S + 60, max_tries=1_000_000)],
+        functions=[func(run_task, name=queue.JOB_FUNCTION, timeout=queue.JOB_TIMEOUT_S, max_tries=1_000_000)],
         redis_settings=redis_settings,
         queue_name=queue.QUEUE_KEY,
         max_jobs=settings.worker_concurrency,
@@ -238,7 +245,7 @@ def build_worker(settings: Settings) -> TaskprocWorker:
         retry_jobs=True,
         max_tries=1_000_000,
         allow_abort_jobs=True,
-        job_completion_wait=settings.shutdown_grace_s,  # type: ignore[arg-type]
+        job_completion_wait=settings.shutdown_grace_s,
         job_serializer=queue.json_serializer,
         job_deserializer=queue.json_deserializer,
         on_startup=on_startup,

@@ -15,6 +15,8 @@ import random
 import socket
 import time
 import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -58,6 +60,13 @@ class WorkerRuntime:
     last_loop_at: float = field(default_factory=time.monotonic)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     promoter: queue.Promoter = field(init=False)
+    # Task ids this process is claiming, running or recording (a multiset: a stale duplicate job of a task may
+    # overlap with the real one). A row that is `running` under our worker id but not in here is an orphan.
+    active: Counter[uuid.UUID] = field(default_factory=Counter)
+    # Since when (monotonic) every heartbeat has succeeded; None right after a failed one. Other workers' tasks
+    # are only reaped after a full lease of our own good heartbeats, so a Postgres outage that kept everyone
+    # from renewing does not make live workers look dead the moment it ends.
+    lease_ok_since: float | None = float("-inf")
 
     def __post_init__(self) -> None:
         self.promoter = queue.Promoter(self.redis)
@@ -65,6 +74,17 @@ class WorkerRuntime:
     # ---- one job -------------------------------------------------------------------------------------
 
     async def run(self, task_id: uuid.UUID, generation: int) -> None:
+        self.active[task_id] += 1
+        try:
+            await self._run(task_id, generation)
+        finally:
+            self.active[task_id] -= 1
+            if self.active[task_id] <= 0:
+                del self.active[task_id]
+
+    async def _run(self, task_id: uuid.UUID, generation: int) -> None:
+        # A claim that fails on a transient error propagates (the job is retried shortly); if it had in fact
+        # committed, the row is an orphan of this worker and reap_lost() hands it back.
         row = await self._claim(task_id, generation)
         if row is None:
             return
@@ -82,12 +102,14 @@ class WorkerRuntime:
         key = (task_id, generation, attempt)
         task_type = self.registry.get(type_name)
         if task_type is None:
-            await self._finish_failed(key, label, f"unknown task type {type_name!r}", permanent=True)
+            error = f"unknown task type {type_name!r}"
+            await self._record(key, lambda: self._finish_failed(key, label, error, permanent=True))
             return
         try:
             payload = task_type.payload_model.model_validate(m["payload"])
         except ValidationError as exc:
-            await self._finish_failed(key, label, f"invalid payload: {exc}", permanent=True)
+            error = f"invalid payload: {exc}"[:MAX_ERROR_CHARS]
+            await self._record(key, lambda: self._finish_failed(key, label, error, permanent=True))
             return
 
         ctx = TaskContext(task_id=task_id, type=type_name, attempt=attempt)
@@ -99,32 +121,70 @@ class WorkerRuntime:
                 result = await task_type.handler(payload, ctx)
             # Serialise here, so a result that is not JSON fails the attempt instead of the worker.
             result_text = _json(to_jsonable_python(result))
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling() == 0:
+                # Raised by the handler itself, nobody cancelled us: a failed attempt like any other (requeueing
+                # it as for a shutdown would run it again and again).
+                metrics.TASK_DURATION.labels(label).observe(time.perf_counter() - t0)
+                metrics.TASK_ATTEMPTS.labels(label, "error").inc()
+                error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+                await self._record(key, lambda: self._finish_failed(key, label, error))
+                return
             metrics.TASK_ATTEMPTS.labels(label, "aborted").inc()
             metrics.TASK_DURATION.labels(label).observe(time.perf_counter() - t0)
             await asyncio.shield(self._after_cancel(key, label))
             raise
-        except TimeoutError:
-            if not timeout.expired():
-                raise
+        except TimeoutError as exc:
             elapsed = time.perf_counter() - t0
             metrics.TASK_DURATION.labels(label).observe(elapsed)
-            metrics.TASK_ATTEMPTS.labels(label, "timeout").inc()
-            await self._finish_failed(key, label, f"timed out after {float(m['timeout_s']):g}s")
+            if timeout.expired():
+                metrics.TASK_ATTEMPTS.labels(label, "timeout").inc()
+                error = f"timed out after {float(m['timeout_s']):g}s"
+            else:
+                # The handler's own timeout (e.g. asyncio.wait_for inside it), not ours: an ordinary error.
+                metrics.TASK_ATTEMPTS.labels(label, "error").inc()
+                error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            await self._record(key, lambda: self._finish_failed(key, label, error))
         except Exception as exc:
             elapsed = time.perf_counter() - t0
             metrics.TASK_DURATION.labels(label).observe(elapsed)
             metrics.TASK_ATTEMPTS.labels(label, "error").inc()
-            await self._finish_failed(key, label, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            await self._record(key, lambda: self._finish_failed(key, label, error))
         else:
             elapsed = time.perf_counter() - t0
             metrics.TASK_DURATION.labels(label).observe(elapsed)
             metrics.TASK_ATTEMPTS.labels(label, "success").inc()
-            await self._finish_completed(key, label, result_text, elapsed)
+            await self._record(key, lambda: self._finish_completed(key, label, result_text, elapsed))
         finally:
             metrics.TASKS_RUNNING.dec()
             # A slot is free: look at the queue now rather than at the next poll.
             self.wake.set()
+
+    async def _record(self, key: tuple[uuid.UUID, int, int], write: Callable[[], Awaitable[None]]) -> None:
+        """Write an attempt's outcome, retrying while Postgres is unreachable.
+
+        The outcome exists only in this process, so it is kept until it can be written: re-running the job
+        instead would find the row `running` and could neither claim it nor finish it. Every write is a
+        compare-and-set, so repeating one that did commit (but whose answer was lost) changes nothing, and if
+        the lease ran out meanwhile and another worker took the task over, the late write is ignored.
+        """
+        delay = 0.2
+        while True:
+            try:
+                await write()
+                return
+            except TRANSIENT as exc:
+                log.warning(
+                    "postgres unavailable (%s); outcome of task %s kept, retrying in %.1fs",
+                    type(exc).__name__,
+                    key[0],
+                    delay,
+                    extra={"task_id": str(key[0]), "attempt": key[2]},
+                )
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
 
     async def _claim(self, task_id: uuid.UUID, generation: int) -> Any | None:
         async with self.sessions() as session:
@@ -275,6 +335,19 @@ class WorkerRuntime:
 
     async def heartbeat(self) -> None:
         """Keep this worker's lease alive: a row whose expires_at moves forward."""
+        t0 = time.monotonic()
+        try:
+            await self._heartbeat()
+        except BaseException:
+            self.lease_ok_since = None
+            raise
+        now = time.monotonic()
+        if self.lease_ok_since is None or now - t0 > self.settings.lease_s / 2:
+            # Back after a failure, or after a heartbeat so slow (a frozen or unreachable database) that the
+            # others' leases may have lapsed meanwhile just like ours: start a fresh healthy period.
+            self.lease_ok_since = now
+
+    async def _heartbeat(self) -> None:
         async with self.sessions() as session:
             await session.execute(
                 sa.text(
@@ -296,8 +369,72 @@ class WorkerRuntime:
             await session.execute(sa.text("DELETE FROM worker WHERE id = :id"), {"id": self.worker_id})
             await session.commit()
 
+    def may_reap_others(self) -> bool:
+        """True once our own heartbeats have succeeded for a whole lease (or never failed)."""
+        since = self.lease_ok_since
+        return since is not None and time.monotonic() - since >= self.settings.lease_s
+
     async def reap_lost(self) -> int:
-        """Running tasks whose worker's lease expired are retried now (their lost attempt counts)."""
+        """Hand back running tasks that nobody is running any more.
+
+        - Another worker's, once its lease expired: retried now, the lost attempt counts (it may have crashed
+          the worker; max_retries bounds that).
+        - Our own that this process is not running (a claim whose answer was lost, an outcome that could not
+          be written before a cancellation): back to pending, the attempt given back.
+        """
+        orphans = await self._reap_orphans()
+        if not self.may_reap_others():
+            return orphans
+        return orphans + await self._reap_expired()
+
+    async def _reap_orphans(self) -> int:
+        async with self.sessions() as session:
+            candidates = (
+                await session.execute(
+                    sa.text(
+                        "SELECT id, generation, attempts FROM task WHERE status = 'running' AND worker_id = :worker"
+                    ),
+                    {"worker": self.worker_id},
+                )
+            ).fetchall()
+            # Checked after the read: a task that was being run when the row was read and is not any more has
+            # been recorded since (its row changed, so the compare-and-set below skips it).
+            orphans = [c for c in candidates if c.id not in self.active]
+            rows: list[Any] = []
+            for c in orphans:
+                rows += await transition(
+                    session,
+                    sets=(
+                        "status = CASE WHEN cancel_requested THEN 'canceled' ELSE 'pending' END, "
+                        "finished_at = CASE WHEN cancel_requested THEN now() END, "
+                        "attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, "
+                        "started_at = CASE WHEN cancel_requested THEN started_at END, "
+                        "generation = generation + 1, worker_id = NULL, run_at = now()"
+                    ),
+                    where=(
+                        "id = :id AND generation = :gen AND attempts = :attempts AND status = 'running' "
+                        "AND worker_id = :worker"
+                    ),
+                    params={"id": c.id, "gen": c.generation, "attempts": c.attempts, "worker": self.worker_id},
+                    detail=f"requeued: claimed by {self.worker_id} but no longer running there",
+                )
+            await session.commit()
+        if not rows:
+            return 0
+        for r in rows:
+            log.warning("orphaned task handed back", extra={"task_id": str(r.id), "status": r.status})
+            if r.status == "canceled":
+                metrics.TASKS_FINISHED.labels(metrics.type_label(r.type), "canceled").inc()
+        pending = [r for r in rows if r.status == "pending"]
+        try:
+            if pending:
+                await queue.enqueue(self.redis, [enqueue_item(r) for r in pending])
+            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, Priority(r.priority)) for r in rows])
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("redis unavailable; the reconciler will enqueue: %s", type(exc).__name__)
+        return len(rows)
+
+    async def _reap_expired(self) -> int:
         async with self.sessions() as session:
             rows = await transition(
                 session,
@@ -309,11 +446,13 @@ class WorkerRuntime:
                     "generation = generation + 1, worker_id = NULL, run_at = now()"
                 ),
                 where=(
-                    "id IN (SELECT t.id FROM task t WHERE t.status = 'running' AND NOT EXISTS "
+                    "id IN (SELECT t.id FROM task t WHERE t.status = 'running' "
+                    "AND t.worker_id IS DISTINCT FROM :me AND NOT EXISTS "
                     "(SELECT 1 FROM worker w WHERE w.id = t.worker_id AND w.expires_at > now()) "
                     "ORDER BY t.id LIMIT 500 FOR UPDATE SKIP LOCKED) AND status = 'running'"
                 ),
-                params={},
+                # Our own tasks are never "lost" to us: the ones we still run carry on, the others are orphans.
+                params={"me": self.worker_id},
                 detail="worker lost (lease expired); attempt counted",
             )
             await session.execute(sa.text("DELETE FROM worker WHERE expires_at < now() - interval '1 hour'"))
@@ -341,12 +480,22 @@ class WorkerRuntime:
         return len(rows)
 
     async def reconcile(self, *, batch: int = 1000, max_rows: int = 200_000) -> int:
-        """Re-enqueue waiting tasks whose job record is missing from Redis (flushed, restarted, never sent).
+        """Make Redis agree with Postgres again; returns how many jobs were (re-)enqueued.
+
+        - A waiting task whose job is missing (Redis flushed, restarted empty, or the API's enqueue never
+          happened) is enqueued again.
+        - A waiting task whose job a worker took but never claimed (the worker was killed in between) is
+          re-issued under a new generation: arq's in-progress mark on the old job would keep every worker
+          away from it for a day.
+        - Jobs abandoned that way at the head of the queue whose task has moved on are deleted, so they
+          neither hide real jobs from the workers nor count as backlog.
 
         One worker at a time does it (advisory lock); tasks changed in the last two seconds are skipped, since
         their enqueue may still be on its way.
         """
+        abandoned_ms = self.settings.lease_s * 1000
         enqueued = 0
+        reissued: list[Any] = []
         async with self.sessions() as session:
             got = (await session.execute(sa.text("SELECT pg_try_advisory_xact_lock(7314250001)"))).scalar_one()
             if not got:
@@ -368,15 +517,64 @@ class WorkerRuntime:
                     break
                 scanned += len(rows)
                 last = rows[-1].id
-                present = await queue.existing_jobs(self.redis, [queue.job_id(r.id, r.generation) for r in rows])
-                missing = [r for r, ok in zip(rows, present, strict=True) if not ok]
+                states = await queue.job_states(self.redis, [(r.id, r.generation, Priority(r.priority)) for r in rows])
+                missing = []
+                for r, state in zip(rows, states, strict=True):
+                    if state.taken_longer_than(abandoned_ms):
+                        reissued.extend(await self._reissue(session, r.id, r.generation))
+                    elif state.taken_ms_ago is None and not (state.recorded and state.queued):
+                        missing.append(r)
                 if missing:
                     await queue.enqueue(self.redis, [enqueue_item(r) for r in missing])
                     enqueued += len(missing)
+            garbage = await self._sweep_queue_head(session, abandoned_ms, reissued)
             await session.commit()
-        if enqueued:
-            log.warning("reconciler re-enqueued tasks missing from redis", extra={"count": enqueued})
-        return enqueued
+        if reissued:
+            await queue.enqueue(self.redis, [enqueue_item(r) for r in reissued])
+            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, Priority(r.priority)) for r in reissued])
+        if enqueued or reissued or garbage:
+            log.warning(
+                "reconciler re-enqueued tasks missing from redis",
+                extra={"count": enqueued + len(reissued)},
+            )
+        return enqueued + len(reissued)
+
+    async def _reissue(self, session: AsyncSession, task_id: uuid.UUID, generation: int) -> list[Any]:
+        return await transition(
+            session,
+            sets="generation = generation + 1",
+            where="id = :id AND generation = :gen AND status IN ('pending', 'retrying')",
+            params={"id": task_id, "gen": generation},
+            detail="re-enqueued: its job was taken by a worker that never started it",
+        )
+
+    async def _sweep_queue_head(self, session: AsyncSession, abandoned_ms: float, reissued: list[Any]) -> int:
+        """Abandoned jobs at the head of the queue: re-issue those still waiting, delete the obsolete ones."""
+        jobs = await queue.abandoned_at_head(self.redis, limit=1000, older_than_ms=abandoned_ms)
+        if not jobs:
+            return 0
+        rows = (
+            await session.execute(
+                sa.text("SELECT id, generation, status, priority FROM task WHERE id = ANY(:ids)"),
+                {"ids": [task_id for task_id, _ in jobs]},
+            )
+        ).fetchall()
+        current = {r.id: r for r in rows}
+        done_ids = {r.id for r in reissued}
+        obsolete: list[tuple[uuid.UUID, int, Priority]] = []
+        for task_id, generation in jobs:
+            row = current.get(task_id)
+            if row is not None and row.generation == generation and row.status in ("pending", "retrying", "running"):
+                if row.status != "running" and task_id not in done_ids:
+                    reissued.extend(await self._reissue(session, task_id, generation))
+                # Running: a live worker's job, or the reaper's business once that worker's lease runs out.
+                continue
+            # The task is gone, finished, or on a newer generation: this job will never do anything.
+            obsolete.append((task_id, generation, Priority.normal))
+        if obsolete:
+            await queue.remove_jobs(self.redis, obsolete)
+            log.warning("reconciler deleted abandoned jobs of finished tasks", extra={"count": len(obsolete)})
+        return len(obsolete)
 
     async def purge_expired(self, *, batch: int = 1000) -> int:
         """Delete terminal tasks older than the retention, in small batches so no lock is held for long."""
@@ -396,7 +594,7 @@ class WorkerRuntime:
                     {"secs": days * 86400, "batch": batch},
                 )
                 await session.commit()
-            n = result.rowcount  # type: ignore[attr-defined]
+            n: int = result.rowcount  # type: ignore[attr-defined]
             total += n
             if n < batch:
                 break

@@ -22,13 +22,11 @@ down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-SHARDS = 16
-
-FUNCTIONS = f"""
+FUNCTIONS = """
 CREATE FUNCTION taskproc_count_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO task_count (status, shard, n)
-  SELECT status, pg_backend_pid() % {SHARDS}, count(*) FROM new_rows GROUP BY status
+  SELECT status, pg_backend_pid() % 16, count(*) FROM new_rows GROUP BY status
   ON CONFLICT (status, shard) DO UPDATE SET n = task_count.n + EXCLUDED.n;
   RETURN NULL;
 END $$;
@@ -36,7 +34,7 @@ END $$;
 CREATE FUNCTION taskproc_count_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO task_count (status, shard, n)
-  SELECT status, pg_backend_pid() % {SHARDS}, sum(d) FROM (
+  SELECT status, pg_backend_pid() % 16, sum(d) FROM (
     SELECT n.status, 1 AS d FROM new_rows n JOIN old_rows o USING (id) WHERE n.status <> o.status
     UNION ALL
     SELECT o.status, -1 FROM new_rows n JOIN old_rows o USING (id) WHERE n.status <> o.status
@@ -51,7 +49,7 @@ END $$;
 CREATE FUNCTION taskproc_count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO task_count (status, shard, n)
-  SELECT status, pg_backend_pid() % {SHARDS}, -count(*) FROM old_rows GROUP BY status
+  SELECT status, pg_backend_pid() % 16, -count(*) FROM old_rows GROUP BY status
   ON CONFLICT (status, shard) DO UPDATE SET n = task_count.n + EXCLUDED.n;
   RETURN NULL;
 END $$;

@@ -249,7 +249,8 @@ def report(pg_url: str, submitted: set[str], chaos: Chaos, elapsed: float, args:
             "HAVING count(*) > 1) t"
         ).fetchone()
         lost_attempts = conn.execute(
-            "SELECT count(*) FROM task_event WHERE detail LIKE 'worker lost%%' OR detail LIKE 'requeued%%'"
+            "SELECT count(*) FROM task_event WHERE detail LIKE 'worker lost%%' OR detail LIKE 'requeued%%' "
+            "OR detail LIKE 're-enqueued%%'"
         ).fetchone()
     status = {r[0]: r[1] for r in rows}
     by_status = {s: sum(1 for v in status.values() if v == s) for s in ("completed", "failed", "canceled")}
@@ -270,7 +271,7 @@ def report(pg_url: str, submitted: set[str], chaos: Chaos, elapsed: float, args:
     print(f"lost             {lost}  (missing {len(missing)}, not finished {len(unfinished)})")
     print(f"recorded twice   {recorded_twice}")
     print(f"ran more than once (at-least-once after a crash or a retry): {reran[0] if reran else 0}")
-    print(f"tries handed back by the reaper or on shutdown: {lost_attempts[0] if lost_attempts else 0}")
+    print(f"tries recovered (lost worker, orphaned claim, abandoned job): {lost_attempts[0] if lost_attempts else 0}")
     print(f"elapsed          {elapsed:.1f}s  ({len(submitted) / elapsed:.0f} tasks/s end to end)")
     return 0 if lost == 0 and recorded_twice == 0 else 1
 

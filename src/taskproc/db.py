@@ -9,15 +9,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from taskproc.config import Settings
 
 
-def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
-    """An engine whose every wait is bounded, so a Postgres outage surfaces as an error, never a hang."""
+def create_engine(settings: Settings, *, pool_size: int | None = None, pre_ping: bool = True) -> AsyncEngine:
+    """An engine whose every wait is bounded, so a Postgres outage surfaces as an error, never a hang.
+
+    `pre_ping` costs a round trip per checkout; the worker turns it off, since it retries every statement that
+    fails on a dead connection anyway (and the pool is invalidated on the first such error).
+    """
     timeout = settings.db_timeout_s
     return create_async_engine(
         settings.sqlalchemy_url,
         pool_size=pool_size or settings.db_pool_size,
         max_overflow=pool_size or settings.db_pool_size,
         pool_timeout=timeout,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args={
             "connect_timeout": max(1, int(timeout)),

@@ -243,7 +243,7 @@ class QueueCounts(SQLModel):
 class Stats(SQLModel):
     tasks: TaskCounts
     queue: QueueCounts = Field(description="Tasks ready to run now and not yet started, by priority.")
-    retried_total: int = Field(description="Retries scheduled over the lifetime of the stored tasks.")
+    retried_total: int = Field(description="Retries scheduled since the database was created.")
     workers: int = Field(description="Live worker processes (heartbeat within the lease).")
 
 

@@ -15,7 +15,7 @@ from taskproc.errors import UnauthorizedError
 from taskproc.tasks.registry import TaskRegistry
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -25,12 +25,12 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_redis(request: Request) -> Redis:
+async def get_redis(request: Request) -> Redis:
     redis: Redis = request.app.state.redis
     return redis
 
 
-def get_registry(request: Request) -> TaskRegistry:
+async def get_registry(request: Request) -> TaskRegistry:
     registry: TaskRegistry = request.app.state.registry
     return registry
 
@@ -41,7 +41,7 @@ RedisDep = Annotated[Redis, Depends(get_redis)]
 RegistryDep = Annotated[TaskRegistry, Depends(get_registry)]
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """When API keys are configured, every /api/v1 call needs `Authorization: Bearer <key>`."""
     keys: list[bytes] = request.app.state.api_keys
     if not keys:

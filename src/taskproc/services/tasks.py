@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -17,7 +18,6 @@ from typing import Any, cast
 import sqlalchemy as sa
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskproc import queue
@@ -31,7 +31,6 @@ from taskproc.models import (
     Task,
     TaskCounts,
     TaskCreate,
-    TaskEvent,
     TaskEventPublic,
     TaskList,
     TaskPublic,
@@ -58,6 +57,23 @@ def cap_errors(errors: list[dict[str, Any]], limit: int = MAX_REPORTED_ERRORS) -
         return errors
     more = {"loc": ["body"], "msg": f"{len(errors) - limit} more errors not shown", "type": "too_many_errors"}
     return [*errors[:limit], more]
+
+
+_INSERT_TASKS = sa.text(
+    "WITH input AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), "  # noqa: S608 - constant SQL, values bound
+    "CAST(:priorities AS text[]), CAST(:payloads AS text[]), CAST(:max_retries AS int[]), "
+    "CAST(:timeouts AS float8[]), CAST(:keys AS text[]), CAST(:run_ats AS timestamptz[])) WITH ORDINALITY "
+    "AS i(id, type, priority, payload, max_retries, timeout_s, idempotency_key, run_at, ord)), "
+    "ins AS (INSERT INTO task (id, type, priority, payload, status, attempts, max_retries, timeout_s, "
+    "idempotency_key, generation, run_at, cancel_requested, created_at, updated_at) "
+    "SELECT id, type, priority, CAST(payload AS jsonb), 'pending', 0, max_retries, timeout_s, idempotency_key, "
+    "1, run_at, FALSE, :now, :now FROM input ORDER BY ord "
+    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+    f"RETURNING {TASK_COLUMNS}), "
+    "ev AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
+    "SELECT id, created_at, 'pending', 0, 'accepted' FROM ins) "
+    "SELECT * FROM ins"
+)
 
 
 def to_public(row: Any) -> TaskPublic:
@@ -161,24 +177,26 @@ async def create_tasks(
                 "updated_at": now,
             }
         )
-    table = Task.__table__  # type: ignore[attr-defined]
-    stmt = (
-        pg_insert(table)
-        # Rows in key order: two batches racing on the same keys then wait on each other in the same order
-        # and never deadlock.
-        .values(sorted(rows, key=lambda r: r["idempotency_key"] or ""))
-        .on_conflict_do_nothing(index_elements=["idempotency_key"], index_where=sa.text("idempotency_key IS NOT NULL"))
-        .returning(*table.c)
+    # One fixed statement whatever the batch size (arrays through unnest), so psycopg prepares it once and
+    # nothing is compiled per request; the first event rows are written by the same statement. Rows go in key
+    # order: two batches racing on the same keys then wait on each other in the same order and never deadlock.
+    ordered = sorted(rows, key=lambda r: r["idempotency_key"] or "")
+    result = await session.execute(
+        _INSERT_TASKS,
+        {
+            "ids": [r["id"] for r in ordered],
+            "types": [r["type"] for r in ordered],
+            "priorities": [r["priority"] for r in ordered],
+            "payloads": [json.dumps(r["payload"], separators=(",", ":")) for r in ordered],
+            "max_retries": [r["max_retries"] for r in ordered],
+            "timeouts": [float(r["timeout_s"]) for r in ordered],
+            "keys": [r["idempotency_key"] for r in ordered],
+            "run_ats": [r["run_at"] for r in ordered],
+            "now": now,
+        },
     )
-    inserted = {r.id: r for r in (await session.execute(stmt)).fetchall()}
-    if inserted:
-        await session.execute(
-            sa.insert(TaskEvent.__table__),  # type: ignore[attr-defined]
-            [
-                {"task_id": r.id, "at": now, "status": "pending", "attempt": 0, "detail": "accepted"}
-                for r in inserted.values()
-            ],
-        )
+    inserted = {r.id: r for r in result.fetchall()}
+    table = Task.__table__  # type: ignore[attr-defined]
     existing: dict[str, Any] = {}
     missing_keys = [r["idempotency_key"] for r in rows if r["id"] not in inserted and r["idempotency_key"]]
     if missing_keys:
@@ -367,13 +385,13 @@ async def list_events(*, session: AsyncSession, task_id: uuid.UUID) -> list[Task
 
 
 async def get_stats(*, session: AsyncSession) -> Stats:
+    """Counts by status from the trigger-kept counters (migration 0002), never a scan of the task table."""
     rows = (
         await session.execute(
             sa.text(
-                "SELECT 's' AS kind, status AS k, count(*) AS n FROM task GROUP BY status "
+                "SELECT 's' AS kind, status AS k, sum(n)::bigint AS n FROM task_count GROUP BY status "
                 "UNION ALL SELECT 'q', priority, count(*) FROM task "
                 "WHERE status IN ('pending', 'retrying') AND run_at <= now() GROUP BY priority "
-                "UNION ALL SELECT 'r', '', count(*) FROM task_event WHERE status = 'retrying' "
                 "UNION ALL SELECT 'w', '', count(*) FROM worker WHERE expires_at > now()"
             )
         )
@@ -383,12 +401,13 @@ async def get_stats(*, session: AsyncSession) -> Stats:
     retried = workers = 0
     for kind, key, n in rows:
         if kind == "s":
-            setattr(counts, key, n)
-            counts.total += n
+            if key == "_retried":
+                retried = n
+            elif key in TaskCounts.model_fields:
+                setattr(counts, key, n)
+                counts.total += n
         elif kind == "q":
             setattr(queue_counts, key, n)
-        elif kind == "r":
-            retried = n
         else:
             workers = n
     return Stats(tasks=counts, queue=queue_counts, retried_total=retried, workers=workers)

@@ -171,11 +171,14 @@ async def _serve_metrics(runtime: WorkerRuntime, port: int) -> asyncio.Server:
 
 async def on_startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
-    engine = create_engine(settings, pool_size=min(settings.db_pool_size, settings.worker_concurrency + 4))
+    engine = create_engine(
+        settings, pool_size=min(settings.db_pool_size, settings.worker_concurrency + 4), pre_ping=False
+    )
     runtime = WorkerRuntime(
         settings=settings,
         engine=engine,
         sessions=create_sessionmaker(engine),
+        autocommit_sessions=create_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")),
         redis=ctx["redis"],
         registry=registry,
     )
@@ -257,5 +260,12 @@ def build_worker(settings: Settings) -> TaskprocWorker:
 
 
 def run_worker(settings: Settings) -> None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (it comes with uvicorn[standard]); asyncio's loop works too
+        pass
+    else:
+        # About a quarter less CPU per socket round trip, and a worker is mostly round trips.
+        asyncio.set_event_loop(uvloop.new_event_loop())
     worker = build_worker(settings)
     worker.run()

@@ -55,6 +55,9 @@ class WorkerRuntime:
     sessions: async_sessionmaker[AsyncSession]
     redis: Redis
     registry: TaskRegistry
+    # Sessions in autocommit mode for the single-statement claim and completion: each is one compare-and-set
+    # statement, atomic on its own, so BEGIN and COMMIT would only add two round trips per write.
+    autocommit_sessions: async_sessionmaker[AsyncSession] | None = None
     worker_id: str = field(default_factory=new_worker_id)
     shutting_down: bool = False
     last_loop_at: float = field(default_factory=time.monotonic)
@@ -187,7 +190,7 @@ class WorkerRuntime:
             delay = min(2.0, delay * 2)
 
     async def _claim(self, task_id: uuid.UUID, generation: int) -> Any | None:
-        async with self.sessions() as session:
+        async with (self.autocommit_sessions or self.sessions)() as session:
             rows = await transition(
                 session,
                 sets=(
@@ -208,7 +211,7 @@ class WorkerRuntime:
         self, key: tuple[uuid.UUID, int, int], label: str, result_text: str, elapsed: float
     ) -> None:
         task_id, generation, attempt = key
-        async with self.sessions() as session:
+        async with (self.autocommit_sessions or self.sessions)() as session:
             rows = await transition(
                 session,
                 sets="status = 'completed', result = CAST(:result AS jsonb), error = NULL, finished_at = now(), "

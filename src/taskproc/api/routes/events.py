@@ -35,6 +35,9 @@ from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from taskproc.api.routing import DocstringRoute
+from taskproc.api.schemas import ERROR_RESPONSES
+
 log = logging.getLogger("taskproc.api.events")
 
 POLL_S = 0.25  # how often the shared poller looks for new rows
@@ -280,7 +283,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await hub.close()
 
 
-router = APIRouter(tags=["events"], lifespan=lifespan)
+router = APIRouter(tags=["events"], lifespan=lifespan, route_class=DocstringRoute)
 
 
 def _parse_last_event_id(header: str | None, query: int | None) -> int | None:
@@ -299,7 +302,8 @@ def _parse_last_event_id(header: str | None, query: int | None) -> int | None:
         200: {
             "description": "An endless `text/event-stream`; see the endpoint description for the message format.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
-        }
+        },
+        **{code: ERROR_RESPONSES[code] for code in (401, 422, 503)},
     },
 )
 async def stream_events(

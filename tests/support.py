@@ -44,6 +44,19 @@ def wait_for(
         time.sleep(interval)
 
 
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as dead: this machine's init reaps orphans slowly)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state != "Z"
+
+
 @dataclass
 class Servers:
     pg: EmbeddedPostgres

@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -34,6 +33,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
+
+from taskproc.models import Priority, TaskStatus
 
 EXIT_OK = 0
 EXIT_TASK = 1
@@ -54,19 +55,8 @@ PRIORITY_STYLE = {"high": "red", "normal": "blue", "low": "grey62"}
 STATUSES = ("pending", "running", "retrying", "completed", "failed", "canceled")
 
 
-class PriorityChoice(StrEnum):
-    high = "high"
-    normal = "normal"
-    low = "low"
-
-
-class StatusChoice(StrEnum):
-    pending = "pending"
-    running = "running"
-    retrying = "retrying"
-    completed = "completed"
-    failed = "failed"
-    canceled = "canceled"
+PriorityChoice = Priority
+StatusChoice = TaskStatus
 
 
 ApiUrl = Annotated[

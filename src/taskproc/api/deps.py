@@ -41,12 +41,11 @@ RedisDep = Annotated[Redis, Depends(get_redis)]
 RegistryDep = Annotated[TaskRegistry, Depends(get_registry)]
 
 
-async def require_api_key(request: Request) -> None:
-    """When API keys are configured, every /api/v1 call needs `Authorization: Bearer <key>`."""
-    keys: list[bytes] = request.app.state.api_keys
+def check_bearer(authorization: str, keys: list[bytes]) -> None:
+    """UnauthorizedError unless `authorization` is `Bearer <one of keys>` (no keys configured: always fine)."""
     if not keys:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise UnauthorizedError("missing bearer token: send 'Authorization: Bearer <api key>'")
     presented = token.strip().encode()
@@ -56,6 +55,15 @@ async def require_api_key(request: Request) -> None:
         matched |= hmac.compare_digest(presented, key)
     if not matched:
         raise UnauthorizedError("invalid API key")
+
+
+async def require_api_key(request: Request) -> None:
+    """When API keys are configured, every /api/v1 call needs `Authorization: Bearer <key>`.
+
+    ApiKeyMiddleware already answers 401 before the body is read; this dependency keeps routes safe even if
+    they are mounted without it.
+    """
+    check_bearer(request.headers.get("authorization", ""), request.app.state.api_keys)
 
 
 AuthDep = Depends(require_api_key)

@@ -15,6 +15,7 @@ from taskproc.api.deps import AuthDep
 from taskproc.api.errors import install_error_handlers
 from taskproc.api.middleware import (
     AccessLogMiddleware,
+    ApiKeyMiddleware,
     BodyLimitMiddleware,
     DeadlineMiddleware,
     RequestIdMiddleware,
@@ -81,10 +82,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         excluded_handlers=["/metrics", "/healthz", "/readyz", "/api/v1/events"],
     ).instrument(app)
 
-    # Outermost last: ids are assigned first, limits are enforced before anything parses the body, and the
+    # Outermost last: ids are assigned and every request is logged (401s and 413s too), keys are checked before
+    # the body is read, limits are enforced before anything parses it, and the
     # deadline starts once the body has arrived.
     app.add_middleware(DeadlineMiddleware, deadline_s=settings.request_timeout_s)
-    app.add_middleware(AccessLogMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, keys=app.state.api_keys)
+    app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

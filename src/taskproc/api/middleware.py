@@ -12,6 +12,9 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from taskproc.api.deps import check_bearer
+from taskproc.errors import UnauthorizedError
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -251,3 +254,26 @@ class AccessLogMiddleware:
                     "request_id": scope.get("state", {}).get("request_id"),
                 },
             )
+
+
+class ApiKeyMiddleware:
+    """401 for /api/v1 calls without a valid bearer key, before the body is read or parsed.
+
+    So a stranger learns nothing from validation errors and cannot make the API read a large body.
+    """
+
+    def __init__(self, app: ASGIApp, *, keys: list[bytes], prefix: str = "/api/v1") -> None:
+        self.app = app
+        self.keys = keys
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.keys and scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            try:
+                check_bearer(header, self.keys)
+            except UnauthorizedError as exc:
+                extra = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
+                await _reply(send, exc.status_code, str(exc.detail), extra)
+                return
+        await self.app(scope, receive, send)

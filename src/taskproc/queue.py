@@ -1,7 +1,11 @@
-"""The Redis side of a task: arq job records, priority scores, the deferred set and wake-ups.
+"""The Redis side of a task: queue entries ordered by priority, the deferred set, the running set and wake-ups.
 
 Postgres is the source of truth; everything here can be rebuilt from it by the reconciler, so every write is
 best effort from the caller's point of view and happens after the Postgres transaction commits.
+
+A job is the member `<task id>.<generation>` and nothing else: there is no per-job record to read or lock, so
+taking jobs is one script call for a whole batch (see TICK_SCRIPT) and a worker's claim in Postgres, a
+compare-and-set, is what makes a job run once.
 """
 
 from __future__ import annotations
@@ -13,25 +17,26 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
-from arq.jobs import serialize_job
+from arq.constants import abort_jobs_ss
 from redis.asyncio import Redis
 
 from taskproc.models import MAX_TIMEOUT_S, Priority
 
 QUEUE_KEY = "arq:queue"
 DEFERRED_KEY = "taskproc:deferred"
+# Jobs a worker has taken off the queue, scored by when: a job stays here while its task is claimed, runs and
+# has its outcome written, so queue + deferred + running is the whole backlog (KEDA scales on all three).
+RUNNING_KEY = "taskproc:running"
+ABORT_KEY = abort_jobs_ss
 WAKE_CHANNEL = "taskproc:wake"
 JOB_FUNCTION = "run_task"
-# arq's timeout for the one job function; the task's own timeout is enforced by the worker, this is a backstop.
+# arq's timeout for its one registered job function; the task's own timeout is enforced by the worker.
 JOB_TIMEOUT_S = MAX_TIMEOUT_S + 60
-# arq marks a job taken with `arq:in-progress:<job id>`, set with this TTL (its job timeout + 10 s) when a worker
-# starts it and deleted when the job ends. A worker killed in between leaves the key behind for a day, and every
-# other worker skips the job meanwhile; the reconciler uses the TTL left to tell how long ago it was set.
-IN_PROGRESS_TTL_MS = int((JOB_TIMEOUT_S + 10) * 1000)
+# An abort request nobody acted on within this long is dropped (the task finished or was never ours).
+ABORT_MAX_AGE_MS = 60_000
 
-# Every entry of arq:queue must be "due" (score <= now) for arq to take it, and arq takes the lowest score
-# first. Subtracting a large band per priority keeps all entries due while ordering high < normal < low,
+# Every entry of arq:queue must be "due" (score <= now) to be taken, and the lowest score goes first.
+# Subtracting a large band per priority keeps all entries due while ordering high < normal < low,
 # FIFO inside a band by enqueue time. 1e13 ms is ~300 years, far more than any clock difference.
 BAND = {Priority.high: -2e13, Priority.normal: -1e13, Priority.low: 0.0}
 _BAND_EDGES = (-1.5e13, -0.5e13)
@@ -79,31 +84,28 @@ class Enqueue:
     run_at_ms: int
 
 
-def _job_record(item: Enqueue, enqueued_ms: int) -> bytes:
-    return serialize_job(
-        JOB_FUNCTION,
-        (),
-        {"task_id": str(item.task_id), "generation": item.generation},
-        None,
-        enqueued_ms,
-        serializer=json_serializer,
-    )
+def _deferred_member(priority: Priority, jid: str) -> str:
+    return f"{priority.value}|{jid}"
 
 
 async def enqueue(redis: Redis, items: Sequence[Enqueue]) -> None:
-    """Write arq job records and queue entries for `items` in one MULTI, then wake idle workers."""
+    """Add queue entries for `items` in one MULTI, then wake idle workers."""
     if not items:
         return
     current = now_ms()
+    ready: dict[str, float] = {}
+    deferred: dict[str, float] = {}
+    for item in items:
+        jid = job_id(item.task_id, item.generation)
+        if item.run_at_ms <= current:
+            ready[jid] = item.run_at_ms + BAND[item.priority]
+        else:
+            deferred[_deferred_member(item.priority, jid)] = item.run_at_ms
     async with redis.pipeline(transaction=True) as pipe:
-        for item in items:
-            jid = job_id(item.task_id, item.generation)
-            # No expiry on the record: Postgres decides when a job is obsolete, not a TTL.
-            pipe.set(job_key_prefix + jid, _job_record(item, current))
-            if item.run_at_ms <= current:
-                pipe.zadd(QUEUE_KEY, {jid: item.run_at_ms + BAND[item.priority]})
-            else:
-                pipe.zadd(DEFERRED_KEY, {f"{item.priority.value}|{jid}": item.run_at_ms})
+        if ready:
+            pipe.zadd(QUEUE_KEY, ready)
+        if deferred:
+            pipe.zadd(DEFERRED_KEY, deferred)
         # Also for deferred-only batches: an idle worker must learn the new earliest due time.
         pipe.publish(WAKE_CHANNEL, b"1")
         await pipe.execute()
@@ -111,102 +113,101 @@ async def enqueue(redis: Redis, items: Sequence[Enqueue]) -> None:
 
 async def remove_jobs(redis: Redis, jobs: Iterable[tuple[uuid.UUID, int, Priority]]) -> None:
     """Delete obsolete job generations so they neither run nor count as backlog."""
+    jids = [job_id(task_id, generation) for task_id, generation, _ in jobs]
+    if not jids:
+        return
     async with redis.pipeline(transaction=False) as pipe:
-        queued = False
-        for task_id, generation, _priority in jobs:
-            jid = job_id(task_id, generation)
-            pipe.zrem(QUEUE_KEY, jid)
-            pipe.zrem(DEFERRED_KEY, *(f"{p.value}|{jid}" for p in Priority))
-            pipe.delete(job_key_prefix + jid, in_progress_key_prefix + jid, retry_key_prefix + jid)
-            queued = True
-        if queued:
-            await pipe.execute()
+        pipe.zrem(QUEUE_KEY, *jids)
+        pipe.zrem(DEFERRED_KEY, *(_deferred_member(p, jid) for jid in jids for p in Priority))
+        pipe.zrem(RUNNING_KEY, *jids)
+        await pipe.execute()
+
+
+async def release(redis: Redis, jids: Sequence[str]) -> None:
+    """Jobs whose outcome is written: off the running set."""
+    if jids:
+        await redis.zrem(RUNNING_KEY, *jids)
+
+
+async def defer_again(redis: Redis, jobs: Sequence[tuple[str, Priority]], delay_ms: int) -> None:
+    """Put taken jobs back, due in `delay_ms` (their claim could not be made: Postgres is unreachable)."""
+    if not jobs:
+        return
+    due = now_ms() + delay_ms
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zadd(DEFERRED_KEY, {_deferred_member(prio, jid): due for jid, prio in jobs})
+        pipe.zrem(RUNNING_KEY, *(jid for jid, _ in jobs))
+        await pipe.execute()
 
 
 async def request_abort(redis: Redis, task_id: uuid.UUID, generation: int) -> None:
     """Ask whichever worker runs this job to cancel it (arq's abort set), and wake it to look now."""
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zadd(abort_jobs_ss, {job_id(task_id, generation): now_ms()})
+        pipe.zadd(ABORT_KEY, {job_id(task_id, generation): now_ms()})
         pipe.publish(WAKE_CHANNEL, b"1")
         await pipe.execute()
 
 
-async def existing_jobs(redis: Redis, job_ids: Sequence[str]) -> list[bool]:
-    async with redis.pipeline(transaction=False) as pipe:
-        for jid in job_ids:
-            pipe.exists(job_key_prefix + jid)
-        return [bool(x) for x in await pipe.execute()]
+async def forget_aborts(redis: Redis, jids: Sequence[str]) -> None:
+    if jids:
+        await redis.zrem(ABORT_KEY, *jids)
 
 
 @dataclass(frozen=True)
 class JobState:
-    """What Redis holds for one job: its record, a queue entry (ready or deferred), and arq's in-progress mark."""
+    """Where Redis holds one job: in the queue (ready or deferred), or taken by a worker (and how long ago)."""
 
-    recorded: bool
     queued: bool
-    taken_ms_ago: int | None  # None: no in-progress mark
-
-    def taken_longer_than(self, ms: float) -> bool:
-        return self.taken_ms_ago is not None and self.taken_ms_ago > ms
-
-
-def _taken_ms_ago(pttl: int) -> int | None:
-    if pttl == -2:  # no such key
-        return None
-    if pttl == -1:  # no TTL: not set by arq's worker; treat as long abandoned
-        return IN_PROGRESS_TTL_MS
-    return max(0, IN_PROGRESS_TTL_MS - pttl)
+    taken_ms_ago: int | None  # None: not in the running set
 
 
 async def job_states(redis: Redis, jobs: Sequence[tuple[uuid.UUID, int, Priority]]) -> list[JobState]:
+    current = now_ms()
     async with redis.pipeline(transaction=False) as pipe:
         for task_id, generation, priority in jobs:
             jid = job_id(task_id, generation)
-            pipe.exists(job_key_prefix + jid)
             pipe.zscore(QUEUE_KEY, jid)
-            pipe.zscore(DEFERRED_KEY, f"{priority.value}|{jid}")
-            pipe.pttl(in_progress_key_prefix + jid)
+            pipe.zscore(DEFERRED_KEY, _deferred_member(priority, jid))
+            pipe.zscore(RUNNING_KEY, jid)
         raw = await pipe.execute()
     return [
         JobState(
-            recorded=bool(raw[i]),
-            queued=raw[i + 1] is not None or raw[i + 2] is not None,
-            taken_ms_ago=_taken_ms_ago(int(raw[i + 3])),
+            queued=raw[i] is not None or raw[i + 1] is not None,
+            taken_ms_ago=None if raw[i + 2] is None else max(0, current - int(raw[i + 2])),
         )
-        for i in range(0, len(raw), 4)
+        for i in range(0, len(raw), 3)
     ]
 
 
-async def abandoned_at_head(redis: Redis, *, limit: int, older_than_ms: float) -> list[tuple[uuid.UUID, int]]:
-    """Jobs among the first `limit` of the ready queue that a worker took over `older_than_ms` ago.
-
-    Workers read the queue from its head and skip jobs marked in progress, so jobs abandoned by killed workers
-    pile up there: enough of them would hide every real job from the workers (and they count as backlog).
-    """
-    members = await redis.zrange(QUEUE_KEY, 0, limit - 1)
-    if not members:
-        return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for member in members:
-            pipe.pttl(in_progress_key_prefix + member.decode())
-        ttls = await pipe.execute()
+async def taken_before(
+    redis: Redis, *, older_than_ms: float, start: int = 0, limit: int = 1000
+) -> list[tuple[uuid.UUID, int]]:
+    """Jobs taken by a worker more than `older_than_ms` ago and still in the running set, oldest first."""
+    members = await redis.zrangebyscore(RUNNING_KEY, "-inf", now_ms() - older_than_ms, start=start, num=limit)
     out = []
-    for member, pttl in zip(members, ttls, strict=True):
-        age = _taken_ms_ago(int(pttl))
-        if age is None or age <= older_than_ms:
-            continue
+    for member in members:
         try:
             out.append(parse_job_id(member.decode()))
         except ValueError:
-            continue  # not one of ours
+            await redis.zrem(RUNNING_KEY, member)  # not one of ours
     return out
 
 
-# Moves due members of the deferred set into arq's queue with their priority band, atomically, so two
-# workers promoting at once can neither lose nor duplicate an entry. Returns the count moved and the
-# next due time (or -1) so the caller can sleep exactly until then.
-PROMOTE_SCRIPT = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+async def requeue_taken(redis: Redis, items: Sequence[Enqueue]) -> None:
+    """Jobs taken by a worker that never claimed them: back into the queue, off the running set."""
+    if items:
+        await enqueue(redis, items)
+        await release(redis, [job_id(i.task_id, i.generation) for i in items])
+
+
+# One call per worker loop iteration, atomic, so two workers can neither lose nor share a job:
+# 1. move due members of the deferred set into the queue with their priority band;
+# 2. take up to ARGV[5] due jobs, lowest score (highest priority, oldest) first, into the running set;
+# 3. read the abort requests (dropping those older than ARGV[6] ms).
+# Returns {promoted, next deferred due time or -1, {job, score, ...}, {aborted job, ...}}.
+TICK_SCRIPT = """
+local now = tonumber(ARGV[1])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
 local moved = 0
 for i = 1, #due, 2 do
   local member = due[i]
@@ -222,32 +223,68 @@ for i = 1, #due, 2 do
   redis.call('ZREM', KEYS[1], member)
   moved = moved + 1
 end
+local taken = {}
+local want = tonumber(ARGV[5])
+if want > 0 then
+  taken = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES', 'LIMIT', 0, want)
+  if #taken > 0 then
+    local members = {}
+    local running = {}
+    for i = 1, #taken, 2 do
+      members[#members + 1] = taken[i]
+      running[#running + 1] = now
+      running[#running + 1] = taken[i]
+    end
+    redis.call('ZREM', KEYS[2], unpack(members))
+    redis.call('ZADD', KEYS[3], unpack(running))
+  end
+end
+local aborts = {}
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[6]))
+  aborts = redis.call('ZRANGE', KEYS[4], 0, -1)
+end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local next_due = -1
 if #nxt > 0 then next_due = tonumber(nxt[2]) end
-if moved > 0 then redis.call('PUBLISH', KEYS[3], '1') end
-return {moved, tostring(next_due)}
+if moved > 0 then redis.call('PUBLISH', KEYS[5], '1') end
+return {moved, tostring(next_due), taken, aborts}
 """
 
 
-class Promoter:
-    def __init__(self, redis: Redis) -> None:
-        self._script = redis.register_script(PROMOTE_SCRIPT)
+@dataclass(frozen=True)
+class Tick:
+    promoted: int
+    next_due_ms: int | None
+    taken: list[tuple[str, float]]  # (job id, queue score)
+    aborts: list[str]
 
-    async def promote(self, limit: int = 1000) -> tuple[int, int | None]:
-        """Move due deferred jobs to the queue; return (moved, next due ms or None)."""
-        moved, next_due = await self._script(
-            keys=[DEFERRED_KEY, QUEUE_KEY, WAKE_CHANNEL],
-            args=[now_ms(), limit, BAND[Priority.high], BAND[Priority.normal]],
+
+class Ticker:
+    """The worker's one round trip per loop iteration (TICK_SCRIPT)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = redis.register_script(TICK_SCRIPT)
+
+    async def tick(self, take: int, *, promote_limit: int = 1000) -> Tick:
+        moved, next_due, taken, aborts = await self._script(
+            keys=[DEFERRED_KEY, QUEUE_KEY, RUNNING_KEY, ABORT_KEY, WAKE_CHANNEL],
+            args=[now_ms(), promote_limit, BAND[Priority.high], BAND[Priority.normal], take, ABORT_MAX_AGE_MS],
         )
         nd = float(next_due)
-        return int(moved), (None if nd < 0 else int(nd))
+        return Tick(
+            promoted=int(moved),
+            next_due_ms=None if nd < 0 else int(nd),
+            taken=[(taken[i].decode(), float(taken[i + 1])) for i in range(0, len(taken), 2)],
+            aborts=[a.decode() for a in aborts],
+        )
 
 
-async def queue_sizes(redis: Redis) -> tuple[int, int]:
-    """ZCARD of the two keys the workers consume, as KEDA reads them."""
+async def queue_sizes(redis: Redis) -> tuple[int, int, int]:
+    """ZCARD of the ready queue, the deferred set and the running set, as KEDA reads them."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zcard(QUEUE_KEY)
         pipe.zcard(DEFERRED_KEY)
-        ready, deferred = await pipe.execute()
-    return int(ready), int(deferred)
+        pipe.zcard(RUNNING_KEY)
+        ready, deferred, running = await pipe.execute()
+    return int(ready), int(deferred), int(running)

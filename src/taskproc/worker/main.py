@@ -12,10 +12,9 @@ import contextlib
 import logging
 import signal
 import time
-import uuid
+from functools import partial
 from typing import Any
 
-from arq import Retry
 from arq.connections import RedisSettings
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
@@ -33,14 +32,13 @@ log = logging.getLogger("taskproc.worker")
 
 
 async def run_task(ctx: dict[str, Any], *, task_id: str, generation: int) -> None:
-    """The one arq function: run generation `generation` of task `task_id`."""
+    """arq's registered function (arq wants one): a job handed to it runs like any job the loop takes itself.
+
+    The loop never goes through it: it takes jobs in batches with TICK_SCRIPT instead of arq's per-job protocol.
+    """
     runtime: WorkerRuntime = ctx["runtime"]
-    try:
-        await runtime.run(uuid.UUID(task_id), int(generation))
-    except TRANSIENT as exc:
-        # Postgres (or Redis) is unreachable: leave the job on the queue and come back to it shortly.
-        log.warning("task %s deferred, backing service unavailable: %s", task_id, type(exc).__name__)
-        raise Retry(defer=2.0) from exc
+    for claimed in await runtime.claim([(queue.job_id(task_id, generation), 0.0)]):
+        await runtime.execute(claimed)
 
 
 class TaskprocWorker(Worker):
@@ -48,8 +46,6 @@ class TaskprocWorker(Worker):
         self.settings = settings
         self._redis_failures = 0
         super().__init__(**kwargs)
-        # Fixed here rather than left to arq's formula: the reconciler reads the age of in-progress marks from it.
-        self.in_progress_timeout_s = queue.IN_PROGRESS_TTL_MS / 1000
 
     @property
     def runtime(self) -> WorkerRuntime:
@@ -72,25 +68,29 @@ class TaskprocWorker(Worker):
         super().handle_sig_wait_for_completion(signum)
 
     async def _poll_iteration(self) -> None:
+        """One round trip to Redis (TICK_SCRIPT) takes as many jobs as there are free slots, one statement
+        claims them all, and each claimed attempt runs in its own asyncio task, kept in arq's `self.tasks` so
+        arq's shutdown (wait up to the grace period, then cancel) applies to them."""
         runtime = self.runtime
         runtime.last_loop_at = time.monotonic()
         runtime.wake.clear()
         next_due: int | None = None
+        want = 0
+        taken = 0
         try:
-            _, next_due = await runtime.promoter.promote()
-            if self.allow_pick_jobs and self.job_counter < self.max_jobs:
-                job_ids = await self.pool.zrangebyscore(
-                    self.queue_name, min=float("-inf"), max=timestamp_ms(), start=0, num=self.queue_read_limit
-                )
-                # arq's start_jobs blocks on its semaphore when handed more ids than free slots, which would
-                # also stall abort checks; hand it at most the free slots at a time.
-                i = 0
-                while i < len(job_ids) and self.job_counter < self.max_jobs:
-                    free = self.max_jobs - self.job_counter
-                    await self.start_jobs(job_ids[i : i + free])
-                    i += free
-            if self.allow_abort_jobs:
-                await self._cancel_aborted_jobs()
+            if self.allow_pick_jobs and not runtime.shutting_down:
+                want = max(0, self.max_jobs - len(self.tasks))
+            tick = await runtime.ticker.tick(want)
+            next_due = tick.next_due_ms
+            taken = len(tick.taken)
+            if tick.aborts:
+                await self._abort(tick.aborts)
+            if tick.taken:
+                for claimed in await runtime.claim(tick.taken):
+                    jid = queue.job_id(claimed.id, claimed.generation)
+                    task = asyncio.create_task(runtime.execute(claimed))
+                    self.tasks[jid] = task
+                    task.add_done_callback(partial(self._job_done, jid))
             await self.heart_beat()
             self._redis_failures = 0
         except (RedisError, OSError) as exc:
@@ -99,17 +99,37 @@ class TaskprocWorker(Worker):
             log.warning("redis unavailable (%s), retrying in %.1fs", type(exc).__name__, delay)
             await asyncio.sleep(delay)
             return
-        finally:
-            for job_id, task in list(self.tasks.items()):
-                if task.done():
-                    del self.tasks[job_id]
-                    if not task.cancelled() and task.exception() is not None:
-                        log.error("job %s crashed: %r", job_id, task.exception())
+        if want and taken == want:
+            return  # every slot filled: more may be waiting, look again as soon as one frees up
         timeout = self.settings.worker_poll_s
         if next_due is not None:
             timeout = min(timeout, max(0.0, (next_due - timestamp_ms()) / 1000))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(runtime.wake.wait(), timeout)
+
+    async def close(self) -> None:
+        # A job task cancelled by the shutdown ends in CancelledError (after handing its attempt back), which
+        # arq's close() would re-raise from its gather.
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
+        await super().close()
+
+    def _job_done(self, jid: str, task: asyncio.Task[None]) -> None:
+        if self.tasks.get(jid) is task:
+            del self.tasks[jid]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job %s crashed: %r", jid, task.exception())
+
+    async def _abort(self, jids: list[str]) -> None:
+        """Cancel the tasks a user canceled while they ran here; requests for jobs not here are left to age out
+        (another worker runs the job, or our claim of it is still in flight)."""
+        aborted = []
+        for jid in jids:
+            task = self.tasks.get(jid)
+            if task is not None and not task.done():
+                task.cancel()
+                aborted.append(jid)
+        await queue.forget_aborts(self.pool, aborted)
 
 
 async def _listen_for_wakeups(runtime: WorkerRuntime) -> None:
@@ -178,7 +198,6 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         settings=settings,
         engine=engine,
         sessions=create_sessionmaker(engine),
-        autocommit_sessions=create_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT")),
         redis=ctx["redis"],
         registry=registry,
     )
@@ -205,7 +224,10 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         asyncio.create_task(every(settings.reconcile_s, runtime.reconcile, "reconciler")),
         asyncio.create_task(every(settings.retention_interval_s, runtime.purge_expired, "retention")),
         asyncio.create_task(_listen_for_wakeups(runtime)),
+        asyncio.create_task(runtime.release_finished()),
     ]
+    # Apart from the others: on shutdown it must write the last outcomes before it stops.
+    ctx["completer"] = asyncio.create_task(runtime.completer.run(transient=TRANSIENT))
     ctx["background"] = background
     if settings.worker_metrics_port:
         ctx["metrics_server"] = await _serve_metrics(runtime, settings.worker_metrics_port)
@@ -216,6 +238,13 @@ async def on_startup(ctx: dict[str, Any]) -> None:
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
+    runtime: WorkerRuntime | None = ctx.get("runtime")
+    completer: asyncio.Task[None] | None = ctx.get("completer")
+    if runtime is not None and completer is not None:
+        if not await runtime.completer.drain(within_s=max(5.0, runtime.settings.db_timeout_s * 2)):
+            log.warning("outcomes not written before shutdown; their tasks are recovered when our lease expires")
+        completer.cancel()
+        await asyncio.gather(completer, return_exceptions=True)
     for task in ctx.get("background", []):
         task.cancel()
     await asyncio.gather(*ctx.get("background", []), return_exceptions=True)
@@ -223,10 +252,13 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     if server is not None:
         server.close()
         await server.wait_closed()
-    runtime: WorkerRuntime | None = ctx.get("runtime")
     if runtime is not None:
         with contextlib.suppress(*TRANSIENT):
             await runtime.unregister()
+        with contextlib.suppress(*TRANSIENT):
+            await queue.release(runtime.redis, runtime.drain_released())
+        await runtime.claims.close()
+        await runtime.completer.close()
         await runtime.engine.dispose()
         log.info("worker stopped", extra={"worker": runtime.worker_id})
 

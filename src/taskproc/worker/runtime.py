@@ -8,6 +8,7 @@ Handlers run at least once; terminal states are recorded exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -18,9 +19,9 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
@@ -32,14 +33,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from taskproc import metrics, queue
 from taskproc.config import Settings
 from taskproc.models import Priority
-from taskproc.services.tasks import TASK_COLUMNS, enqueue_item, transition
+from taskproc.services.tasks import enqueue_item, transition
 from taskproc.tasks.registry import TaskContext, TaskRegistry
+from taskproc.worker import batch
 from taskproc.worker.backoff import backoff_s
+from taskproc.worker.batch import Claimed
 
 log = logging.getLogger("taskproc.worker")
 
 MAX_ERROR_CHARS = 4000
-TRANSIENT = (SQLAlchemyError, DBAPIError, RedisError, OSError, TimeoutError)
+# The reconciler scans every waiting task on its first pass and then on every such pass (about every 2 minutes
+# with the default 15 s), besides whenever the counts disagree.
+FULL_SCAN_EVERY = 8
+# Failures that a retry can fix: the database or Redis unreachable, restarting, or too slow to answer.
+TRANSIENT = (SQLAlchemyError, DBAPIError, psycopg.OperationalError, RedisError, OSError, TimeoutError)
 
 
 def new_worker_id() -> str:
@@ -55,14 +62,17 @@ class WorkerRuntime:
     sessions: async_sessionmaker[AsyncSession]
     redis: Redis
     registry: TaskRegistry
-    # Sessions in autocommit mode for the single-statement claim and completion: each is one compare-and-set
-    # statement, atomic on its own, so BEGIN and COMMIT would only add two round trips per write.
-    autocommit_sessions: async_sessionmaker[AsyncSession] | None = None
     worker_id: str = field(default_factory=new_worker_id)
     shutting_down: bool = False
     last_loop_at: float = field(default_factory=time.monotonic)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    promoter: queue.Promoter = field(init=False)
+    ticker: queue.Ticker = field(init=False)
+    # The hot path's own connections: one for claims (the poll loop) and one for outcomes (the completer).
+    claims: batch.PgWriter = field(init=False)
+    completer: batch.Completer = field(init=False)
+    _released: list[str] = field(default_factory=list, init=False)
+    _release_soon: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _reconcile_passes: int = field(default=0, init=False)
     # Task ids this process is claiming, running or recording (a multiset: a stale duplicate job of a task may
     # overlap with the real one). A row that is `running` under our worker id but not in here is an orphan.
     active: Counter[uuid.UUID] = field(default_factory=Counter)
@@ -72,53 +82,95 @@ class WorkerRuntime:
     lease_ok_since: float | None = float("-inf")
 
     def __post_init__(self) -> None:
-        self.promoter = queue.Promoter(self.redis)
+        self.ticker = queue.Ticker(self.redis)
+        self.claims = batch.PgWriter(self.settings, name="claims")
+        self.completer = batch.Completer(batch.PgWriter(self.settings, name="outcomes"))
 
-    # ---- one job -------------------------------------------------------------------------------------
+    # ---- jobs --------------------------------------------------------------------------------------------
 
-    async def run(self, task_id: uuid.UUID, generation: int) -> None:
-        self.active[task_id] += 1
+    async def claim(self, taken: list[tuple[str, float]]) -> list[Claimed]:
+        """Claim every job one loop iteration took off the queue, in one statement.
+
+        Jobs whose claim fails (a stale generation, a canceled task) leave the running set at once. If
+        Postgres is unreachable they go back to the deferred set for a couple of seconds; if the claim did
+        commit but its answer was lost, the rows are orphans of this worker and reap_lost() hands them back.
+        """
+        jobs: list[tuple[uuid.UUID, int]] = []
+        for jid, _ in taken:
+            try:
+                jobs.append(queue.parse_job_id(jid))
+            except ValueError:
+                log.warning("job %r is not a taskproc job; dropped", jid)
+                await queue.release(self.redis, [jid])
+        # Marked active before the statement, so the orphan reaper never mistakes a claim in flight for one.
+        for task_id, _ in jobs:
+            self.active[task_id] += 1
         try:
-            await self._run(task_id, generation)
-        finally:
-            self.active[task_id] -= 1
-            if self.active[task_id] <= 0:
-                del self.active[task_id]
+            rows = await batch.claim(self.claims, jobs, worker_id=self.worker_id) if jobs else []
+        except TRANSIENT as exc:
+            for task_id, _ in jobs:
+                self._inactive(task_id)
+            log.warning("claim of %d jobs deferred, postgres unavailable: %s", len(jobs), type(exc).__name__)
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await queue.defer_again(
+                    self.redis, [(jid, queue.priority_of_score(score)) for jid, score in taken], delay_ms=2000
+                )
+            return []
+        claimed = {(r.id, r.generation) for r in rows}
+        stale = []
+        for task_id, gen in jobs:
+            if (task_id, gen) not in claimed:
+                self._inactive(task_id)
+                stale.append(queue.job_id(task_id, gen))
+        if stale:
+            log.debug("stale jobs skipped", extra={"count": len(stale)})
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await queue.release(self.redis, stale)
+        return rows
 
-    async def _run(self, task_id: uuid.UUID, generation: int) -> None:
-        # A claim that fails on a transient error propagates (the job is retried shortly); if it had in fact
-        # committed, the row is an orphan of this worker and reap_lost() hands it back.
-        row = await self._claim(task_id, generation)
-        if row is None:
-            return
-        m = row._mapping
-        attempt: int = m["attempts"]
-        type_name: str = m["type"]
-        label = metrics.type_label(type_name)
-        ready_at: datetime = m["run_at"]
-        started_at: datetime = m["started_at"]
-        metrics.TASK_QUEUE_WAIT.labels(m["priority"]).observe(max(0.0, (started_at - ready_at).total_seconds()))
-        log.info(
-            "task started",
-            extra={"task_id": str(task_id), "type": type_name, "attempt": attempt, "status": "running"},
-        )
-        key = (task_id, generation, attempt)
-        task_type = self.registry.get(type_name)
+    def _inactive(self, task_id: uuid.UUID) -> None:
+        self.active[task_id] -= 1
+        if self.active[task_id] <= 0:
+            del self.active[task_id]
+
+    async def execute(self, claimed: Claimed) -> None:
+        """Run one claimed attempt and record its outcome (the caller made it active in claim())."""
+        try:
+            await self._execute(claimed)
+        finally:
+            self._inactive(claimed.id)
+            self._released.append(queue.job_id(claimed.id, claimed.generation))
+            self._release_soon.set()
+            # A slot is free: look at the queue now rather than at the next poll.
+            self.wake.set()
+
+    async def _execute(self, c: Claimed) -> None:
+        task_id = c.id
+        attempt = c.attempts
+        label = metrics.type_label(c.type)
+        metrics.TASK_QUEUE_WAIT.labels(c.priority).observe(max(0.0, (c.started_at - c.run_at).total_seconds()))
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "task started",
+                extra={"task_id": str(task_id), "type": c.type, "attempt": attempt, "status": "running"},
+            )
+        key = (task_id, c.generation, attempt)
+        task_type = self.registry.get(c.type)
         if task_type is None:
-            error = f"unknown task type {type_name!r}"
+            error = f"unknown task type {c.type!r}"
             await self._record(key, lambda: self._finish_failed(key, label, error, permanent=True))
             return
         try:
-            payload = task_type.payload_model.model_validate(m["payload"])
+            payload = task_type.payload_model.model_validate(c.payload)
         except ValidationError as exc:
             error = f"invalid payload: {exc}"[:MAX_ERROR_CHARS]
             await self._record(key, lambda: self._finish_failed(key, label, error, permanent=True))
             return
 
-        ctx = TaskContext(task_id=task_id, type=type_name, attempt=attempt)
+        ctx = TaskContext(task_id=task_id, type=c.type, attempt=attempt)
         t0 = time.perf_counter()
         metrics.TASKS_RUNNING.inc()
-        timeout = asyncio.timeout(float(m["timeout_s"]))
+        timeout = asyncio.timeout(c.timeout_s)
         try:
             async with timeout:
                 result = await task_type.handler(payload, ctx)
@@ -143,7 +195,7 @@ class WorkerRuntime:
             metrics.TASK_DURATION.labels(label).observe(elapsed)
             if timeout.expired():
                 metrics.TASK_ATTEMPTS.labels(label, "timeout").inc()
-                error = f"timed out after {float(m['timeout_s']):g}s"
+                error = f"timed out after {c.timeout_s:g}s"
             else:
                 # The handler's own timeout (e.g. asyncio.wait_for inside it), not ours: an ordinary error.
                 metrics.TASK_ATTEMPTS.labels(label, "error").inc()
@@ -159,11 +211,47 @@ class WorkerRuntime:
             elapsed = time.perf_counter() - t0
             metrics.TASK_DURATION.labels(label).observe(elapsed)
             metrics.TASK_ATTEMPTS.labels(label, "success").inc()
-            await self._record(key, lambda: self._finish_completed(key, label, result_text, elapsed))
+            outcome = batch.Outcome(
+                id=task_id,
+                generation=c.generation,
+                attempt=attempt,
+                result=result_text,
+                detail=f"completed in {elapsed * 1000:.1f} ms",
+            )
+            # The completer owns the outcome from here on, also if this task is cancelled while it waits.
+            written = await self.completer.complete(outcome)
+            if written:
+                metrics.TASKS_FINISHED.labels(label, "completed").inc()
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "task completed" if written else "stale completion ignored",
+                    extra={
+                        "task_id": str(task_id),
+                        "type": label,
+                        "attempt": attempt,
+                        "status": "completed",
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
         finally:
             metrics.TASKS_RUNNING.dec()
-            # A slot is free: look at the queue now rather than at the next poll.
-            self.wake.set()
+
+    async def release_finished(self) -> None:
+        """Take finished jobs off the running set, a batch per round trip (a background duty)."""
+        while True:
+            await self._release_soon.wait()
+            self._release_soon.clear()
+            jids = self.drain_released()
+            try:
+                await queue.release(self.redis, jids)
+            except (RedisError, OSError, TimeoutError) as exc:
+                # Left behind, they are found by the reconciler's sweep of the running set.
+                log.warning("could not update the running set: %s", type(exc).__name__)
+                await asyncio.sleep(1)
+
+    def drain_released(self) -> list[str]:
+        jids, self._released = self._released, []
+        return jids
 
     async def _record(self, key: tuple[uuid.UUID, int, int], write: Callable[[], Awaitable[None]]) -> None:
         """Write an attempt's outcome, retrying while Postgres is unreachable.
@@ -188,51 +276,6 @@ class WorkerRuntime:
                 )
             await asyncio.sleep(delay)
             delay = min(2.0, delay * 2)
-
-    async def _claim(self, task_id: uuid.UUID, generation: int) -> Any | None:
-        async with (self.autocommit_sessions or self.sessions)() as session:
-            rows = await transition(
-                session,
-                sets=(
-                    "status = 'running', attempts = attempts + 1, started_at = now(), worker_id = :worker, "
-                    "finished_at = NULL"
-                ),
-                where=("id = :id AND generation = :gen AND status IN ('pending', 'retrying') AND NOT cancel_requested"),
-                params={"id": task_id, "gen": generation, "worker": self.worker_id},
-                detail=f"started by {self.worker_id}",
-            )
-            await session.commit()
-        if not rows:
-            log.debug("stale job skipped", extra={"task_id": str(task_id)})
-            return None
-        return rows[0]
-
-    async def _finish_completed(
-        self, key: tuple[uuid.UUID, int, int], label: str, result_text: str, elapsed: float
-    ) -> None:
-        task_id, generation, attempt = key
-        async with (self.autocommit_sessions or self.sessions)() as session:
-            rows = await transition(
-                session,
-                sets="status = 'completed', result = CAST(:result AS jsonb), error = NULL, finished_at = now(), "
-                "worker_id = NULL",
-                where="id = :id AND generation = :gen AND status = 'running' AND attempts = :attempt",
-                params={"id": task_id, "gen": generation, "attempt": attempt, "result": result_text},
-                detail=f"completed in {elapsed * 1000:.1f} ms",
-            )
-            await session.commit()
-        if rows:
-            metrics.TASKS_FINISHED.labels(label, "completed").inc()
-        log.info(
-            "task completed" if rows else "stale completion ignored",
-            extra={
-                "task_id": str(task_id),
-                "type": label,
-                "attempt": attempt,
-                "status": "completed",
-                "duration_ms": round(elapsed * 1000, 2),
-            },
-        )
 
     async def _finish_failed(
         self, key: tuple[uuid.UUID, int, int], label: str, error: str, *, permanent: bool = False
@@ -482,102 +525,113 @@ class WorkerRuntime:
             log.warning("redis unavailable; the reconciler will enqueue: %s", type(exc).__name__)
         return len(rows)
 
-    async def reconcile(self, *, batch: int = 1000, max_rows: int = 200_000) -> int:
+    async def reconcile(self, *, batch_size: int = 1000, max_rows: int = 200_000) -> int:
         """Make Redis agree with Postgres again; returns how many jobs were (re-)enqueued.
 
-        - A waiting task whose job is missing (Redis flushed, restarted empty, or the API's enqueue never
+        - A waiting task whose job is nowhere in Redis (flushed, restarted empty, or the API's enqueue never
           happened) is enqueued again.
-        - A waiting task whose job a worker took but never claimed (the worker was killed in between) is
-          re-issued under a new generation: arq's in-progress mark on the old job would keep every worker
-          away from it for a day.
-        - Jobs abandoned that way at the head of the queue whose task has moved on are deleted, so they
-          neither hide real jobs from the workers nor count as backlog.
+        - A job a worker took off the queue but never claimed (the worker was killed in between) goes back to
+          the queue once it has been taken for a whole lease.
+        - Jobs left in the running set by tasks that have moved on are deleted, so they don't count as backlog.
 
-        One worker at a time does it (advisory lock); tasks changed in the last two seconds are skipped, since
-        their enqueue may still be on its way.
+        One worker at a time does it (advisory lock). Scanning the waiting tasks costs Redis lookups in
+        proportion to the backlog, so it only runs when Redis holds fewer jobs than Postgres has tasks waiting
+        or running, and every FULL_SCAN_EVERY-th pass regardless (a stale extra entry could hide a missing
+        one). Tasks changed in the last two seconds are skipped, since their enqueue may still be on its way.
         """
         abandoned_ms = self.settings.lease_s * 1000
+        self._reconcile_passes += 1
+        full = self._reconcile_passes % FULL_SCAN_EVERY == 1
         enqueued = 0
-        reissued: list[Any] = []
         async with self.sessions() as session:
             got = (await session.execute(sa.text("SELECT pg_try_advisory_xact_lock(7314250001)"))).scalar_one()
             if not got:
                 return 0
-            last = uuid.UUID(int=0)
-            scanned = 0
-            while scanned < max_rows:
-                rows = (
-                    await session.execute(
-                        sa.text(
-                            f"SELECT {TASK_COLUMNS} FROM task WHERE status IN ('pending', 'retrying') "  # noqa: S608
-                            "AND id > :last AND updated_at < now() - interval '2 seconds' "
-                            "ORDER BY id LIMIT :batch"
-                        ),
-                        {"last": last, "batch": batch},
+            requeued = await self._sweep_running(session, abandoned_ms)
+            if full or await self._redis_short(session):
+                last = uuid.UUID(int=0)
+                scanned = 0
+                while scanned < max_rows:
+                    rows = (
+                        await session.execute(
+                            sa.text(
+                                "SELECT id, generation, priority, run_at FROM task "
+                                "WHERE status IN ('pending', 'retrying') AND id > :last "
+                                "AND updated_at < now() - interval '2 seconds' ORDER BY id LIMIT :batch"
+                            ),
+                            {"last": last, "batch": batch_size},
+                        )
+                    ).fetchall()
+                    if not rows:
+                        break
+                    scanned += len(rows)
+                    last = rows[-1].id
+                    states = await queue.job_states(
+                        self.redis, [(r.id, r.generation, Priority(r.priority)) for r in rows]
                     )
-                ).fetchall()
-                if not rows:
-                    break
-                scanned += len(rows)
-                last = rows[-1].id
-                states = await queue.job_states(self.redis, [(r.id, r.generation, Priority(r.priority)) for r in rows])
-                missing = []
-                for r, state in zip(rows, states, strict=True):
-                    if state.taken_longer_than(abandoned_ms):
-                        reissued.extend(await self._reissue(session, r.id, r.generation))
-                    elif state.taken_ms_ago is None and not (state.recorded and state.queued):
-                        missing.append(r)
-                if missing:
-                    await queue.enqueue(self.redis, [enqueue_item(r) for r in missing])
-                    enqueued += len(missing)
-            garbage = await self._sweep_queue_head(session, abandoned_ms, reissued)
+                    missing = [
+                        r
+                        for r, state in zip(rows, states, strict=True)
+                        if not state.queued and state.taken_ms_ago is None
+                    ]
+                    if missing:
+                        await queue.enqueue(self.redis, [enqueue_item(r) for r in missing])
+                        enqueued += len(missing)
             await session.commit()
-        if reissued:
-            await queue.enqueue(self.redis, [enqueue_item(r) for r in reissued])
-            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, Priority(r.priority)) for r in reissued])
-        if enqueued or reissued or garbage:
+        if enqueued or requeued:
             log.warning(
                 "reconciler re-enqueued tasks missing from redis",
-                extra={"count": enqueued + len(reissued)},
+                extra={"count": enqueued + requeued},
             )
-        return enqueued + len(reissued)
+        return enqueued + requeued
 
-    async def _reissue(self, session: AsyncSession, task_id: uuid.UUID, generation: int) -> list[Any]:
-        return await transition(
-            session,
-            sets="generation = generation + 1",
-            where="id = :id AND generation = :gen AND status IN ('pending', 'retrying')",
-            params={"id": task_id, "gen": generation},
-            detail="re-enqueued: its job was taken by a worker that never started it",
-        )
-
-    async def _sweep_queue_head(self, session: AsyncSession, abandoned_ms: float, reissued: list[Any]) -> int:
-        """Abandoned jobs at the head of the queue: re-issue those still waiting, delete the obsolete ones."""
-        jobs = await queue.abandoned_at_head(self.redis, limit=1000, older_than_ms=abandoned_ms)
-        if not jobs:
-            return 0
-        rows = (
+    async def _redis_short(self, session: AsyncSession) -> bool:
+        """True when Redis holds fewer jobs than Postgres has tasks waiting or running (counters, not a scan)."""
+        expected = (
             await session.execute(
-                sa.text("SELECT id, generation, status, priority FROM task WHERE id = ANY(:ids)"),
-                {"ids": [task_id for task_id, _ in jobs]},
+                sa.text("SELECT coalesce(sum(n), 0) FROM task_count WHERE status IN ('pending', 'retrying', 'running')")
             )
-        ).fetchall()
-        current = {r.id: r for r in rows}
-        done_ids = {r.id for r in reissued}
-        obsolete: list[tuple[uuid.UUID, int, Priority]] = []
-        for task_id, generation in jobs:
-            row = current.get(task_id)
-            if row is not None and row.generation == generation and row.status in ("pending", "retrying", "running"):
-                if row.status != "running" and task_id not in done_ids:
-                    reissued.extend(await self._reissue(session, task_id, generation))
-                # Running: a live worker's job, or the reaper's business once that worker's lease runs out.
-                continue
-            # The task is gone, finished, or on a newer generation: this job will never do anything.
-            obsolete.append((task_id, generation, Priority.normal))
+        ).scalar_one()
+        ready, deferred, running = await queue.queue_sizes(self.redis)
+        return bool(ready + deferred + running < expected)
+
+    async def _sweep_running(self, session: AsyncSession, abandoned_ms: float, *, pages: int = 20) -> int:
+        """Jobs in the running set for over a lease: back to the queue if their task still waits, else deleted."""
+        requeue: list[queue.Enqueue] = []
+        obsolete: list[str] = []
+        seen = 0
+        for _ in range(pages):
+            jobs = await queue.taken_before(self.redis, older_than_ms=abandoned_ms, start=seen, limit=1000)
+            if not jobs:
+                break
+            seen += len(jobs)
+            rows = (
+                await session.execute(
+                    sa.text("SELECT id, generation, status, priority, run_at FROM task WHERE id = ANY(:ids)"),
+                    {"ids": [task_id for task_id, _ in jobs]},
+                )
+            ).fetchall()
+            current = {r.id: r for r in rows}
+            for task_id, generation in jobs:
+                row = current.get(task_id)
+                if row is not None and row.generation == generation:
+                    if row.status in ("pending", "retrying"):
+                        requeue.append(enqueue_item(row))
+                        continue
+                    if row.status == "running":
+                        # A live worker's long task, or the reaper's business once that worker's lease runs out.
+                        continue
+                # The task is gone, finished, or on a newer generation: this job will never do anything.
+                obsolete.append(queue.job_id(task_id, generation))
+            if len(jobs) < 1000:
+                break
+        if requeue:
+            await queue.requeue_taken(self.redis, requeue)
+            log.warning("jobs taken but never claimed are queued again", extra={"count": len(requeue)})
         if obsolete:
-            await queue.remove_jobs(self.redis, obsolete)
+            await queue.release(self.redis, obsolete)
             log.warning("reconciler deleted abandoned jobs of finished tasks", extra={"count": len(obsolete)})
-        return len(obsolete)
+        return len(requeue)
 
     async def purge_expired(self, *, batch: int = 1000) -> int:
         """Delete terminal tasks older than the retention, in small batches so no lock is held for long."""

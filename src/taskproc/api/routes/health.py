@@ -83,7 +83,7 @@ async def _refresh_gauges(request: Request) -> None:
     except Exception as exc:
         log.warning("could not refresh task gauges: %s", type(exc).__name__)
     try:
-        _, deferred = await asyncio.wait_for(queue.queue_sizes(state.redis), timeout=2.0)
+        _, deferred, _ = await asyncio.wait_for(queue.queue_sizes(state.redis), timeout=2.0)
         metrics.QUEUE_DEFERRED.set(deferred)
     except Exception as exc:
         log.warning("could not read the deferred queue: %s", type(exc).__name__)

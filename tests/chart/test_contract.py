@@ -367,28 +367,48 @@ def test_keda_triggers_count_what_the_worker_consumes(
         assert t["metadata"]["databaseIndex"] == worker_db, "KEDA must read the worker's Redis database"
 
     api_c = container(find(rendered.docs, "Deployment", "-api"), "api")
+    worker_c = container(find(rendered.docs, "Deployment", "-worker"), "worker")
     api = Pod("api", api_c, rendered.env_for(api_c, servers), tmp_path)
-    with running(api):  # no worker: the tasks stay queued
+    worker = Pod("worker", worker_c, rendered.env_for(worker_c, servers), tmp_path)
+    ready: list[str] = []
+    with running(api), api_client(rendered.api_port) as client:
         api.check_probes()
-        with api_client(rendered.api_port) as client:
-            ready = [
-                client.post("/api/v1/tasks", json={"type": "add", "payload": {"a": i, "b": 1}}).json()["id"]
-                for i in range(3)
-            ]
-            delayed = client.post(
-                "/api/v1/tasks", json={"type": "add", "payload": {"a": 1, "b": 1}, "delay_s": 60}
-            ).json()["id"]
-        counts = {}
-        for t in triggers:
-            conn = servers.redis_for(t["metadata"]["address"], t["metadata"]["databaseIndex"])
-            with conn:
-                counts[t["metadata"]["listName"]] = keda_count(conn, t["metadata"]["listName"])
-                members = " ".join(conn.zrange(t["metadata"]["listName"], 0, -1))
-            if t["name"] == "deferred":
-                assert delayed in members, f"the delayed task is not in {t['metadata']['listName']}: {members}"
-            else:
-                assert all(task_id in members for task_id in ready), members
+        # Taken by the worker and still running when the counts are read: it must count as backlog too.
+        busy = client.post("/api/v1/tasks", json={"type": "sleep", "payload": {"duration_ms": 60_000}}).json()["id"]
+        with running(worker):
+            poll(
+                lambda: client.get(f"/api/v1/tasks/{busy}").json()["status"] == "running" or None,
+                timeout=60,
+                what="the worker to take the long task",
+            )
+            worker.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]  # no new task is taken now
+            try:
+                ready = [
+                    client.post("/api/v1/tasks", json={"type": "add", "payload": {"a": i, "b": 1}}).json()["id"]
+                    for i in range(3)
+                ]
+                delayed = client.post(
+                    "/api/v1/tasks", json={"type": "add", "payload": {"a": 1, "b": 1}, "delay_s": 60}
+                ).json()["id"]
+                counts = {}
+                expected = {"ready": ready, "running": [busy], "deferred": [delayed]}
+                for t in triggers:
+                    conn = servers.redis_for(t["metadata"]["address"], t["metadata"]["databaseIndex"])
+                    with conn:
+                        counts[t["metadata"]["listName"]] = keda_count(conn, t["metadata"]["listName"])
+                        members = " ".join(conn.zrange(t["metadata"]["listName"], 0, -1))
+                    for task_id in expected[t["name"]]:
+                        assert task_id in members, f"{t['name']}: {task_id} is not in {t['metadata']['listName']}"
+            finally:
+                worker.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+                client.post(f"/api/v1/tasks/{busy}/cancel")
+                poll(
+                    lambda: client.get(f"/api/v1/tasks/{busy}").json()["status"] == "canceled" or None,
+                    timeout=30,
+                    what="the long task to be canceled",
+                )
     assert counts["arq:queue"] == ("zset", 3), counts
+    assert counts["taskproc:running"] == ("zset", 1), counts
     assert counts["taskproc:deferred"] == ("zset", 1), counts
     for t in triggers:
         _kind, n = counts[t["metadata"]["listName"]]

@@ -145,7 +145,7 @@ def test_keda_scaled_object(helm4: Helm, renders: Renders) -> None:
     down = so["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
     assert down["stabilizationWindowSeconds"] >= 60
     triggers = so["triggers"]
-    assert {t["metadata"]["listName"] for t in triggers} == {"arq:queue", "taskproc:deferred"}
+    assert {t["metadata"]["listName"] for t in triggers} == {"arq:queue", "taskproc:running", "taskproc:deferred"}
     auth = find(docs, "TriggerAuthentication", "-redis")
     for t in triggers:
         assert t["type"] == "redis"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -54,6 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             health_check_interval=10,
             retry_on_timeout=False,
         )
+        # Everything loaded so far lives as long as the process. Without this, every full collection walks
+        # all of it (FastAPI, pydantic, SQLAlchemy: ~80 ms measured here), stalling every request in flight.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

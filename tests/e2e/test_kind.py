@@ -53,7 +53,11 @@ def test_release_is_ready(cluster: Cluster) -> None:
         return conditions.get("Ready") == "True"
 
     poll(ready, timeout=120, what="the ScaledObject to be Ready (KEDA can read Redis)")
-    assert {t["metadata"]["listName"] for t in so["spec"]["triggers"]} == {"arq:queue", "taskproc:deferred"}
+    assert {t["metadata"]["listName"] for t in so["spec"]["triggers"]} == {
+        "arq:queue",
+        "taskproc:running",
+        "taskproc:deferred",
+    }
     for kind in ("servicemonitors", "prometheusrules"):
         items = cluster.custom.list_namespaced_custom_object("monitoring.coreos.com", "v1", cluster.namespace, kind)
         assert items["items"], f"no {kind}"

@@ -224,6 +224,12 @@ async def own_timeout(payload: Empty, ctx: TaskContext) -> None:
 async def own_cancel(payload: Empty, ctx: TaskContext) -> None:
     """Raises CancelledError although nobody cancelled it."""
     raise asyncio.CancelledError("handler gave up")
+
+
+@task_type("nul_result", payload=Empty)
+async def nul_result(payload: Empty, ctx: TaskContext) -> dict[str, str]:
+    """Valid JSON that Postgres' jsonb refuses to store."""
+    return {"text": "a\\u0000b"}
 '''
 
 
@@ -277,3 +283,31 @@ def test_a_job_taken_by_a_worker_killed_before_it_claimed_the_task_is_queued_aga
             assert r.zcard(queue.QUEUE_KEY) == 0
         assert statuses(stack.events(waiting["id"])) == ["pending", "running", "completed"]
         assert stack.get(finished["id"])["status"] == "completed"
+
+
+def test_a_result_postgres_refuses_fails_its_task_and_spares_the_others_in_its_batch(
+    stack_factory: StackFactory, tmp_path: Path
+) -> None:
+    """Successful outcomes are written in batches. A result Postgres will not store (jsonb has no \\u0000)
+    must fail only its own task, permanently and with a clear error, and the worker must go on writing the
+    outcomes around it."""
+    (tmp_path / "reliability_task_types.py").write_text(TASK_MODULE)
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+        "TASKPROC_TASK_MODULES": "reliability_task_types",
+    }
+    with stack_factory(workers=0, env=env) as stack:
+        items = [{"type": "add", "payload": {"a": i, "b": 1}} for i in range(30)]
+        items.insert(15, {"type": "nul_result", "payload": {}, "max_retries": 3})
+        r = stack.client.post("/api/v1/tasks/batch", json={"tasks": items})
+        assert r.status_code == 201, r.text
+        tasks = r.json()["items"]
+        stack.start_worker()
+        done = [stack.wait_status(t["id"], {"completed", "failed", "canceled"}) for t in tasks]
+        bad = done.pop(15)
+        assert (bad["status"], bad["attempts"]) == ("failed", 1), bad
+        assert bad["error"].startswith("result could not be stored"), bad["error"]
+        assert [t["status"] for t in done] == ["completed"] * 30
+        assert [t["result"] for t in done] == [{"sum": i + 1} for i in range(30)]
+        later = stack.submit("add", {"a": 2, "b": 2})
+        assert stack.wait_status(later["id"], {"completed", "failed"})["result"] == {"sum": 4}

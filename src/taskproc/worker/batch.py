@@ -148,12 +148,17 @@ class Completer:
         self._writer = writer
         self._max_batch = max_batch
         self._pending: list[Outcome] = []
+        # After a batch Postgres refused as a whole, this many outcomes are written one per statement.
+        self._isolate = 0
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def complete(self, outcome: Outcome) -> bool:
-        """Hand over an outcome and wait until it is written; True if it changed the row."""
+        """Hand over an outcome and wait until it is written; True if it changed the row.
+
+        Raises what Postgres raised if it refuses this outcome itself (not for an outage: that is retried).
+        """
         self._pending.append(outcome)
         self._idle.clear()
         self._ready.set()
@@ -166,7 +171,7 @@ class Completer:
                 self._idle.set()
                 self._ready.clear()
                 await self._ready.wait()
-            batch = self._pending[: self._max_batch]
+            batch = self._pending[: 1 if self._isolate else self._max_batch]
             try:
                 written = await self._write(batch)
             except transient as exc:
@@ -179,7 +184,19 @@ class Completer:
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
                 continue
+            except Exception as exc:
+                # Not the connection: Postgres refuses a value (a result jsonb cannot hold, such as \u0000).
+                # Write the batch again one outcome at a time, so only the refused one fails.
+                if len(batch) > 1:
+                    self._isolate = len(batch)
+                    continue
+                del self._pending[:1]
+                self._isolate = max(0, self._isolate - 1)
+                if not batch[0].done.done():
+                    batch[0].done.set_exception(exc)
+                continue
             delay = 0.2
+            self._isolate = max(0, self._isolate - len(batch))
             del self._pending[: len(batch)]
             for outcome in batch:
                 if not outcome.done.done():

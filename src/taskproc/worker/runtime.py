@@ -219,7 +219,14 @@ class WorkerRuntime:
                 detail=f"completed in {elapsed * 1000:.1f} ms",
             )
             # The completer owns the outcome from here on, also if this task is cancelled while it waits.
-            written = await self.completer.complete(outcome)
+            try:
+                written = await self.completer.complete(outcome)
+            except Exception as exc:
+                # Postgres refused this result (say, a string with \u0000, which jsonb cannot hold): the same
+                # handler would most likely return it again, so the task fails without retries.
+                error = f"result could not be stored: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+                await self._record(key, lambda: self._finish_failed(key, label, error, permanent=True))
+                return
             if written:
                 metrics.TASKS_FINISHED.labels(label, "completed").inc()
             if log.isEnabledFor(logging.INFO):

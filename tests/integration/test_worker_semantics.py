@@ -99,3 +99,16 @@ def test_delayed_task_starts_on_time_without_polling(stack_factory: StackFactory
         done = stack.wait_status(task["id"], "completed", timeout=15)
         wait_s = (_ts(done["started_at"]) - _ts(done["created_at"])).total_seconds()
         assert wait_s >= 1.0
+
+
+def test_a_worker_is_listening_for_wakeups_by_the_time_it_shows_up_as_live(stack_factory: StackFactory) -> None:
+    # A task submitted the moment a fresh worker registers must start at once, not at its first fallback poll
+    # (60 s here): the worker subscribes to wake-ups before it registers, and looks at the queue again when
+    # its subscription is confirmed.
+    with stack_factory(workers=0, env={"TASKPROC_WORKER_POLL_S": "60"}) as stack:
+        for _ in range(6):
+            stack.start_worker()
+            stack.wait_ready(workers=1)
+            task = stack.submit("add")
+            stack.wait_status(task["id"], "completed", timeout=10)
+            stack.stop_workers()

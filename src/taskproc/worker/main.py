@@ -141,9 +141,14 @@ async def _listen_for_wakeups(runtime: WorkerRuntime) -> None:
             await pubsub.subscribe(queue.WAKE_CHANNEL)
             failures = 0
             while True:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                if msg is not None:
-                    runtime.wake.set()
+                msg = await pubsub.get_message(timeout=5.0)
+                if msg is None:
+                    continue
+                # Also on the confirmation of a (re)subscription: a job enqueued while we were not listening
+                # woke nobody, so look at the queue now rather than at the next fallback poll.
+                runtime.wake.set()
+                if msg.get("type") == "subscribe":
+                    runtime.listening.set()
         except asyncio.CancelledError:
             raise
         except (RedisError, OSError):
@@ -204,6 +209,13 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     )
     ctx["runtime"] = runtime
     bind(worker=runtime.worker_id)
+    # Listening before registering: a worker that shows up as live is one that a submit wakes at once.
+    listener = asyncio.create_task(_listen_for_wakeups(runtime))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(runtime.listening.wait(), 5.0)
+    # Everything loaded so far lives as long as the process: keep it out of every later full collection.
+    gc.collect()
+    gc.freeze()
     # Register before taking any job, so the reaper never mistakes our first task for an orphan.
     delay = 0.2
     while True:
@@ -224,7 +236,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         asyncio.create_task(every(reap_tick, runtime.reap_lost, "reaper")),
         asyncio.create_task(every(settings.reconcile_s, runtime.reconcile, "reconciler")),
         asyncio.create_task(every(settings.retention_interval_s, runtime.purge_expired, "retention")),
-        asyncio.create_task(_listen_for_wakeups(runtime)),
+        listener,
         asyncio.create_task(runtime.release_finished()),
     ]
     # Apart from the others: on shutdown it must write the last outcomes before it stops.
@@ -232,9 +244,6 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     ctx["background"] = background
     if settings.worker_metrics_port:
         ctx["metrics_server"] = await _serve_metrics(runtime, settings.worker_metrics_port)
-    # Everything loaded so far lives as long as the process: keep it out of every later full collection.
-    gc.collect()
-    gc.freeze()
     log.info(
         "worker started",
         extra={"worker": runtime.worker_id, "concurrency": settings.worker_concurrency},

@@ -66,6 +66,8 @@ class WorkerRuntime:
     shutting_down: bool = False
     last_loop_at: float = field(default_factory=time.monotonic)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set once the wake-up channel's subscription is confirmed.
+    listening: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     ticker: queue.Ticker = field(init=False)
     # The hot path's own connections: one for claims (the poll loop) and one for outcomes (the completer).
     claims: batch.PgWriter = field(init=False)

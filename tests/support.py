@@ -282,3 +282,24 @@ def make_stack(
         raise
     finally:
         stack.close()
+
+
+@dataclass
+class PausePoint:
+    """The test's side of a pause point (`taskproc.testhooks`) in a process started with
+    `TASKPROC_TEST_PAUSE_DIR=<directory>`: arm it, wait until the process is there, run the competing step,
+    release it."""
+
+    directory: Path
+    name: str
+
+    def arm(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / f"{self.name}.armed").touch()
+
+    def wait_reached(self, timeout: float = 30.0) -> None:
+        wait_for(lambda: (self.directory / f"{self.name}.reached").exists(), timeout=timeout, what=f"{self.name}")
+
+    def release(self) -> None:
+        (self.directory / f"{self.name}.armed").unlink(missing_ok=True)
+        (self.directory / f"{self.name}.release").touch()

@@ -22,7 +22,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_DEADLINE_S = 4.5
-_NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 _JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;.*)?$", re.IGNORECASE)
 _REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
@@ -109,8 +108,10 @@ class DeadlineMiddleware:
     Connect, pool and statement timeouts bound most waits on Postgres, but not all: on a server that is frozen,
     or unreachable behind a network that drops packets, an already open connection waits for TCP to give up
     (many minutes). Here the client gets 503 JSON `request_timeout_s` (from the app's settings) after its
-    request arrived, and the request is cancelled; the answer does not wait for the cancellation to finish
-    (cancelling a query on a server that does not answer takes a while). Once the response has started (e.g.
+    request (and its body, read by BodyLimitMiddleware first) arrived, whatever the route, and the request is
+    cancelled; the answer does not wait for the cancellation to finish (cancelling a query on a server that
+    does not answer takes a while). A write may have committed before the deadline struck, so the 503 says the
+    outcome is unknown; a submit retried with the same Idempotency-Key is safe. Once the response has started (e.g.
     an event stream) no limit applies. The common path costs one timer, no extra task.
     """
 
@@ -133,7 +134,6 @@ class DeadlineMiddleware:
         loop = asyncio.get_running_loop()
         seconds = self._seconds(scope)
         started = timed_out = False
-        timer: asyncio.TimerHandle | None = None
         reply: asyncio.Task[None] | None = None
 
         def expire() -> None:
@@ -145,7 +145,8 @@ class DeadlineMiddleware:
                 _reply(
                     send,
                     503,
-                    "timed out: a backing service (Postgres or Redis) is slow or unreachable; try again shortly",
+                    "timed out: a backing service (Postgres or Redis) is slow or unreachable; the request may "
+                    "have taken effect: retry shortly (a submit with the same Idempotency-Key is safe to retry)",
                     [(b"retry-after", b"2")],
                 )
             )
@@ -153,16 +154,10 @@ class DeadlineMiddleware:
             reply.add_done_callback(self._replies.discard)
             current.cancel()
 
-        # The clock starts once the request is in: a client slow to upload its body is not the server's delay.
-        if scope["method"] in _NO_BODY:
-            timer = loop.call_later(seconds, expire)
-
-        async def receive_and_arm() -> Message:
-            nonlocal timer
-            message = await receive()
-            if timer is None and message["type"] == "http.request" and not message.get("more_body", False):
-                timer = loop.call_later(seconds, expire)
-            return message
+        # The clock starts now, for every method: BodyLimitMiddleware (outside this one) has already read the whole
+        # body, so a client slow to upload is not counted, and routes that read no body (cancel, retry) are
+        # limited too. Arming on the first body read left those without any limit.
+        timer = loop.call_later(seconds, expire)
 
         async def send_unless_timed_out(message: Message) -> None:
             nonlocal started
@@ -170,18 +165,16 @@ class DeadlineMiddleware:
                 return  # the client already has its 503
             if message["type"] == "http.response.start":
                 started = True
-                if timer is not None:
-                    timer.cancel()
+                timer.cancel()
             await send(message)
 
         try:
-            await self.app(scope, receive_and_arm, send_unless_timed_out)
+            await self.app(scope, receive, send_unless_timed_out)
         except asyncio.CancelledError:
             if not timed_out:
                 raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
         if timed_out:
             # Our own cancellation, now handled: clear it so the server does not see this task as cancelled.
             if current.cancelling():

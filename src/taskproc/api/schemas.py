@@ -23,3 +23,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "Invalid input."},
     503: {"model": ErrorResponse, "description": "Postgres or Redis unavailable."},
 }
+
+# A submit's 503 may come from the request deadline after the insert committed: the outcome is unknown.
+SUBMIT_503: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": ErrorResponse,
+        "description": "Postgres or Redis unavailable, or too slow to answer within the request deadline. The "
+        "task(s) may have been created before the deadline struck: submit again with the same idempotency key "
+        "(`Idempotency-Key` header or `idempotency_key`), which returns the existing task instead of a second "
+        "one. Without a key, a retry can create a duplicate.",
+    }
+}

@@ -9,10 +9,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
-from taskproc import metrics
+from taskproc import metrics, testhooks
 from taskproc.api.deps import RedisDep, RegistryDep, SessionDep, SettingsDep
 from taskproc.api.routing import DocstringRoute
-from taskproc.api.schemas import ERROR_RESPONSES
+from taskproc.api.schemas import ERROR_RESPONSES, SUBMIT_503
 from taskproc.errors import ConflictError, InvalidInputError, NotFoundError, TaskprocError
 from taskproc.models import (
     Priority,
@@ -61,7 +61,10 @@ def operation(name: str) -> Iterator[None]:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskPublic,
-    responses={200: {"model": TaskPublic, "description": "A task with this idempotency key already exists."}},
+    responses={
+        200: {"model": TaskPublic, "description": "A task with this idempotency key already exists."},
+        **SUBMIT_503,
+    },
 )
 async def create_task(
     task_in: TaskCreate,
@@ -75,7 +78,8 @@ async def create_task(
     """Submit a task.
 
     Returns 201 with a `Location` header. With an idempotency key (in the body or the `Idempotency-Key`
-    header) that was used before, returns the existing task with 200 and creates nothing.
+    header) that was used before, returns the existing task with 200 and creates nothing. A 503 does not say
+    whether the task was created: retry with the same key (safe), never without one.
     """
     with operation("create"):
         if idempotency_key is not None:
@@ -93,6 +97,8 @@ async def create_task(
         [(task, created)] = await service.create_tasks(
             session=session, redis=redis, tasks_in=[task_in], settings=settings, registry=registry
         )
+        # Committed, not answered yet: a deadline striking here gives the client a 503 for a task that exists.
+        await testhooks.point("api.create.committed")
     if created:
         metrics.TASKS_SUBMITTED.labels(metrics.type_label(task.type), task.priority.value).inc()
     # Serialised here, once: returning the model would have FastAPI validate it against response_model again,
@@ -105,7 +111,7 @@ async def create_task(
     )
 
 
-@router.post("/batch", status_code=status.HTTP_201_CREATED, response_model=TaskBatchPublic)
+@router.post("/batch", status_code=status.HTTP_201_CREATED, response_model=TaskBatchPublic, responses=SUBMIT_503)
 async def create_tasks_batch(
     batch: TaskBatchCreate,
     session: SessionDep,
@@ -127,6 +133,7 @@ async def create_tasks_batch(
             registry=registry,
             batch=True,
         )
+        await testhooks.point("api.create.committed")
     for task, created in results:
         if created:
             metrics.TASKS_SUBMITTED.labels(metrics.type_label(task.type), task.priority.value).inc()

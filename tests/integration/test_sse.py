@@ -359,7 +359,8 @@ def test_slow_subscriber_is_dropped_not_waited_for() -> None:
     assert sub.dropped and not sub.backlog
 
 
-@pytest.mark.parametrize("header", ["", "abc", " 12 "])
+@pytest.mark.parametrize("header", ["", " 12 "])
 def test_odd_last_event_id_headers(stack: Stack, header: str) -> None:
+    # Not an id at all ("abc") is 422: test_events_last_event_id.py.
     with open_stream(stack.url, headers={"Last-Event-ID": header}) as reader:
         assert reader.raw[0] == "retry: 2000"

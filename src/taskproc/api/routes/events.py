@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import signal
 import time
 import uuid
@@ -37,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from taskproc.api.routing import DocstringRoute
 from taskproc.api.schemas import ERROR_RESPONSES
+from taskproc.errors import InvalidInputError
 
 log = logging.getLogger("taskproc.api.events")
 
@@ -286,13 +288,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 router = APIRouter(tags=["events"], lifespan=lifespan, route_class=DocstringRoute)
 
 
+# Event ids are bigint identities. ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+BIGINT_MAX = 2**63 - 1
+_EVENT_ID = re.compile(r"[0-9]{1,19}", re.ASCII)
+
+
 def _parse_last_event_id(header: str | None, query: int | None) -> int | None:
     # The header wins: EventSource sends it on reconnect while the URL keeps its first query string.
-    if header is not None:
-        header = header.strip()
-        if header.isdigit():
-            return int(header)
-    return query
+    if header is None or not header.strip():
+        return query  # an empty header is no id yet
+    value = header.strip()
+    if not _EVENT_ID.fullmatch(value) or int(value) > BIGINT_MAX:
+        raise InvalidInputError(
+            [
+                {
+                    "loc": ["header", "Last-Event-ID"],
+                    "msg": f"must be an event id: decimal digits 0-9, at most {BIGINT_MAX}",
+                    "type": "invalid_last_event_id",
+                }
+            ]
+        )
+    return int(value)
 
 
 @router.get(
@@ -310,9 +326,17 @@ async def stream_events(
     request: Request,
     task_id: Annotated[uuid.UUID | None, Query(description="Only this task's events.")] = None,
     last_event_id: Annotated[
-        int | None, Query(ge=0, description="Resume after this event id (the `Last-Event-ID` header wins).")
+        int | None,
+        Query(ge=0, le=BIGINT_MAX, description="Resume after this event id (the `Last-Event-ID` header wins)."),
     ] = None,
-    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID", include_in_schema=False)] = None,
+    last_event_id_header: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            description="Resume after this event id (as EventSource sends it on reconnect): decimal digits, "
+            f"0 to {BIGINT_MAX}; anything else is 422, an empty value counts as absent.",
+        ),
+    ] = None,
 ) -> StreamingResponse:
     """Task state changes as Server-Sent Events.
 
@@ -323,6 +347,7 @@ async def stream_events(
     Without `Last-Event-ID` the stream starts with new events only. With it (header, or `last_event_id`
     query parameter) the events after that id are replayed first, at most 1000; if more were missed, an
     `event: reset` message says to reload the state instead, and the stream goes on with new events.
+    An id that is not one (anything but ASCII digits, or over the bigint range) is 422; an empty header is none.
     After the replay an `event: ready` message carries the position reached as its `id`. Idle streams get a
     comment line every 15 seconds. `retry:` suggests a reconnect delay; EventSource clients and
     `curl -N -H 'Authorization: Bearer KEY' .../api/v1/events` both work.

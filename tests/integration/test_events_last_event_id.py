@@ -1,0 +1,50 @@
+"""Last-Event-ID and last_event_id values the stream can't resume from are 422 JSON, never a 500."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from support import Stack
+
+BIGINT_MAX = 2**63 - 1
+
+
+def _status(stack: Stack, **kwargs: object) -> tuple[int, str, object]:
+    """Status, content type and JSON body (None for a stream, which is closed unread)."""
+    with (
+        httpx.Client(base_url=stack.url, timeout=10.0) as client,
+        client.stream("GET", "/api/v1/events", **kwargs) as r,  # type: ignore[arg-type]
+    ):
+        if r.status_code == 200:
+            return 200, r.headers["content-type"], None
+        r.read()
+        return r.status_code, r.headers["content-type"], r.json()
+
+
+@pytest.mark.parametrize(
+    "value",
+    # b"\xb2" is "²" to the server (header bytes are latin-1): str.isdigit() says yes, int() says no.
+    [b"\xb2", b"1\xb9", b"9" * 5000, str(BIGINT_MAX + 1).encode(), b"-1", b"1.5", b"12 34", b"abc"],
+    ids=["superscript-two", "superscript-one", "5000-digits", "over-bigint", "negative", "decimal", "space", "word"],
+)
+def test_bad_last_event_id_header_is_422(stack: Stack, value: bytes) -> None:
+    status, ctype, body = _status(stack, headers={"Last-Event-ID": value})
+    assert (status, ctype) == (422, "application/json"), body
+    assert isinstance(body, dict)
+    assert body["detail"][0]["loc"] == ["header", "Last-Event-ID"]
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, str(BIGINT_MAX + 1)], ids=["5000-digits", "over-bigint"])
+def test_bad_last_event_id_query_is_422(stack: Stack, value: str) -> None:
+    status, ctype, body = _status(stack, params={"last_event_id": value})
+    assert (status, ctype) == (422, "application/json"), body
+
+
+@pytest.mark.parametrize("value", ["0", "7", str(BIGINT_MAX), ""], ids=["zero", "seven", "bigint-max", "empty"])
+def test_good_last_event_id_header_streams(stack: Stack, value: str) -> None:
+    """The largest bigint is a position ahead of the newest event (the stream says `reset`); an empty header,
+    as some clients send before they have an id, counts as absent."""
+    status, ctype, _ = _status(stack, headers={"Last-Event-ID": value})
+    assert status == 200
+    assert ctype.startswith("text/event-stream")

@@ -65,15 +65,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def escape(text: str) -> str:
+    """`text` with every character that is not printable (C0/C1 controls, DEL, line and paragraph separators,
+    bidi overrides, ...) and the backslash escaped, so that it can't end a line or forge another."""
+    if text.isprintable() and "\\" not in text:
+        return text  # the common case, one C-level scan
+    out = []
+    for c in text:
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif c.isprintable():
+            out.append(c)
+        elif ord(c) <= 0xFF:
+            out.append(f"\\x{ord(c):02x}")
+        else:
+            out.append(f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+    return "".join(out)
+
+
 class TextFormatter(logging.Formatter):
+    """One line per record for humans. Every field is escaped (a request path is client input, decoded from
+    `%0a`); only a traceback takes further lines, each escaped too and indented under its record."""
+
     def format(self, record: logging.LogRecord) -> str:
-        base = f"{datetime.fromtimestamp(record.created).strftime('%H:%M:%S.%f')[:-3]} {record.levelname:<7} "
-        base += f"{record.name}: {record.getMessage()}"
-        extras = " ".join(f"{n}={_field(record, n)}" for n in FIELDS if _field(record, n) is not None)
+        base = f"{datetime.fromtimestamp(record.created).strftime('%H:%M:%S.%f')[:-3]} {escape(record.levelname):<7} "
+        base += f"{escape(record.name)}: {escape(record.getMessage())}"
+        extras = " ".join(f"{n}={escape(str(_field(record, n)))}" for n in FIELDS if _field(record, n) is not None)
         if extras:
             base += f" [{extras}]"
         if record.exc_info:
-            base += "\n" + self.formatException(record.exc_info)
+            # Split on "\n" only: other line breaks (\x85, \u2028, ...) are escaped like any control character.
+            base += "".join(f"\n  {escape(line)}" for line in self.formatException(record.exc_info).split("\n"))
         return base
 
 

@@ -52,6 +52,12 @@ QUEUE_DEPTH = Gauge(
 QUEUE_DEFERRED = Gauge(
     "taskproc_queue_deferred", "Tasks waiting for a delay or a retry backoff.", multiprocess_mode="mostrecent"
 )
+DEPENDENCY_UP = Gauge(
+    "taskproc_dependency_up",
+    "1 while this API process reaches the dependency (postgres, redis) at its last check, else 0.",
+    ["dependency"],
+    multiprocess_mode="mostrecent",
+)
 WORKERS = Gauge("taskproc_workers", "Live worker processes, as the API sees them.", multiprocess_mode="mostrecent")
 API_OPERATIONS = Counter(
     "taskproc_api_operations_total",

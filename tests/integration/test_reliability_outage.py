@@ -140,7 +140,7 @@ def test_redis_down_readyz_says_so_and_submissions_still_run(stack_factory: Stac
     with stack_factory(workers=1) as stack:
         with redis_stopped(servers):
             r = stack.client.get("/readyz")
-            assert r.status_code == 503
+            assert r.status_code == 200, "Redis down does not take the API out (test_readiness.py)"
             body = r.json()
             assert "redis" in body["status"]
             assert body["checks"]["redis"] != "ok"

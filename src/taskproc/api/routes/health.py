@@ -36,10 +36,17 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "Postgres or Redis unreachable; `checks` says which."}},
+    responses={
+        200: {
+            "model": Readiness,
+            "description": "Postgres reachable: the API can serve. `status` is `ok`, or `degraded: redis` while "
+            "Redis is unreachable (tasks are still accepted, safe in Postgres, and queued when Redis is back).",
+        },
+        503: {"model": Readiness, "description": "Postgres unreachable; `checks` says what failed."},
+    },
 )
 async def readyz(request: Request) -> JSONResponse:
-    """Readiness: Postgres and Redis both reachable."""
+    """Readiness: Postgres reachable; Redis reported in `checks`, not required."""
     state = request.app.state
 
     async def check_db() -> str:
@@ -57,10 +64,34 @@ async def readyz(request: Request) -> JSONResponse:
             checks[name] = await asyncio.wait_for(fn(), timeout=2.0)
         except Exception as exc:
             checks[name] = f"unavailable ({type(exc).__name__})"
-    ready = all(v == "ok" for v in checks.values())
+        _record(request, name, checks[name] == "ok", checks[name])
+    # Only Postgres decides: without Redis the API still accepts tasks (the reconciler queues them later), and a
+    # Redis outage taking every API pod out of the Service would turn it into a full outage.
+    ready = checks["postgres"] == "ok"
     failed = [k for k, v in checks.items() if v != "ok"]
-    body = Readiness(status="ok" if ready else "unavailable: " + ", ".join(failed), checks=checks)
+    if not failed:
+        status = "ok"
+    elif ready:
+        status = "degraded: " + ", ".join(failed)
+    else:
+        status = "unavailable: " + ", ".join(failed)
+    body = Readiness(status=status, checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+def _record(request: Request, dependency: str, up: bool, detail: str) -> None:
+    """Set the dependency gauge, and log when this process sees the dependency go away or come back."""
+    metrics.DEPENDENCY_UP.labels(dependency).set(1 if up else 0)
+    state = request.app.state
+    seen: dict[str, bool] | None = getattr(state, "dependency_up", None)
+    if seen is None:
+        seen = state.dependency_up = {}
+    if seen.get(dependency, True) != up:
+        if up:
+            log.warning("%s available again", dependency)
+        else:
+            log.warning("%s unavailable: %s", dependency, detail)
+    seen[dependency] = up
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
@@ -80,10 +111,14 @@ async def _refresh_gauges(request: Request) -> None:
         for prio in ("high", "normal", "low"):
             metrics.QUEUE_DEPTH.labels(prio).set(getattr(stats.queue, prio))
         metrics.WORKERS.set(stats.workers)
+        _record(request, "postgres", True, "ok")
     except Exception as exc:
         log.warning("could not refresh task gauges: %s", type(exc).__name__)
+        _record(request, "postgres", False, f"unavailable ({type(exc).__name__})")
     try:
         _, deferred, _ = await asyncio.wait_for(queue.queue_sizes(state.redis), timeout=2.0)
         metrics.QUEUE_DEFERRED.set(deferred)
+        _record(request, "redis", True, "ok")
     except Exception as exc:
         log.warning("could not read the deferred queue: %s", type(exc).__name__)
+        _record(request, "redis", False, f"unavailable ({type(exc).__name__})")

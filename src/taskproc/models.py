@@ -134,6 +134,8 @@ class Task(TaskBase, table=True):
     run_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     worker_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
     cancel_requested: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False))
+    # How often a worker's shutdown handed the task back (migration 0003); see TASKPROC_MAX_SHUTDOWN_REQUEUES.
+    shutdown_requeues: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
     created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     started_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
     finished_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
@@ -212,6 +214,18 @@ class Worker(SQLModel, table=True):
     pid: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
     started_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     expires_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    # The task types it serves, {name: payload schema fingerprint} (migration 0003); NULL: a worker too old to say.
+    task_types: dict[str, str] | None = Field(default=None, sa_column=sa.Column(JSONB, nullable=True))
+
+
+class TaskTypeWaiting(SQLModel, table=True):
+    """Waiting (pending or retrying) tasks per type, kept by statement triggers (migration 0003); sharded."""
+
+    __tablename__ = "task_type_waiting"
+
+    type: str = Field(sa_column=sa.Column(sa.String(100), primary_key=True))
+    shard: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
+    n: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
 
 
 class TaskCount(SQLModel, table=True):

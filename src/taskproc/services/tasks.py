@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskproc import queue
+from taskproc import queue, testhooks
 from taskproc.config import Settings
 from taskproc.errors import ConflictError, InvalidInputError, NotFoundError
 from taskproc.models import (
@@ -306,37 +306,40 @@ async def update_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID
     return to_public(row)
 
 
+_CANCEL = sa.text(
+    # One statement for both cases, so a task that moves between running and waiting while the cancel is on its
+    # way is canceled all the same (a waiting one at once, a running one flagged for its worker): under READ
+    # COMMITTED, an UPDATE that waited for a concurrent one evaluates its CASEs on the row that one committed.
+    "WITH t AS (UPDATE task SET "  # noqa: S608 - constant SQL, values bound
+    "status = CASE WHEN status = 'running' THEN status ELSE 'canceled' END, "
+    "finished_at = CASE WHEN status = 'running' THEN finished_at ELSE now() END, "
+    "generation = CASE WHEN status = 'running' THEN generation ELSE generation + 1 END, "
+    "worker_id = CASE WHEN status = 'running' THEN worker_id END, "
+    "cancel_requested = cancel_requested OR status = 'running', updated_at = now() "
+    f"WHERE id = :id AND status IN ('pending', 'retrying', 'running') RETURNING {TASK_COLUMNS}), "
+    "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
+    "SELECT id, updated_at, status, attempts, 'canceled before it ran' FROM t WHERE status = 'canceled') "
+    "SELECT * FROM t"
+)
+
+
 async def cancel_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID) -> TaskPublic:
     """Pending/retrying: canceled now. Running: flagged, and its worker aborts it. Terminal: conflict."""
-    rows = await transition(
-        session,
-        sets="status = 'canceled', finished_at = now(), generation = generation + 1, worker_id = NULL",
-        where="id = :id AND status IN ('pending', 'retrying')",
-        params={"id": task_id},
-        detail="canceled before it ran",
-    )
-    if rows:
-        await session.commit()
-        row = rows[0]
-        await _redis_best_effort(
-            "cleanup", queue.remove_jobs(redis, [(row.id, row.generation - 1, Priority(row.priority))])
-        )
-        return to_public(row)
-    result = await session.execute(
-        sa.text(
-            "UPDATE task SET cancel_requested = TRUE, updated_at = now() "  # noqa: S608 - constant columns
-            f"WHERE id = :id AND status = 'running' RETURNING {TASK_COLUMNS}"
-        ),
-        {"id": task_id},
-    )
-    running = result.first()
-    if running is None:
+    await testhooks.point("cancel_task.decide")
+    row = (await session.execute(_CANCEL, {"id": task_id})).first()
+    if row is None:
         await session.rollback()
         status = await _current_status(session, task_id)
         raise ConflictError(f"task {task_id} is already {status.value}")
     await session.commit()
-    await _redis_best_effort("abort", queue.request_abort(redis, running.id, running.generation))
-    return to_public(running)
+    if row.status == TaskStatus.canceled.value:
+        await _redis_best_effort(
+            "cleanup", queue.remove_jobs(redis, [(row.id, row.generation - 1, Priority(row.priority))])
+        )
+    else:
+        # Best effort: the worker also finds the flag in Postgres (once per lease tick) if this request is lost.
+        await _redis_best_effort("abort", queue.request_abort(redis, row.id, row.generation))
+    return to_public(row)
 
 
 async def retry_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID) -> TaskPublic:
@@ -345,7 +348,8 @@ async def retry_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID)
         session,
         sets=(
             "status = 'pending', attempts = 0, generation = generation + 1, run_at = now(), result = NULL, "
-            "error = NULL, started_at = NULL, finished_at = NULL, worker_id = NULL, cancel_requested = FALSE"
+            "error = NULL, started_at = NULL, finished_at = NULL, worker_id = NULL, cancel_requested = FALSE, "
+            "shutdown_requeues = 0"
         ),
         where="id = :id AND status IN ('failed', 'canceled')",
         params={"id": task_id},

@@ -31,6 +31,7 @@ from taskproc.tasks.registry import TaskContext, TaskRegistry
 from taskproc.worker.batch import Claimed
 from taskproc.worker.runtime import TRANSIENT, WorkerRuntime
 
+from conftest import StackFactory
 from support import Servers
 
 registry = TaskRegistry()
@@ -266,3 +267,14 @@ async def test_shutdown_requeues_beyond_the_limit_spend_attempts(runtime: Worker
     # Two free requeues; the third spends attempt 1 of 2, the fourth the last one.
     assert seen == [("pending", 0), ("pending", 0), ("retrying", 1), ("failed", 2)], seen
     assert task.error is not None and "shut down" in task.error
+
+
+def test_worker_process_aborts_a_task_canceled_in_postgres_only(stack_factory: StackFactory) -> None:
+    """A real worker: the cancel is in Postgres (what an accepted cancel leaves when Redis lost its abort request,
+    by a flush or a restart), and the worker still aborts the running task within a lease tick."""
+    with stack_factory(workers=1) as stack:
+        task = stack.submit("sleep", {"duration_ms": 60_000})
+        stack.wait_status(task["id"], "running")
+        stack.sql("UPDATE task SET cancel_requested = TRUE WHERE id = %s", (task["id"],))
+        done = stack.wait_status(task["id"], {"canceled", "completed", "failed"}, timeout=10)
+        assert done["status"] == "canceled", done

@@ -142,6 +142,18 @@ class Task(TaskBase, table=True):
     updated_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
 
 
+class TaskWaiting(SQLModel):
+    """Why a waiting task is not running yet, when the API knows of a reason."""
+
+    reason: str = Field(description="`no_worker`: no live worker serves the task's type (say, mid rolling upgrade).")
+    until: datetime | None = Field(default=None, description="When the wait ends, if known.")
+    detail: str | None = Field(default=None, description="A sentence for people.")
+
+    @field_serializer("until")
+    def _utc(self, value: datetime | None) -> str | None:
+        return _iso(value)
+
+
 class TaskPublic(TaskBase):
     """A task as the API returns it."""
 
@@ -159,6 +171,9 @@ class TaskPublic(TaskBase):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    waiting: TaskWaiting | None = Field(
+        default=None, description="Set on a pending or retrying task that waits for something besides a free slot."
+    )
 
     @field_serializer("run_at", "created_at", "started_at", "finished_at", "updated_at")
     def _utc(self, value: datetime | None) -> str | None:
@@ -259,6 +274,9 @@ class Stats(SQLModel):
     queue: QueueCounts = Field(description="Tasks ready to run now and not yet started, by priority.")
     retried_total: int = Field(description="Retries scheduled since the database was created.")
     workers: int = Field(description="Live worker processes (heartbeat within the lease).")
+    waiting_no_worker: int = Field(
+        default=0, description="Waiting tasks whose type no live worker serves (they run once one that does starts)."
+    )
 
 
 class TaskTypePublic(SQLModel):

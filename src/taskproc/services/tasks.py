@@ -36,6 +36,7 @@ from taskproc.models import (
     TaskPublic,
     TaskStatus,
     TaskUpdate,
+    TaskWaiting,
     utcnow,
 )
 from taskproc.tasks.registry import TaskRegistry
@@ -215,13 +216,40 @@ async def create_tasks(
     return out
 
 
+async def served_types(session: AsyncSession) -> set[str] | None:
+    """The task types some live worker serves; None if a live worker does not say (it predates migration 0003,
+    so it may serve any)."""
+    rows = (await session.execute(sa.text("SELECT task_types FROM worker WHERE expires_at > now()"))).fetchall()
+    served: set[str] = set()
+    for (types,) in rows:
+        if types is None:
+            return None
+        served.update(types)
+    return served
+
+
+def with_waiting(tasks: list[TaskPublic], served: set[str] | None) -> list[TaskPublic]:
+    """Mark the waiting tasks whose type no live worker serves (`waiting.reason = "no_worker"`)."""
+    if served is None:
+        return tasks
+    for task in tasks:
+        if task.status in (TaskStatus.pending, TaskStatus.retrying) and task.type not in served:
+            task.waiting = TaskWaiting(
+                reason="no_worker", detail=f"no live worker serves task type {task.type!r}; it runs once one does"
+            )
+    return tasks
+
+
 async def get_task(*, session: AsyncSession, task_id: uuid.UUID) -> TaskPublic:
     row = (
         await session.execute(sa.text(f"SELECT {TASK_COLUMNS} FROM task WHERE id = :id"), {"id": task_id})  # noqa: S608
     ).first()
     if row is None:
         raise NotFoundError(f"task {task_id} not found")
-    return to_public(row)
+    task = to_public(row)
+    if task.status in (TaskStatus.pending, TaskStatus.retrying):
+        with_waiting([task], await served_types(session))
+    return task
 
 
 def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
@@ -275,7 +303,10 @@ async def list_tasks(
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
-    return TaskList(items=[to_public(r) for r in rows], next_cursor=next_cursor)
+    items = [to_public(r) for r in rows]
+    if any(t.status in (TaskStatus.pending, TaskStatus.retrying) for t in items):
+        items = with_waiting(items, await served_types(session))
+    return TaskList(items=items, next_cursor=next_cursor)
 
 
 async def _current_status(session: AsyncSession, task_id: uuid.UUID) -> TaskStatus:
@@ -396,13 +427,18 @@ async def get_stats(*, session: AsyncSession) -> Stats:
                 "SELECT 's' AS kind, status AS k, sum(n)::bigint AS n FROM task_count GROUP BY status "
                 "UNION ALL SELECT 'q', priority, count(*) FROM task "
                 "WHERE status IN ('pending', 'retrying') AND run_at <= now() GROUP BY priority "
-                "UNION ALL SELECT 'w', '', count(*) FROM worker WHERE expires_at > now()"
+                "UNION ALL SELECT 'w', '', count(*) FROM worker WHERE expires_at > now() "
+                # Per-type waiting counters (migration 0003) against what live workers advertise: rows in
+                # proportion to types x shards, never to the backlog.
+                "UNION ALL SELECT 'n', '', coalesce(sum(c.n), 0)::bigint FROM task_type_waiting c "
+                "WHERE NOT EXISTS (SELECT 1 FROM worker w WHERE w.expires_at > now() "
+                "AND (w.task_types IS NULL OR w.task_types -> c.type IS NOT NULL))"
             )
         )
     ).fetchall()
     counts = TaskCounts()
     queue_counts = QueueCounts()
-    retried = workers = 0
+    retried = workers = no_worker = 0
     for kind, key, n in rows:
         if kind == "s":
             if key == "_retried":
@@ -412,9 +448,11 @@ async def get_stats(*, session: AsyncSession) -> Stats:
                 counts.total += n
         elif kind == "q":
             setattr(queue_counts, key, n)
+        elif kind == "n":
+            no_worker = n
         else:
             workers = n
-    return Stats(tasks=counts, queue=queue_counts, retried_total=retried, workers=workers)
+    return Stats(tasks=counts, queue=queue_counts, retried_total=retried, workers=workers, waiting_no_worker=no_worker)
 
 
 def is_terminal(status: str) -> bool:

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         default=25.0, ge=0, description="On SIGTERM, how long running tasks may finish before being requeued."
     )
+    max_shutdown_requeues: int = Field(
+        default=3,
+        ge=0,
+        description="A task handed back by worker shutdowns more than this many times spends an attempt on the "
+        "next one, so a flapping scale-down cannot restart it forever.",
+    )
     reconcile_s: float = Field(
         default=15.0, gt=0, description="How often pending tasks missing from Redis are re-enqueued."
     )

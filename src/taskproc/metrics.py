@@ -59,6 +59,17 @@ DEPENDENCY_UP = Gauge(
     multiprocess_mode="mostrecent",
 )
 WORKERS = Gauge("taskproc_workers", "Live worker processes, as the API sees them.", multiprocess_mode="mostrecent")
+TASKS_HANDED_BACK = Counter(
+    "taskproc_tasks_handed_back_total",
+    "Jobs a worker gave back without spending an attempt because it is older than the task (version skew): "
+    "reason unknown_type or payload.",
+    ["type", "reason"],
+)
+TASKS_WAITING_NO_WORKER = Gauge(
+    "taskproc_tasks_waiting_no_worker",
+    "Waiting tasks whose type no live worker serves, as the API sees them.",
+    multiprocess_mode="mostrecent",
+)
 API_OPERATIONS = Counter(
     "taskproc_api_operations_total",
     "API operations on tasks by outcome (ok, created, existing, not_found, conflict, invalid, unavailable).",

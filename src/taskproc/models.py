@@ -134,10 +134,24 @@ class Task(TaskBase, table=True):
     run_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     worker_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
     cancel_requested: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False))
+    # How often a worker's shutdown handed the task back (migration 0003); see TASKPROC_MAX_SHUTDOWN_REQUEUES.
+    shutdown_requeues: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
     created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     started_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
     finished_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
     updated_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+
+
+class TaskWaiting(SQLModel):
+    """Why a waiting task is not running yet, when the API knows of a reason."""
+
+    reason: str = Field(description="`no_worker`: no live worker serves the task's type (say, mid rolling upgrade).")
+    until: datetime | None = Field(default=None, description="When the wait ends, if known.")
+    detail: str | None = Field(default=None, description="A sentence for people.")
+
+    @field_serializer("until")
+    def _utc(self, value: datetime | None) -> str | None:
+        return _iso(value)
 
 
 class TaskPublic(TaskBase):
@@ -157,6 +171,9 @@ class TaskPublic(TaskBase):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    waiting: TaskWaiting | None = Field(
+        default=None, description="Set on a pending or retrying task that waits for something besides a free slot."
+    )
 
     @field_serializer("run_at", "created_at", "started_at", "finished_at", "updated_at")
     def _utc(self, value: datetime | None) -> str | None:
@@ -212,6 +229,18 @@ class Worker(SQLModel, table=True):
     pid: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
     started_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     expires_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    # The task types it serves, {name: payload schema fingerprint} (migration 0003); NULL: a worker too old to say.
+    task_types: dict[str, str] | None = Field(default=None, sa_column=sa.Column(JSONB, nullable=True))
+
+
+class TaskTypeWaiting(SQLModel, table=True):
+    """Waiting (pending or retrying) tasks per type, kept by statement triggers (migration 0003); sharded."""
+
+    __tablename__ = "task_type_waiting"
+
+    type: str = Field(sa_column=sa.Column(sa.String(100), primary_key=True))
+    shard: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
+    n: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
 
 
 class TaskCount(SQLModel, table=True):
@@ -245,6 +274,9 @@ class Stats(SQLModel):
     queue: QueueCounts = Field(description="Tasks ready to run now and not yet started, by priority.")
     retried_total: int = Field(description="Retries scheduled since the database was created.")
     workers: int = Field(description="Live worker processes (heartbeat within the lease).")
+    waiting_no_worker: int = Field(
+        default=0, description="Waiting tasks whose type no live worker serves (they run once one that does starts)."
+    )
 
 
 class TaskTypePublic(SQLModel):

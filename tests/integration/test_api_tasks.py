@@ -355,7 +355,7 @@ def test_stats_shape_and_workers(stack: Stack) -> None:
     r = stack.client.get("/api/v1/stats")
     assert r.status_code == 200
     stats = r.json()
-    assert set(stats) == {"tasks", "queue", "retried_total", "workers"}
+    assert set(stats) == {"tasks", "queue", "retried_total", "workers", "waiting_no_worker"}
     assert set(stats["tasks"]) == {"pending", "running", "retrying", "completed", "failed", "canceled", "total"}
     assert set(stats["queue"]) == {"high", "normal", "low"}
     assert stats["tasks"]["total"] == sum(v for k, v in stats["tasks"].items() if k != "total")

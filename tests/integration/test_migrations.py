@@ -62,3 +62,41 @@ def test_counters_match_a_full_count(servers: Servers) -> None:
     assert kept == counted
     assert counted == {"pending": 80, "retrying": 30, "completed": 50}
     assert retried is not None and int(retried[0]) == 30
+
+
+def test_waiting_per_type_counters_match_a_full_count(servers: Servers) -> None:
+    url = _fresh_db(servers, "migrations_type_counters")
+    migrate(Settings(database_url=url), wait_s=10)  # type: ignore[arg-type]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO task (id, type, priority, payload, status, attempts, max_retries, timeout_s, generation, "
+            "run_at, cancel_requested, created_at, updated_at) "
+            "SELECT gen_random_uuid(), CASE WHEN i % 3 = 0 THEN 'a' ELSE 'b' END, 'normal', '{}', "
+            "CASE WHEN i % 5 = 0 THEN 'completed' ELSE 'pending' END, 0, 3, 1, 1, now(), false, now(), now() "
+            "FROM generate_series(1, 300) AS i"
+        )
+        conn.execute(
+            "UPDATE task SET status = 'running' WHERE id IN (SELECT id FROM task WHERE status = 'pending' LIMIT 100)"
+        )
+        conn.execute(
+            "UPDATE task SET status = 'retrying' WHERE id IN (SELECT id FROM task WHERE status = 'running' LIMIT 40)"
+        )
+        conn.execute(
+            "UPDATE task SET status = 'canceled' WHERE id IN (SELECT id FROM task WHERE status = 'pending' LIMIT 10)"
+        )
+        conn.execute("UPDATE task SET priority = 'high' WHERE status = 'retrying'")  # still waiting: no change
+        conn.execute(
+            "DELETE FROM task WHERE id IN (SELECT id FROM task WHERE status IN ('pending', 'completed') LIMIT 50)"
+        )
+        counted = dict(
+            conn.execute(
+                "SELECT type, count(*) FROM task WHERE status IN ('pending', 'retrying') GROUP BY type"
+            ).fetchall()
+        )
+        kept = {
+            t: int(n)
+            for t, n in conn.execute("SELECT type, sum(n) FROM task_type_waiting GROUP BY type").fetchall()
+            if int(n) != 0
+        }
+    assert kept == counted
+    assert sum(counted.values()) > 0

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskproc import queue
+from taskproc import queue, testhooks
 from taskproc.config import Settings
 from taskproc.errors import ConflictError, InvalidInputError, NotFoundError
 from taskproc.models import (
@@ -36,6 +36,7 @@ from taskproc.models import (
     TaskPublic,
     TaskStatus,
     TaskUpdate,
+    TaskWaiting,
     utcnow,
 )
 from taskproc.tasks.registry import TaskRegistry
@@ -215,13 +216,40 @@ async def create_tasks(
     return out
 
 
+async def served_types(session: AsyncSession) -> set[str] | None:
+    """The task types some live worker serves; None if a live worker does not say (it predates migration 0003,
+    so it may serve any)."""
+    rows = (await session.execute(sa.text("SELECT task_types FROM worker WHERE expires_at > now()"))).fetchall()
+    served: set[str] = set()
+    for (types,) in rows:
+        if types is None:
+            return None
+        served.update(types)
+    return served
+
+
+def with_waiting(tasks: list[TaskPublic], served: set[str] | None) -> list[TaskPublic]:
+    """Mark the waiting tasks whose type no live worker serves (`waiting.reason = "no_worker"`)."""
+    if served is None:
+        return tasks
+    for task in tasks:
+        if task.status in (TaskStatus.pending, TaskStatus.retrying) and task.type not in served:
+            task.waiting = TaskWaiting(
+                reason="no_worker", detail=f"no live worker serves task type {task.type!r}; it runs once one does"
+            )
+    return tasks
+
+
 async def get_task(*, session: AsyncSession, task_id: uuid.UUID) -> TaskPublic:
     row = (
         await session.execute(sa.text(f"SELECT {TASK_COLUMNS} FROM task WHERE id = :id"), {"id": task_id})  # noqa: S608
     ).first()
     if row is None:
         raise NotFoundError(f"task {task_id} not found")
-    return to_public(row)
+    task = to_public(row)
+    if task.status in (TaskStatus.pending, TaskStatus.retrying):
+        with_waiting([task], await served_types(session))
+    return task
 
 
 def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:
@@ -275,7 +303,10 @@ async def list_tasks(
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
-    return TaskList(items=[to_public(r) for r in rows], next_cursor=next_cursor)
+    items = [to_public(r) for r in rows]
+    if any(t.status in (TaskStatus.pending, TaskStatus.retrying) for t in items):
+        items = with_waiting(items, await served_types(session))
+    return TaskList(items=items, next_cursor=next_cursor)
 
 
 async def _current_status(session: AsyncSession, task_id: uuid.UUID) -> TaskStatus:
@@ -306,37 +337,40 @@ async def update_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID
     return to_public(row)
 
 
+_CANCEL = sa.text(
+    # One statement for both cases, so a task that moves between running and waiting while the cancel is on its
+    # way is canceled all the same (a waiting one at once, a running one flagged for its worker): under READ
+    # COMMITTED, an UPDATE that waited for a concurrent one evaluates its CASEs on the row that one committed.
+    "WITH t AS (UPDATE task SET "  # noqa: S608 - constant SQL, values bound
+    "status = CASE WHEN status = 'running' THEN status ELSE 'canceled' END, "
+    "finished_at = CASE WHEN status = 'running' THEN finished_at ELSE now() END, "
+    "generation = CASE WHEN status = 'running' THEN generation ELSE generation + 1 END, "
+    "worker_id = CASE WHEN status = 'running' THEN worker_id END, "
+    "cancel_requested = cancel_requested OR status = 'running', updated_at = now() "
+    f"WHERE id = :id AND status IN ('pending', 'retrying', 'running') RETURNING {TASK_COLUMNS}), "
+    "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
+    "SELECT id, updated_at, status, attempts, 'canceled before it ran' FROM t WHERE status = 'canceled') "
+    "SELECT * FROM t"
+)
+
+
 async def cancel_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID) -> TaskPublic:
     """Pending/retrying: canceled now. Running: flagged, and its worker aborts it. Terminal: conflict."""
-    rows = await transition(
-        session,
-        sets="status = 'canceled', finished_at = now(), generation = generation + 1, worker_id = NULL",
-        where="id = :id AND status IN ('pending', 'retrying')",
-        params={"id": task_id},
-        detail="canceled before it ran",
-    )
-    if rows:
-        await session.commit()
-        row = rows[0]
-        await _redis_best_effort(
-            "cleanup", queue.remove_jobs(redis, [(row.id, row.generation - 1, Priority(row.priority))])
-        )
-        return to_public(row)
-    result = await session.execute(
-        sa.text(
-            "UPDATE task SET cancel_requested = TRUE, updated_at = now() "  # noqa: S608 - constant columns
-            f"WHERE id = :id AND status = 'running' RETURNING {TASK_COLUMNS}"
-        ),
-        {"id": task_id},
-    )
-    running = result.first()
-    if running is None:
+    await testhooks.point("cancel_task.decide")
+    row = (await session.execute(_CANCEL, {"id": task_id})).first()
+    if row is None:
         await session.rollback()
         status = await _current_status(session, task_id)
         raise ConflictError(f"task {task_id} is already {status.value}")
     await session.commit()
-    await _redis_best_effort("abort", queue.request_abort(redis, running.id, running.generation))
-    return to_public(running)
+    if row.status == TaskStatus.canceled.value:
+        await _redis_best_effort(
+            "cleanup", queue.remove_jobs(redis, [(row.id, row.generation - 1, Priority(row.priority))])
+        )
+    else:
+        # Best effort: the worker also finds the flag in Postgres (once per lease tick) if this request is lost.
+        await _redis_best_effort("abort", queue.request_abort(redis, row.id, row.generation))
+    return to_public(row)
 
 
 async def retry_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID) -> TaskPublic:
@@ -345,7 +379,8 @@ async def retry_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID)
         session,
         sets=(
             "status = 'pending', attempts = 0, generation = generation + 1, run_at = now(), result = NULL, "
-            "error = NULL, started_at = NULL, finished_at = NULL, worker_id = NULL, cancel_requested = FALSE"
+            "error = NULL, started_at = NULL, finished_at = NULL, worker_id = NULL, cancel_requested = FALSE, "
+            "shutdown_requeues = 0"
         ),
         where="id = :id AND status IN ('failed', 'canceled')",
         params={"id": task_id},
@@ -392,13 +427,18 @@ async def get_stats(*, session: AsyncSession) -> Stats:
                 "SELECT 's' AS kind, status AS k, sum(n)::bigint AS n FROM task_count GROUP BY status "
                 "UNION ALL SELECT 'q', priority, count(*) FROM task "
                 "WHERE status IN ('pending', 'retrying') AND run_at <= now() GROUP BY priority "
-                "UNION ALL SELECT 'w', '', count(*) FROM worker WHERE expires_at > now()"
+                "UNION ALL SELECT 'w', '', count(*) FROM worker WHERE expires_at > now() "
+                # Per-type waiting counters (migration 0003) against what live workers advertise: rows in
+                # proportion to types x shards, never to the backlog.
+                "UNION ALL SELECT 'n', '', coalesce(sum(c.n), 0)::bigint FROM task_type_waiting c "
+                "WHERE NOT EXISTS (SELECT 1 FROM worker w WHERE w.expires_at > now() "
+                "AND (w.task_types IS NULL OR w.task_types -> c.type IS NOT NULL))"
             )
         )
     ).fetchall()
     counts = TaskCounts()
     queue_counts = QueueCounts()
-    retried = workers = 0
+    retried = workers = no_worker = 0
     for kind, key, n in rows:
         if kind == "s":
             if key == "_retried":
@@ -408,9 +448,11 @@ async def get_stats(*, session: AsyncSession) -> Stats:
                 counts.total += n
         elif kind == "q":
             setattr(queue_counts, key, n)
+        elif kind == "n":
+            no_worker = n
         else:
             workers = n
-    return Stats(tasks=counts, queue=queue_counts, retried_total=retried, workers=workers)
+    return Stats(tasks=counts, queue=queue_counts, retried_total=retried, workers=workers, waiting_no_worker=no_worker)
 
 
 def is_terminal(status: str) -> bool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -43,6 +45,11 @@ class TaskType:
     def payload_schema(self) -> dict[str, Any]:
         return self.payload_model.model_json_schema()
 
+    def fingerprint(self) -> str:
+        """A short digest of the payload schema: two workers serve the same version of a type if it is equal."""
+        canonical = json.dumps(self.payload_schema(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
 
 class TaskRegistry:
     def __init__(self) -> None:
@@ -71,6 +78,10 @@ class TaskRegistry:
 
     def all(self) -> list[TaskType]:
         return sorted(self._types.values(), key=lambda t: t.name)
+
+    def advertisement(self) -> dict[str, str]:
+        """What a worker tells the others it serves (its `worker.task_types`): type name -> schema fingerprint."""
+        return {t.name: t.fingerprint() for t in self.all()}
 
     def validate_payload(self, name: str, payload: dict[str, Any], *, loc: tuple[str | int, ...]) -> dict[str, Any]:
         """The payload normalised by the type's model; InvalidInputError in FastAPI's error shape otherwise."""

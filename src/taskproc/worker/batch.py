@@ -30,25 +30,34 @@ CLAIM_SQL = sql.SQL(
     "t AS (UPDATE task SET status = 'running', attempts = task.attempts + 1, started_at = now(), "
     "worker_id = %(worker)s, finished_at = NULL, updated_at = now() FROM input "
     "WHERE task.id = input.id AND task.generation = input.gen AND task.status IN ('pending', 'retrying') "
-    "AND NOT task.cancel_requested "
+    "AND NOT task.cancel_requested AND task.type = ANY(%(types)s::text[]) "
     "RETURNING task.id, task.generation, task.type, task.priority, task.payload, task.attempts, task.timeout_s, "
     "task.run_at, task.started_at), "
     "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
-    "SELECT id, started_at, 'running', attempts, %(detail)s FROM t) "
-    "SELECT * FROM t"
+    "SELECT id, started_at, 'running', attempts, %(detail)s FROM t), "
+    # Jobs this worker would claim if it served their type: left untouched, for a worker that does.
+    "u AS (SELECT task.id, task.generation, task.type, task.priority FROM task JOIN input "
+    "ON task.id = input.id AND task.generation = input.gen WHERE task.status IN ('pending', 'retrying') "
+    "AND NOT task.cancel_requested AND NOT (task.type = ANY(%(types)s::text[]))) "
+    "SELECT TRUE, * FROM t UNION ALL SELECT FALSE, u.id, u.generation, u.type, u.priority, NULL::jsonb, NULL::int, "
+    "NULL::float8, NULL::timestamptz, NULL::timestamptz FROM u"
 )
 
 COMPLETE_SQL = sql.SQL(
     "WITH input AS (SELECT * FROM unnest(%(ids)s::uuid[], %(gens)s::int[], %(attempts)s::int[], "
     "%(results)s::text[], %(details)s::text[]) AS i(id, gen, attempt, result, detail)), "
-    "t AS (UPDATE task SET status = 'completed', result = input.result::jsonb, error = NULL, finished_at = now(), "
+    # Postgres is the truth for cancels: an attempt that finishes after a cancel was accepted (its Redis abort
+    # lost, or too late) ends `canceled`, never `completed`. Its result is kept, as the record of what ran.
+    "t AS (UPDATE task SET status = CASE WHEN task.cancel_requested THEN 'canceled' ELSE 'completed' END, "
+    "result = input.result::jsonb, error = NULL, finished_at = now(), "
     "worker_id = NULL, updated_at = now() FROM input "
     "WHERE task.id = input.id AND task.generation = input.gen AND task.attempts = input.attempt "
     "AND task.status = 'running' "
-    "RETURNING task.id, task.updated_at, task.attempts, input.detail), "
+    "RETURNING task.id, task.status, task.updated_at, task.attempts, input.detail), "
     "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
-    "SELECT id, updated_at, 'completed', attempts, detail FROM t) "
-    "SELECT id FROM t"
+    "SELECT id, updated_at, status, attempts, CASE WHEN status = 'canceled' "
+    "THEN 'canceled: a cancel was requested while it ran; ' || detail || ', result kept' ELSE detail END FROM t) "
+    "SELECT id, status FROM t"
 )
 
 
@@ -110,7 +119,21 @@ class PgWriter:
                     await conn.close()
 
 
-async def claim(writer: PgWriter, jobs: Sequence[tuple[uuid.UUID, int]], *, worker_id: str) -> list[Claimed]:
+@dataclass(frozen=True)
+class Unserved:
+    """A job this worker could have claimed but does not serve the type of."""
+
+    id: uuid.UUID
+    generation: int
+    type: str
+    priority: str
+
+
+async def claim(
+    writer: PgWriter, jobs: Sequence[tuple[uuid.UUID, int]], *, worker_id: str, types: Sequence[str]
+) -> tuple[list[Claimed], list[Unserved]]:
+    """Claim the jobs whose task waits on that generation and has a type in `types`; also returns the waiting
+    ones of other types (left untouched in Postgres)."""
     rows = await writer.fetch(
         CLAIM_SQL,
         {
@@ -118,9 +141,12 @@ async def claim(writer: PgWriter, jobs: Sequence[tuple[uuid.UUID, int]], *, work
             "gens": [gen for _, gen in jobs],
             "worker": worker_id,
             "detail": f"started by {worker_id}",
+            "types": list(types),
         },
     )
-    return [Claimed(*row) for row in rows]
+    claimed = [Claimed(*row[1:]) for row in rows if row[0]]
+    unserved = [Unserved(*row[1:5]) for row in rows if not row[0]]
+    return claimed, unserved
 
 
 @dataclass
@@ -132,7 +158,7 @@ class Outcome:
     attempt: int
     result: str
     detail: str
-    done: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[str | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class Completer:
@@ -154,8 +180,9 @@ class Completer:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def complete(self, outcome: Outcome) -> bool:
-        """Hand over an outcome and wait until it is written; True if it changed the row.
+    async def complete(self, outcome: Outcome) -> str | None:
+        """Hand over an outcome and wait until it is written; the status it gave the row (`completed`, or
+        `canceled` if a cancel was requested meanwhile), None if the row had moved on (a stale attempt).
 
         Raises what Postgres raised if it refuses this outcome itself (not for an outage: that is retried).
         """
@@ -200,9 +227,9 @@ class Completer:
             del self._pending[: len(batch)]
             for outcome in batch:
                 if not outcome.done.done():
-                    outcome.done.set_result(outcome.id in written)
+                    outcome.done.set_result(written.get(outcome.id))
 
-    async def _write(self, batch: list[Outcome]) -> set[uuid.UUID]:
+    async def _write(self, batch: list[Outcome]) -> dict[uuid.UUID, str]:
         rows = await self._writer.fetch(
             COMPLETE_SQL,
             {
@@ -213,7 +240,7 @@ class Completer:
                 "details": [o.detail for o in batch],
             },
         )
-        return {cast(uuid.UUID, row[0]) for row in rows}
+        return {cast(uuid.UUID, row[0]): cast(str, row[1]) for row in rows}
 
     async def close(self) -> None:
         await self._writer.close()

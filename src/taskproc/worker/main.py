@@ -233,6 +233,8 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     reap_tick = max(0.2, settings.lease_s / 6)
     background = [
         asyncio.create_task(every(lease_tick, runtime.heartbeat, "heartbeat", jitter=0.0)),
+        # Postgres is the truth for cancels: a Redis abort request can be lost (issue 12 case 11).
+        asyncio.create_task(every(lease_tick, runtime.check_cancels, "cancel check")),
         asyncio.create_task(every(reap_tick, runtime.reap_lost, "reaper")),
         asyncio.create_task(every(settings.reconcile_s, runtime.reconcile, "reconciler")),
         asyncio.create_task(every(settings.retention_interval_s, runtime.purge_expired, "retention")),

@@ -23,17 +23,18 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from taskproc import metrics, queue
+from taskproc import metrics, queue, testhooks
 from taskproc.config import Settings
 from taskproc.models import Priority
-from taskproc.services.tasks import enqueue_item, transition
+from taskproc.services.tasks import TASK_COLUMNS, enqueue_item, transition
 from taskproc.tasks.registry import TaskContext, TaskRegistry
 from taskproc.worker import batch
 from taskproc.worker.backoff import backoff_s
@@ -45,8 +46,36 @@ MAX_ERROR_CHARS = 4000
 # The reconciler scans every waiting task on its first pass and then on every such pass (about every 2 minutes
 # with the default 15 s), besides whenever the counts disagree.
 FULL_SCAN_EVERY = 8
-# Failures that a retry can fix: the database or Redis unreachable, restarting, or too slow to answer.
-TRANSIENT = (SQLAlchemyError, DBAPIError, psycopg.OperationalError, RedisError, OSError, TimeoutError)
+# Failures that a retry can fix: the database or Redis unreachable, restarting, or too slow to answer (a
+# statement or lock timeout and a deadlock are OperationalErrors too). Not a value Postgres refuses (DataError,
+# an encoding error): retrying that would repeat the same refusal forever.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,  # no pool connection free in time
+    RedisError,
+    OSError,
+    TimeoutError,
+)
+# A job of a task type this worker does not serve goes back to the queue for this long, so a worker that serves
+# it can take it and this one does not spin on it.
+HAND_BACK_DELAY_MS = 5000
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for the failures of TRANSIENT, and for any error after which SQLAlchemy dropped the connection."""
+    return isinstance(exc, TRANSIENT) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def storable(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` as a Postgres text column takes it: NUL escaped (text refuses \\x00), lone surrogates escaped (not
+    UTF-8), at most `limit` characters."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
 
 
 def new_worker_id() -> str:
@@ -78,6 +107,8 @@ class WorkerRuntime:
     # Task ids this process is claiming, running or recording (a multiset: a stale duplicate job of a task may
     # overlap with the real one). A row that is `running` under our worker id but not in here is an orphan.
     active: Counter[uuid.UUID] = field(default_factory=Counter)
+    # The asyncio task running each attempt, by (task id, generation): check_cancels() cancels them.
+    running: dict[tuple[uuid.UUID, int], asyncio.Task[Any]] = field(default_factory=dict, init=False)
     # Since when (monotonic) every heartbeat has succeeded; None right after a failed one. Other workers' tasks
     # are only reaped after a full lease of our own good heartbeats, so a Postgres outage that kept everyone
     # from renewing does not make live workers look dead the moment it ends.
@@ -87,6 +118,8 @@ class WorkerRuntime:
         self.ticker = queue.Ticker(self.redis)
         self.claims = batch.PgWriter(self.settings, name="claims")
         self.completer = batch.Completer(batch.PgWriter(self.settings, name="outcomes"))
+        # What this worker advertises in its heartbeat: the types it serves, each with its schema fingerprint.
+        self.task_types = self.registry.advertisement()
 
     # ---- jobs --------------------------------------------------------------------------------------------
 
@@ -108,7 +141,12 @@ class WorkerRuntime:
         for task_id, _ in jobs:
             self.active[task_id] += 1
         try:
-            rows = await batch.claim(self.claims, jobs, worker_id=self.worker_id) if jobs else []
+            if jobs:
+                rows, unserved = await batch.claim(
+                    self.claims, jobs, worker_id=self.worker_id, types=list(self.task_types)
+                )
+            else:
+                rows, unserved = [], []
         except TRANSIENT as exc:
             for task_id, _ in jobs:
                 self._inactive(task_id)
@@ -119,9 +157,26 @@ class WorkerRuntime:
                 )
             return []
         claimed = {(r.id, r.generation) for r in rows}
+        handed_back = {(u.id, u.generation) for u in unserved}
+        if unserved:
+            # Never failed for being newer than this worker: left, untouched in Postgres, to a worker that serves
+            # the type (one of a newer version in a rolling upgrade).
+            for u in unserved:
+                self._inactive(u.id)
+                metrics.TASKS_HANDED_BACK.labels(metrics.type_label(u.type), "unknown_type").inc()
+            log.info(
+                "jobs of task types this worker does not serve handed back",
+                extra={"count": len(unserved), "type": ",".join(sorted({u.type for u in unserved}))},
+            )
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await queue.defer_again(
+                    self.redis,
+                    [(queue.job_id(u.id, u.generation), Priority(u.priority)) for u in unserved],
+                    delay_ms=HAND_BACK_DELAY_MS,
+                )
         stale = []
         for task_id, gen in jobs:
-            if (task_id, gen) not in claimed:
+            if (task_id, gen) not in claimed and (task_id, gen) not in handed_back:
                 self._inactive(task_id)
                 stale.append(queue.job_id(task_id, gen))
         if stale:
@@ -137,9 +192,15 @@ class WorkerRuntime:
 
     async def execute(self, claimed: Claimed) -> None:
         """Run one claimed attempt and record its outcome (the caller made it active in claim())."""
+        job = (claimed.id, claimed.generation)
+        current = asyncio.current_task()
+        if current is not None:
+            self.running[job] = current
         try:
             await self._execute(claimed)
         finally:
+            if self.running.get(job) is current:
+                del self.running[job]
             self._inactive(claimed.id)
             self._released.append(queue.job_id(claimed.id, claimed.generation))
             self._release_soon.set()
@@ -159,14 +220,20 @@ class WorkerRuntime:
         key = (task_id, c.generation, attempt)
         task_type = self.registry.get(c.type)
         if task_type is None:
-            error = f"unknown task type {c.type!r}"
-            await self._record(key, lambda: self._finish_failed(key, label, error, permanent=True))
+            # Claimed all the same (the type left the registry since claim() filtered, which it cannot): never
+            # failed for it, handed back as a job of a version skew.
+            await self._record(key, lambda: self._hand_back(key, label, f"worker does not serve type {c.type!r}"))
             return
         try:
             payload = task_type.payload_model.model_validate(c.payload)
         except ValidationError as exc:
-            error = f"invalid payload: {exc}"[:MAX_ERROR_CHARS]
-            await self._record(key, lambda: self._finish_failed(key, label, error, permanent=True))
+            error = storable(f"invalid payload: {exc}")
+            if await self._payload_may_be_newer(c.type, exc):
+                await self._record(
+                    key, lambda: self._hand_back(key, label, f"payload this worker's model refuses ({error[:300]})")
+                )
+            else:
+                await self._record(key, lambda: self._finish_failed(key, label, error, permanent=True))
             return
 
         ctx = TaskContext(task_id=task_id, type=c.type, attempt=attempt)
@@ -229,16 +296,20 @@ class WorkerRuntime:
                 error = f"result could not be stored: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
                 await self._record(key, lambda: self._finish_failed(key, label, error, permanent=True))
                 return
-            if written:
-                metrics.TASKS_FINISHED.labels(label, "completed").inc()
+            if written is not None:
+                metrics.TASKS_FINISHED.labels(label, written).inc()
             if log.isEnabledFor(logging.INFO):
                 log.info(
-                    "task completed" if written else "stale completion ignored",
+                    "stale completion ignored"
+                    if written is None
+                    else "task completed"
+                    if written == "completed"
+                    else "task canceled: a cancel was requested while it ran (its result is kept)",
                     extra={
                         "task_id": str(task_id),
                         "type": label,
                         "attempt": attempt,
-                        "status": "completed",
+                        "status": written or "completed",
                         "duration_ms": round(elapsed * 1000, 2),
                     },
                 )
@@ -269,13 +340,30 @@ class WorkerRuntime:
         instead would find the row `running` and could neither claim it nor finish it. Every write is a
         compare-and-set, so repeating one that did commit (but whose answer was lost) changes nothing, and if
         the lease ran out meanwhile and another worker took the task over, the late write is ignored.
+
+        Only connection-level failures are retried. If Postgres refuses the write itself (a value it cannot
+        store), retrying would never end with the task `running` under our live lease: the attempt is recorded
+        as failed instead, with a message that says why.
         """
         delay = 0.2
+        fallback = True
         while True:
             try:
                 await write()
                 return
-            except TRANSIENT as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    if not fallback:
+                        raise
+                    fallback = False
+                    log.exception("outcome of task %s refused by postgres; recorded as a failed attempt", key[0])
+                    error = storable(f"outcome could not be recorded: {type(exc).__name__}: {exc}")
+
+                    async def failed(error: str = error) -> None:
+                        await self._finish_failed(key, "", error)
+
+                    write = failed
+                    continue
                 log.warning(
                     "postgres unavailable (%s); outcome of task %s kept, retrying in %.1fs",
                     type(exc).__name__,
@@ -286,98 +374,230 @@ class WorkerRuntime:
             await asyncio.sleep(delay)
             delay = min(2.0, delay * 2)
 
+    async def _decide(
+        self, session: AsyncSession, *, sets: str, where: str, params: dict[str, Any], details: dict[str, str]
+    ) -> list[Any]:
+        """One compare-and-set whose outcome Postgres decides from the row as it is when the row is written
+        (CASE in `sets`), plus its event with the detail of the status it chose.
+
+        One statement, not a sequence of attempts: an API cancel committing between two statements would be
+        missed by the second (issue 12 case 2). Under READ COMMITTED an UPDATE that waited for a concurrent one
+        evaluates its CASE on the row that one committed.
+        """
+        names = {status: f"d_{i}" for i, status in enumerate(details)}
+        cases = " ".join(f"WHEN '{status}' THEN CAST(:{name} AS text)" for status, name in names.items())
+        sql = sa.text(
+            f"WITH t AS (UPDATE task SET {sets}, updated_at = now() WHERE {where} RETURNING {TASK_COLUMNS}), "  # noqa: S608 - constant SQL
+            "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
+            f"SELECT id, updated_at, status, attempts, CASE status {cases} END FROM t) "
+            "SELECT * FROM t"
+        )
+        values = {name: details[status] for status, name in names.items()}
+        return list((await session.execute(sql, {**params, **values})).fetchall())
+
     async def _finish_failed(
         self, key: tuple[uuid.UUID, int, int], label: str, error: str, *, permanent: bool = False
     ) -> None:
+        """A failed attempt: canceled if a cancel was requested, else retrying while retries are left, else failed."""
         task_id, generation, attempt = key
-        where = "id = :id AND generation = :gen AND status = 'running' AND attempts = :attempt"
-        params: dict[str, Any] = {"id": task_id, "gen": generation, "attempt": attempt, "error": error}
+        label = label or "other"
+        error = storable(error)
+        delay = backoff_s(attempt, base_s=self.settings.retry_base_s, cap_s=self.settings.retry_max_s)
+        retry = "(NOT cancel_requested AND NOT CAST(:permanent AS boolean) AND attempts < max_retries + 1)"
+        await testhooks.point("finish_failed.decide")
         async with self.sessions() as session:
-            canceled = await transition(
+            rows = await self._decide(
                 session,
-                sets="status = 'canceled', error = :error, finished_at = now(), worker_id = NULL",
-                where=where + " AND cancel_requested",
-                params=params,
-                detail="canceled while running",
+                sets=(
+                    f"status = CASE WHEN cancel_requested THEN 'canceled' WHEN {retry} THEN 'retrying' "
+                    "ELSE 'failed' END, "
+                    f"error = :error, worker_id = NULL, finished_at = CASE WHEN {retry} THEN NULL ELSE now() END, "
+                    f"generation = CASE WHEN {retry} THEN generation + 1 ELSE generation END, "
+                    f"run_at = CASE WHEN {retry} THEN now() + make_interval(secs => :delay) ELSE run_at END"
+                ),
+                where="id = :id AND generation = :gen AND status = 'running' AND attempts = :attempt",
+                params={
+                    "id": task_id,
+                    "gen": generation,
+                    "attempt": attempt,
+                    "error": error,
+                    "permanent": permanent,
+                    "delay": delay,
+                },
+                details={
+                    "canceled": "canceled while running",
+                    "retrying": f"attempt {attempt} failed: {error[:500]}; retry in {delay:.2f}s",
+                    "failed": f"attempt {attempt} failed: {error[:500]}; no retries left",
+                },
             )
-            if canceled:
-                await session.commit()
-                metrics.TASKS_FINISHED.labels(label, "canceled").inc()
-                return
-            row = (
-                await session.execute(sa.text("SELECT max_retries FROM task WHERE id = :id"), {"id": task_id})
-            ).first()
-            if row is not None and not permanent and attempt < row.max_retries + 1:
-                delay = backoff_s(attempt, base_s=self.settings.retry_base_s, cap_s=self.settings.retry_max_s)
-                rows = await transition(
-                    session,
-                    sets=(
-                        "status = 'retrying', error = :error, worker_id = NULL, generation = generation + 1, "
-                        "run_at = now() + make_interval(secs => :delay)"
-                    ),
-                    where=where,
-                    params={**params, "delay": delay},
-                    detail=f"attempt {attempt} failed: {error[:500]}; retry in {delay:.2f}s",
-                )
-                await session.commit()
-                if rows:
-                    metrics.TASKS_RETRIED.labels(label).inc()
-                    await self._enqueue_rows(rows)
-                status = "retrying"
+            await session.commit()
+        status = rows[0].status if rows else "stale"
+        if rows:
+            label = metrics.type_label(rows[0].type)
+            if status == "retrying":
+                metrics.TASKS_RETRIED.labels(label).inc()
+                await self._enqueue_rows(rows)
             else:
-                rows = await transition(
-                    session,
-                    sets="status = 'failed', error = :error, finished_at = now(), worker_id = NULL",
-                    where=where,
-                    params=params,
-                    detail=f"attempt {attempt} failed: {error[:500]}; no retries left",
-                )
-                await session.commit()
-                if rows:
-                    metrics.TASKS_FINISHED.labels(label, "failed").inc()
-                status = "failed"
+                metrics.TASKS_FINISHED.labels(label, status).inc()
         log.info(
             "task attempt failed",
             extra={"task_id": str(task_id), "type": label, "attempt": attempt, "status": status, "error": error},
         )
 
-    async def _after_cancel(self, key: tuple[uuid.UUID, int, int], label: str) -> None:
-        """The job's asyncio task was cancelled: a user's cancel, or this worker shutting down."""
+    async def _hand_back(self, key: tuple[uuid.UUID, int, int], label: str, reason: str) -> None:
+        """Give a claimed attempt back without spending it: this worker is older than the task (version skew).
+
+        Pending again under a new generation, due after a short deferral so this worker does not spin on it;
+        canceled instead if a cancel was requested meanwhile.
+        """
         task_id, generation, attempt = key
-        where = "id = :id AND generation = :gen AND status = 'running' AND attempts = :attempt"
-        params = {"id": task_id, "gen": generation, "attempt": attempt}
+        async with self.sessions() as session:
+            rows = await self._decide(
+                session,
+                sets=(
+                    "status = CASE WHEN cancel_requested THEN 'canceled' ELSE 'pending' END, "
+                    "attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, "
+                    "generation = CASE WHEN cancel_requested THEN generation ELSE generation + 1 END, "
+                    "finished_at = CASE WHEN cancel_requested THEN now() END, "
+                    "started_at = CASE WHEN cancel_requested THEN started_at END, worker_id = NULL, "
+                    "run_at = CASE WHEN cancel_requested THEN run_at ELSE now() + make_interval(secs => :delay) END"
+                ),
+                where="id = :id AND generation = :gen AND status = 'running' AND attempts = :attempt",
+                params={"id": task_id, "gen": generation, "attempt": attempt, "delay": HAND_BACK_DELAY_MS / 1000},
+                details={
+                    "canceled": "canceled while running",
+                    "pending": storable(f"handed back by {self.worker_id}, attempt not counted: {reason}", 1000),
+                },
+            )
+            await session.commit()
+        if not rows:
+            return
+        if rows[0].status == "canceled":
+            metrics.TASKS_FINISHED.labels(label, "canceled").inc()
+            return
+        metrics.TASKS_HANDED_BACK.labels(label, "payload").inc()
+        log.info("task handed back to a newer worker", extra={"task_id": str(task_id), "type": label})
+        await self._enqueue_rows(rows)
+
+    async def _payload_may_be_newer(self, type_: str, exc: ValidationError) -> bool:
+        """Whether a payload this worker's model refuses may be one a newer version of the type accepts.
+
+        The API validated every payload when it accepted the task. A field this model forbids as unknown can
+        only be there because the API's model knew it: a newer schema, never a failure. Any other refusal is
+        one only if a live worker advertises a different schema for this type (a version skew in progress);
+        with every live worker on this schema, the payload is wrong for all of them and the task fails.
+        """
+        if any(err["type"] == "extra_forbidden" for err in exc.errors(include_url=False)):
+            return True
+        mine = self.task_types.get(type_)
         try:
             async with self.sessions() as session:
-                rows = await transition(
-                    session,
-                    sets="status = 'canceled', finished_at = now(), worker_id = NULL",
-                    where=where + " AND cancel_requested",
-                    params=params,
-                    detail="aborted by its worker after a cancel request",
-                )
-                if rows:
-                    await session.commit()
-                    metrics.TASKS_FINISHED.labels(label, "canceled").inc()
-                    log.info("task canceled", extra={"task_id": str(task_id), "status": "canceled"})
-                    return
-                # Shutdown (or any other cancellation): give the attempt back and let another worker run it.
-                rows = await transition(
+                other = (
+                    await session.execute(
+                        sa.text(
+                            "SELECT EXISTS (SELECT 1 FROM worker WHERE expires_at > now() "
+                            "AND task_types ->> CAST(:type AS text) IS DISTINCT FROM CAST(:mine AS text) "
+                            "AND task_types ->> CAST(:type AS text) IS NOT NULL)"
+                        ),
+                        {"type": type_, "mine": mine},
+                    )
+                ).scalar_one()
+        except Exception as exc2:
+            if not is_transient(exc2):
+                raise
+            return True  # can't tell now: handing back spends nothing and asks again later
+        return bool(other)
+
+    async def _after_cancel(self, key: tuple[uuid.UUID, int, int], label: str) -> None:
+        """The job's asyncio task was cancelled: a user's cancel, or this worker shutting down.
+
+        One statement decides (see _decide): canceled if a cancel was requested, else handed back. The first
+        TASKPROC_MAX_SHUTDOWN_REQUEUES shutdown requeues give the attempt back; later ones spend it (retrying,
+        or failed once none is left), so a flapping scale-down cannot restart a task forever.
+        """
+        task_id, generation, attempt = key
+        spend = "(NOT cancel_requested AND shutdown_requeues >= :max_requeues)"
+        final = f"(cancel_requested OR ({spend} AND attempts >= max_retries + 1))"
+        limit = self.settings.max_shutdown_requeues
+        error = (
+            f"attempt {attempt} interrupted: worker {self.worker_id} shut down, and the task was handed back by "
+            f"shutdowns more than {limit} times (TASKPROC_MAX_SHUTDOWN_REQUEUES), so the attempt counts"
+        )
+        try:
+            await testhooks.point("after_cancel.decide")
+            async with self.sessions() as session:
+                rows = await self._decide(
                     session,
                     sets=(
-                        "status = 'pending', attempts = attempts - 1, generation = generation + 1, "
-                        "worker_id = NULL, started_at = NULL, run_at = now()"
+                        f"status = CASE WHEN cancel_requested THEN 'canceled' WHEN {final} THEN 'failed' "
+                        f"WHEN {spend} THEN 'retrying' ELSE 'pending' END, "
+                        f"attempts = CASE WHEN cancel_requested OR {spend} THEN attempts ELSE attempts - 1 END, "
+                        f"generation = CASE WHEN {final} THEN generation ELSE generation + 1 END, "
+                        f"started_at = CASE WHEN cancel_requested OR {spend} THEN started_at END, "
+                        f"finished_at = CASE WHEN {final} THEN now() END, "
+                        f"run_at = CASE WHEN {final} THEN run_at ELSE now() END, "
+                        f"error = CASE WHEN {spend} THEN CAST(:error AS text) ELSE error END, "
+                        "shutdown_requeues = CASE WHEN cancel_requested THEN shutdown_requeues "
+                        "ELSE shutdown_requeues + 1 END, worker_id = NULL"
                     ),
-                    where=where,
-                    params=params,
-                    detail=f"requeued: worker {self.worker_id} shut down before the task finished",
+                    where="id = :id AND generation = :gen AND status = 'running' AND attempts = :attempt",
+                    params={
+                        "id": task_id,
+                        "gen": generation,
+                        "attempt": attempt,
+                        "max_requeues": limit,
+                        "error": error,
+                    },
+                    details={
+                        "canceled": "aborted by its worker after a cancel request",
+                        "pending": f"requeued: worker {self.worker_id} shut down before the task finished",
+                        "retrying": error,
+                        "failed": f"{error}; no retries left",
+                    },
                 )
                 await session.commit()
-            if rows:
-                await self._enqueue_rows(rows)
-                log.info("task requeued on shutdown", extra={"task_id": str(task_id), "status": "pending"})
         except TRANSIENT as exc:
             # The lease will expire and the reaper will re-run it; nothing is lost.
             log.warning("could not record cancellation, the reaper will recover the task: %s", exc)
+            return
+        if not rows:
+            return
+        status = rows[0].status
+        if status == "canceled":
+            metrics.TASKS_FINISHED.labels(label, "canceled").inc()
+            log.info("task canceled", extra={"task_id": str(task_id), "status": "canceled"})
+            return
+        if status == "failed":
+            metrics.TASKS_FINISHED.labels(label, "failed").inc()
+        else:
+            if status == "retrying":
+                metrics.TASKS_RETRIED.labels(label).inc()
+            await self._enqueue_rows(rows)
+        log.info("task requeued on shutdown", extra={"task_id": str(task_id), "status": status})
+
+    async def check_cancels(self) -> int:
+        """Abort the attempts running here whose task has a cancel request in Postgres (a background duty, once
+        per lease tick): the Redis abort request may have been lost (a flush, a restart). Returns how many."""
+        if not self.running:
+            return 0
+        async with self.sessions() as session:
+            rows = (
+                await session.execute(
+                    sa.text(
+                        "SELECT id, generation FROM task WHERE id = ANY(:ids) AND status = 'running' "
+                        "AND cancel_requested"
+                    ),
+                    {"ids": list({task_id for task_id, _ in self.running})},
+                )
+            ).fetchall()
+        aborted = 0
+        for r in rows:
+            job = self.running.get((r.id, r.generation))
+            if job is not None and not job.done():
+                log.info("aborting a task canceled in postgres", extra={"task_id": str(r.id)})
+                job.cancel()
+                aborted += 1
+        return aborted
 
     async def _enqueue_rows(self, rows: list[Any]) -> None:
         try:
@@ -406,12 +626,13 @@ class WorkerRuntime:
         async with self.sessions() as session:
             await session.execute(
                 sa.text(
-                    "INSERT INTO worker (id, hostname, pid, started_at, expires_at) "
-                    "VALUES (:id, :host, :pid, now(), now() + make_interval(secs => :lease)) "
-                    "ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+                    "INSERT INTO worker (id, hostname, pid, started_at, expires_at, task_types) "
+                    "VALUES (:id, :host, :pid, now(), now() + make_interval(secs => :lease), CAST(:types AS jsonb)) "
+                    "ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, task_types = EXCLUDED.task_types"
                 ),
                 {
                     "id": self.worker_id,
+                    "types": _json(self.task_types),
                     "host": socket.gethostname(),
                     "pid": os.getpid(),
                     "lease": self.settings.lease_s,

@@ -111,6 +111,7 @@ async def _refresh_gauges(request: Request) -> None:
         for prio in ("high", "normal", "low"):
             metrics.QUEUE_DEPTH.labels(prio).set(getattr(stats.queue, prio))
         metrics.WORKERS.set(stats.workers)
+        metrics.TASKS_WAITING_NO_WORKER.set(stats.waiting_no_worker)
         _record(request, "postgres", True, "ok")
     except Exception as exc:
         log.warning("could not refresh task gauges: %s", type(exc).__name__)

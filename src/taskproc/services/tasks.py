@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskproc import queue
+from taskproc import queue, testhooks
 from taskproc.config import Settings
 from taskproc.errors import ConflictError, InvalidInputError, NotFoundError
 from taskproc.models import (
@@ -74,6 +74,20 @@ _INSERT_TASKS = sa.text(
     "SELECT id, created_at, 'pending', 0, 'accepted' FROM ins) "
     "SELECT * FROM ins"
 )
+
+
+def _insert_params(rows: Sequence[dict[str, Any]], now: datetime) -> dict[str, Any]:
+    return {
+        "ids": [r["id"] for r in rows],
+        "types": [r["type"] for r in rows],
+        "priorities": [r["priority"] for r in rows],
+        "payloads": [json.dumps(r["payload"], separators=(",", ":")) for r in rows],
+        "max_retries": [r["max_retries"] for r in rows],
+        "timeouts": [float(r["timeout_s"]) for r in rows],
+        "keys": [r["idempotency_key"] for r in rows],
+        "run_ats": [r["run_at"] for r in rows],
+        "now": now,
+    }
 
 
 def to_public(row: Any) -> TaskPublic:
@@ -181,27 +195,29 @@ async def create_tasks(
     # nothing is compiled per request; the first event rows are written by the same statement. Rows go in key
     # order: two batches racing on the same keys then wait on each other in the same order and never deadlock.
     ordered = sorted(rows, key=lambda r: r["idempotency_key"] or "")
-    result = await session.execute(
-        _INSERT_TASKS,
-        {
-            "ids": [r["id"] for r in ordered],
-            "types": [r["type"] for r in ordered],
-            "priorities": [r["priority"] for r in ordered],
-            "payloads": [json.dumps(r["payload"], separators=(",", ":")) for r in ordered],
-            "max_retries": [r["max_retries"] for r in ordered],
-            "timeouts": [float(r["timeout_s"]) for r in ordered],
-            "keys": [r["idempotency_key"] for r in ordered],
-            "run_ats": [r["run_at"] for r in ordered],
-            "now": now,
-        },
-    )
-    inserted = {r.id: r for r in result.fetchall()}
     table = Task.__table__  # type: ignore[attr-defined]
+    inserted: dict[uuid.UUID, Any] = {}
     existing: dict[str, Any] = {}
-    missing_keys = [r["idempotency_key"] for r in rows if r["id"] not in inserted and r["idempotency_key"]]
-    if missing_keys:
+    todo = ordered
+    # The insert and the read of the tasks that already had the key are two statements (autocommit: two
+    # snapshots), so the existing task can be purged (or deleted) between them. A key found by neither is free
+    # again: insert those rows once more. Each round needs another purge of the same key in the same gap, so
+    # the loop ends at once in practice; the bound only keeps a pathological case from spinning.
+    for _ in range(10):
+        result = await session.execute(_INSERT_TASKS, _insert_params(todo, now))
+        inserted.update({r.id: r for r in result.fetchall()})
+        missing_keys = [r["idempotency_key"] for r in todo if r["id"] not in inserted and r["idempotency_key"]]
+        if not missing_keys:
+            break
+        await testhooks.point("create.after_insert")
         found = await session.execute(sa.select(table).where(table.c.idempotency_key.in_(missing_keys)))
-        existing = {r.idempotency_key: r for r in found.fetchall()}
+        existing.update({r.idempotency_key: r for r in found.fetchall()})
+        todo = [r for r in todo if r["id"] not in inserted and r["idempotency_key"] not in existing]
+        if not todo:
+            break
+        log.info("idempotency key freed between insert and read; inserting again", extra={"count": len(todo)})
+    else:
+        raise ConflictError("the idempotency key was taken and freed repeatedly; try again")
     await session.commit()
 
     out: list[tuple[TaskPublic, bool]] = []

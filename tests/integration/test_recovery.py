@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 import httpx
 import psycopg
 import pytest
+import sqlalchemy as sa
+from redis.asyncio import Redis
 
-from taskproc import testhooks
+from taskproc import queue, testhooks
 from taskproc.api.main import create_app
 from taskproc.config import Settings
+from taskproc.db import create_engine, create_sessionmaker
+from taskproc.tasks.registry import registry
+from taskproc.worker.runtime import WorkerRuntime
 
 from support import Servers
 
@@ -73,3 +83,92 @@ async def test_create_with_a_key_whose_task_is_purged_between_insert_and_read_cr
     assert again.status_code == 201, again.text
     assert again.json()["id"] != first.json()["id"]
     assert env.sql("SELECT count(*) FROM task WHERE idempotency_key = 'purged-in-between'") == [(1,)]
+
+
+# ---- runtimes -----------------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def runtime(env: Env, **overrides: object) -> AsyncIterator[WorkerRuntime]:
+    settings = env.settings(**overrides)
+    engine = create_engine(
+        settings, pool_size=min(settings.db_pool_size, settings.worker_concurrency + 4), pre_ping=False
+    )
+    redis = Redis.from_url(env.redis_url)
+    rt = WorkerRuntime(
+        settings=settings, engine=engine, sessions=create_sessionmaker(engine), redis=redis, registry=registry
+    )
+    try:
+        yield rt
+    finally:
+        await rt.claims.close()
+        if hasattr(rt, "liveness"):  # before this change heartbeats used the pool
+            await rt.liveness.close()
+        await rt.completer.close()
+        await engine.dispose()
+        await redis.aclose()
+
+
+def insert_task(env: Env, *, status: str = "pending", run_in_s: float = 0.0, priority: str = "normal") -> uuid.UUID:
+    task_id = uuid.uuid4()
+    env.sql(
+        "INSERT INTO task (id, type, priority, payload, status, attempts, max_retries, timeout_s, generation, "
+        "run_at, cancel_requested, created_at, updated_at) VALUES (%s, 'add', %s, '{\"a\": 1, \"b\": 2}', %s, 0, "
+        "3, 60, 1, now() + make_interval(secs => %s), false, now() - interval '1 minute', "
+        "now() - interval '1 minute')",
+        (task_id, priority, status, run_in_s),
+    )
+    return task_id
+
+
+# ---- issue 12 case 3 ----------------------------------------------------------------------------------------
+
+
+async def test_a_worker_started_after_an_outage_waits_a_full_lease_before_reaping(env: Env) -> None:
+    async with runtime(env, lease_s=1.0) as a, runtime(env, lease_s=1.0) as b:
+        await a.heartbeat()
+        task_id = insert_task(env)
+        [claimed] = await a.claim([(queue.job_id(task_id, 1), 0.0)])
+        # The outage, as the database sees it afterwards: A could not renew, so its lease has lapsed while its
+        # task still runs. (Simulated by moving A's expires_at into the past rather than by stopping Postgres.)
+        env.sql("UPDATE worker SET expires_at = now() - interval '1 second' WHERE id = %s", (a.worker_id,))
+        # B starts right after the outage ends: its first heartbeat succeeds.
+        await b.heartbeat()
+        assert await b.reap_lost() == 0, "a fresh worker reaped a live worker's task at once"
+        assert env.sql("SELECT status, attempts FROM task WHERE id = %s", (task_id,)) == [("running", 1)]
+        # A renews on its next heartbeat (a third of a lease later); B keeps beating for a whole lease.
+        await a.heartbeat()
+        deadline = time.monotonic() + 10
+        while not b.may_reap_others():
+            assert time.monotonic() < deadline, "B never got a full lease of good heartbeats"
+            await b.heartbeat()
+            await a.heartbeat()
+            await asyncio.sleep(0.2)
+        assert await b.reap_lost() == 0
+        assert env.sql("SELECT status, worker_id FROM task WHERE id = %s", (task_id,)) == [("running", a.worker_id)]
+        a._inactive(claimed.id)
+
+
+# ---- issue 12 case 12 ---------------------------------------------------------------------------------------
+
+
+async def test_heartbeats_renew_the_lease_while_the_pool_is_exhausted(env: Env) -> None:
+    async with runtime(env, db_pool_size=2, db_timeout_s=1.0, lease_s=5.0) as rt:
+        await rt.heartbeat()
+        [(before,)] = env.sql("SELECT expires_at FROM worker WHERE id = %s", (rt.worker_id,))
+        # Every connection the pool may open (pool_size + max_overflow), held as by long task writes.
+        held = [await rt.engine.connect() for _ in range(4)]
+        try:
+            for c in held:
+                await c.execute(sa.text("SELECT 1"))
+            t0 = time.monotonic()
+            await rt.heartbeat()
+            took = time.monotonic() - t0
+        finally:
+            for c in held:
+                await c.close()
+        [(after,)] = env.sql("SELECT expires_at FROM worker WHERE id = %s", (rt.worker_id,))
+        assert isinstance(before, datetime) and isinstance(after, datetime)
+        assert after > before
+        assert took < 1.0
+        assert rt.may_reap_others() is False  # one lease has not passed yet

@@ -16,6 +16,7 @@ import time
 from functools import partial
 from typing import Any
 
+import psycopg
 from arq.connections import RedisSettings
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
@@ -209,6 +210,10 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     )
     ctx["runtime"] = runtime
     bind(worker=runtime.worker_id)
+    # Serving before anything touches Postgres: liveness must not depend on the schema or the database being
+    # there yet (an init container may still be waiting for the migrations), only on this process's loop.
+    if settings.worker_metrics_port:
+        ctx["metrics_server"] = await _serve_metrics(runtime, settings.worker_metrics_port)
     # Listening before registering: a worker that shows up as live is one that a submit wakes at once.
     listener = asyncio.create_task(_listen_for_wakeups(runtime))
     with contextlib.suppress(TimeoutError):
@@ -219,11 +224,13 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     # Register before taking any job, so the reaper never mistakes our first task for an orphan.
     delay = 0.2
     while True:
+        runtime.last_loop_at = time.monotonic()
         try:
             await runtime.heartbeat()
             break
-        except TRANSIENT as exc:
-            log.warning("postgres unavailable at startup (%s), retrying in %.1fs", type(exc).__name__, delay)
+        except (*TRANSIENT, psycopg.Error) as exc:
+            # psycopg.Error also covers a database without our schema yet (UndefinedTable).
+            log.warning("postgres not ready at startup (%s), retrying in %.1fs", type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2)
     # Heartbeat three times per lease, so one slow round trip never lets a live worker's lease lapse. The
@@ -242,8 +249,6 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     # Apart from the others: on shutdown it must write the last outcomes before it stops.
     ctx["completer"] = asyncio.create_task(runtime.completer.run(transient=TRANSIENT))
     ctx["background"] = background
-    if settings.worker_metrics_port:
-        ctx["metrics_server"] = await _serve_metrics(runtime, settings.worker_metrics_port)
     log.info(
         "worker started",
         extra={"worker": runtime.worker_id, "concurrency": settings.worker_concurrency},
@@ -271,6 +276,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         with contextlib.suppress(*TRANSIENT):
             await queue.release(runtime.redis, runtime.drain_released())
         await runtime.claims.close()
+        await runtime.liveness.close()
         await runtime.completer.close()
         await runtime.engine.dispose()
         log.info("worker stopped", extra={"worker": runtime.worker_id})

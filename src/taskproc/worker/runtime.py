@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import sqlalchemy as sa
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
@@ -49,6 +50,14 @@ FULL_SCAN_EVERY = 8
 TRANSIENT = (SQLAlchemyError, DBAPIError, psycopg.OperationalError, RedisError, OSError, TimeoutError)
 
 
+HEARTBEAT_SQL = psycopg.sql.SQL(
+    "INSERT INTO worker (id, hostname, pid, started_at, expires_at) "
+    "VALUES (%(id)s, %(host)s, %(pid)s, now(), now() + make_interval(secs => %(lease)s)) "
+    "ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at RETURNING expires_at"
+)
+UNREGISTER_SQL = psycopg.sql.SQL("DELETE FROM worker WHERE id = %(id)s RETURNING id")
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -72,21 +81,26 @@ class WorkerRuntime:
     # The hot path's own connections: one for claims (the poll loop) and one for outcomes (the completer).
     claims: batch.PgWriter = field(init=False)
     completer: batch.Completer = field(init=False)
+    liveness: batch.PgWriter = field(init=False)
     _released: list[str] = field(default_factory=list, init=False)
     _release_soon: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _reconcile_passes: int = field(default=0, init=False)
     # Task ids this process is claiming, running or recording (a multiset: a stale duplicate job of a task may
     # overlap with the real one). A row that is `running` under our worker id but not in here is an orphan.
     active: Counter[uuid.UUID] = field(default_factory=Counter)
-    # Since when (monotonic) every heartbeat has succeeded; None right after a failed one. Other workers' tasks
-    # are only reaped after a full lease of our own good heartbeats, so a Postgres outage that kept everyone
-    # from renewing does not make live workers look dead the moment it ends.
-    lease_ok_since: float | None = float("-inf")
+    # Since when (monotonic) every heartbeat has succeeded; None before the first and right after a failed one.
+    # Other workers' tasks are only reaped after a full lease of our own good heartbeats, so a Postgres outage
+    # that kept everyone from renewing does not make live workers look dead the moment it ends, also to a
+    # worker that starts just after it.
+    lease_ok_since: float | None = None
 
     def __post_init__(self) -> None:
         self.ticker = queue.Ticker(self.redis)
         self.claims = batch.PgWriter(self.settings, name="claims")
         self.completer = batch.Completer(batch.PgWriter(self.settings, name="outcomes"))
+        # Liveness has a connection of its own: a pool exhausted by task writes must never let our lease lapse
+        # (the reaper would hand our running tasks to another worker and they would run twice).
+        self.liveness = batch.PgWriter(self.settings, name="liveness")
 
     # ---- jobs --------------------------------------------------------------------------------------------
 
@@ -403,29 +417,16 @@ class WorkerRuntime:
             self.lease_ok_since = now
 
     async def _heartbeat(self) -> None:
-        async with self.sessions() as session:
-            await session.execute(
-                sa.text(
-                    "INSERT INTO worker (id, hostname, pid, started_at, expires_at) "
-                    "VALUES (:id, :host, :pid, now(), now() + make_interval(secs => :lease)) "
-                    "ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
-                ),
-                {
-                    "id": self.worker_id,
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "lease": self.settings.lease_s,
-                },
-            )
-            await session.commit()
+        await self.liveness.fetch(
+            HEARTBEAT_SQL,
+            {"id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(), "lease": self.settings.lease_s},
+        )
 
     async def unregister(self) -> None:
-        async with self.sessions() as session:
-            await session.execute(sa.text("DELETE FROM worker WHERE id = :id"), {"id": self.worker_id})
-            await session.commit()
+        await self.liveness.fetch(UNREGISTER_SQL, {"id": self.worker_id})
 
     def may_reap_others(self) -> bool:
-        """True once our own heartbeats have succeeded for a whole lease (or never failed)."""
+        """True once our own heartbeats have succeeded for a whole lease: by then every live worker renewed."""
         since = self.lease_ok_since
         return since is not None and time.monotonic() - since >= self.settings.lease_s
 

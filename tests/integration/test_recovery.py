@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
@@ -109,8 +109,15 @@ async def runtime(env: Env, **overrides: object) -> AsyncIterator[WorkerRuntime]
         await redis.aclose()
 
 
-def insert_task(env: Env, *, status: str = "pending", run_in_s: float = 0.0, priority: str = "normal") -> uuid.UUID:
-    task_id = uuid.uuid4()
+def insert_task(
+    env: Env,
+    *,
+    status: str = "pending",
+    run_in_s: float = 0.0,
+    priority: str = "normal",
+    task_id: uuid.UUID | None = None,
+) -> uuid.UUID:
+    task_id = task_id or uuid.uuid4()
     env.sql(
         "INSERT INTO task (id, type, priority, payload, status, attempts, max_retries, timeout_s, generation, "
         "run_at, cancel_requested, created_at, updated_at) VALUES (%s, 'add', %s, '{\"a\": 1, \"b\": 2}', %s, 0, "
@@ -172,3 +179,63 @@ async def test_heartbeats_renew_the_lease_while_the_pool_is_exhausted(env: Env) 
         assert after > before
         assert took < 1.0
         assert rt.may_reap_others() is False  # one lease has not passed yet
+
+
+# ---- issue 12 case 4 ----------------------------------------------------------------------------------------
+
+
+async def test_the_reconciler_carries_on_where_the_last_pass_stopped_in_whichever_process(env: Env) -> None:
+    # Lowest ids: delayed tasks, more than one pass may scan; above them, tasks ready now. Redis has nothing
+    # (this test's db index is empty, as after a flush).
+    delayed = [insert_task(env, run_in_s=3600, task_id=uuid.UUID(int=i + 1)) for i in range(120)]
+    ready = [insert_task(env, task_id=uuid.UUID(int=2**127 + i)) for i in range(10)]
+    async with runtime(env) as a, runtime(env) as b:
+        r = a.redis
+        passes = 0
+        for passes in range(1, 7):
+            # The advisory lock moves between processes: a pass by A, then one by B, and so on.
+            await (a if passes % 2 else b).reconcile(batch_size=25, max_rows=50)
+            queued = [await r.zscore(queue.QUEUE_KEY, queue.job_id(t, 1)) for t in ready]
+            if all(score is not None for score in queued):
+                break
+        else:
+            pytest.fail("ready tasks above the first max_rows waiting ones were never re-enqueued")
+        assert passes <= 3  # 130 rows at 50 a pass
+        assert await r.zcard(queue.DEFERRED_KEY) == len(delayed)
+
+
+# ---- issue 12 case 8 ----------------------------------------------------------------------------------------
+
+HOUR_S = 3600.0
+
+
+async def test_a_low_priority_task_from_a_fast_clock_api_is_taken_at_once_by_a_slow_clock_worker(
+    env: Env, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_time = time.time
+    async with runtime(env) as worker:
+        # The API pod's clock an hour fast: the clock sources the API's code path reads (time.time behind
+        # queue.now_ms, and the service's utcnow before this fix).
+        with monkeypatch.context() as m:
+            m.setattr(time, "time", lambda: real_time() + HOUR_S)
+            m.setattr(
+                "taskproc.services.tasks.utcnow", lambda: datetime.now(UTC) + timedelta(seconds=HOUR_S), raising=False
+            )
+            created = await api.post(
+                "/api/v1/tasks", json={"type": "add", "payload": {"a": 1, "b": 2}, "priority": "low"}
+            )
+            delayed = await api.post(
+                "/api/v1/tasks", json={"type": "add", "payload": {"a": 1, "b": 2}, "priority": "low", "delay_s": 60}
+            )
+        assert created.status_code == 201, created.text
+        task = created.json()
+        # And the worker's clock an hour slow.
+        with monkeypatch.context() as m:
+            m.setattr(time, "time", lambda: real_time() - HOUR_S)
+            tick = await worker.ticker.tick(5)
+        assert [j for j, _ in tick.taken] == [queue.job_id(uuid.UUID(task["id"]), 1)]
+        # created_at and run_at are the database's, not the API's fast clock.
+        assert abs(datetime.fromisoformat(task["created_at"]).timestamp() - real_time()) < 60
+        # The delayed one waits its minute, by no one's clock but Redis's.
+        assert tick.next_due_in_ms is not None and 50_000 < tick.next_due_in_ms <= 60_000
+        assert delayed.status_code == 201

@@ -18,7 +18,6 @@ from typing import Any
 
 import psycopg
 from arq.connections import RedisSettings
-from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
@@ -26,9 +25,10 @@ from taskproc import queue
 from taskproc.config import Settings
 from taskproc.db import create_engine, create_sessionmaker
 from taskproc.logging import bind
+from taskproc.maintenance import TRANSIENT, every
 from taskproc.metrics import render_latest
 from taskproc.tasks.registry import registry
-from taskproc.worker.runtime import TRANSIENT, WorkerRuntime, every
+from taskproc.worker.runtime import WorkerRuntime
 
 log = logging.getLogger("taskproc.worker")
 
@@ -83,7 +83,7 @@ class TaskprocWorker(Worker):
             if self.allow_pick_jobs and not runtime.shutting_down:
                 want = max(0, self.max_jobs - len(self.tasks))
             tick = await runtime.ticker.tick(want)
-            next_due = tick.next_due_ms
+            next_due = tick.next_due_in_ms
             taken = len(tick.taken)
             if tick.aborts:
                 await self._abort(tick.aborts)
@@ -105,7 +105,7 @@ class TaskprocWorker(Worker):
             return  # every slot filled: more may be waiting, look again as soon as one frees up
         timeout = self.settings.worker_poll_s
         if next_due is not None:
-            timeout = min(timeout, max(0.0, (next_due - timestamp_ms()) / 1000))
+            timeout = min(timeout, next_due / 1000)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(runtime.wake.wait(), timeout)
 

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import socket
 import time
 import uuid
@@ -28,11 +27,15 @@ from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from taskproc import metrics, queue
 from taskproc.config import Settings
+
+# TRANSIENT and every are re-exported: they lived here before the maintenance module existed.
+from taskproc.maintenance import TRANSIENT as TRANSIENT
+from taskproc.maintenance import Maintenance
+from taskproc.maintenance import every as every
 from taskproc.models import Priority
 from taskproc.services.tasks import enqueue_item, transition
 from taskproc.tasks.registry import TaskContext, TaskRegistry
@@ -43,11 +46,6 @@ from taskproc.worker.batch import Claimed
 log = logging.getLogger("taskproc.worker")
 
 MAX_ERROR_CHARS = 4000
-# The reconciler scans every waiting task on its first pass and then on every such pass (about every 2 minutes
-# with the default 15 s), besides whenever the counts disagree.
-FULL_SCAN_EVERY = 8
-# Failures that a retry can fix: the database or Redis unreachable, restarting, or too slow to answer.
-TRANSIENT = (SQLAlchemyError, DBAPIError, psycopg.OperationalError, RedisError, OSError, TimeoutError)
 
 
 HEARTBEAT_SQL = psycopg.sql.SQL(
@@ -84,7 +82,7 @@ class WorkerRuntime:
     liveness: batch.PgWriter = field(init=False)
     _released: list[str] = field(default_factory=list, init=False)
     _release_soon: asyncio.Event = field(default_factory=asyncio.Event, init=False)
-    _reconcile_passes: int = field(default=0, init=False)
+    maintenance: Maintenance = field(init=False)
     # Task ids this process is claiming, running or recording (a multiset: a stale duplicate job of a task may
     # overlap with the real one). A row that is `running` under our worker id but not in here is an orphan.
     active: Counter[uuid.UUID] = field(default_factory=Counter)
@@ -101,6 +99,7 @@ class WorkerRuntime:
         # Liveness has a connection of its own: a pool exhausted by task writes must never let our lease lapse
         # (the reaper would hand our running tasks to another worker and they would run twice).
         self.liveness = batch.PgWriter(self.settings, name="liveness")
+        self.maintenance = Maintenance(settings=self.settings, sessions=self.sessions, redis=self.redis)
 
     # ---- jobs --------------------------------------------------------------------------------------------
 
@@ -536,112 +535,8 @@ class WorkerRuntime:
         return len(rows)
 
     async def reconcile(self, *, batch_size: int = 1000, max_rows: int = 200_000) -> int:
-        """Make Redis agree with Postgres again; returns how many jobs were (re-)enqueued.
-
-        - A waiting task whose job is nowhere in Redis (flushed, restarted empty, or the API's enqueue never
-          happened) is enqueued again.
-        - A job a worker took off the queue but never claimed (the worker was killed in between) goes back to
-          the queue once it has been taken for a whole lease.
-        - Jobs left in the running set by tasks that have moved on are deleted, so they don't count as backlog.
-
-        One worker at a time does it (advisory lock). Scanning the waiting tasks costs Redis lookups in
-        proportion to the backlog, so it only runs when Redis holds fewer jobs than Postgres has tasks waiting
-        or running, and every FULL_SCAN_EVERY-th pass regardless (a stale extra entry could hide a missing
-        one). Tasks changed in the last two seconds are skipped, since their enqueue may still be on its way.
-        """
-        abandoned_ms = self.settings.lease_s * 1000
-        self._reconcile_passes += 1
-        full = self._reconcile_passes % FULL_SCAN_EVERY == 1
-        enqueued = 0
-        async with self.sessions() as session:
-            got = (await session.execute(sa.text("SELECT pg_try_advisory_xact_lock(7314250001)"))).scalar_one()
-            if not got:
-                return 0
-            requeued = await self._sweep_running(session, abandoned_ms)
-            if full or await self._redis_short(session):
-                last = uuid.UUID(int=0)
-                scanned = 0
-                while scanned < max_rows:
-                    rows = (
-                        await session.execute(
-                            sa.text(
-                                "SELECT id, generation, priority, run_at FROM task "
-                                "WHERE status IN ('pending', 'retrying') AND id > :last "
-                                "AND updated_at < now() - interval '2 seconds' ORDER BY id LIMIT :batch"
-                            ),
-                            {"last": last, "batch": batch_size},
-                        )
-                    ).fetchall()
-                    if not rows:
-                        break
-                    scanned += len(rows)
-                    last = rows[-1].id
-                    states = await queue.job_states(
-                        self.redis, [(r.id, r.generation, Priority(r.priority)) for r in rows]
-                    )
-                    missing = [
-                        r
-                        for r, state in zip(rows, states, strict=True)
-                        if not state.queued and state.taken_ms_ago is None
-                    ]
-                    if missing:
-                        await queue.enqueue(self.redis, [enqueue_item(r) for r in missing])
-                        enqueued += len(missing)
-            await session.commit()
-        if enqueued or requeued:
-            log.warning(
-                "reconciler re-enqueued tasks missing from redis",
-                extra={"count": enqueued + requeued},
-            )
-        return enqueued + requeued
-
-    async def _redis_short(self, session: AsyncSession) -> bool:
-        """True when Redis holds fewer jobs than Postgres has tasks waiting or running (counters, not a scan)."""
-        expected = (
-            await session.execute(
-                sa.text("SELECT coalesce(sum(n), 0) FROM task_count WHERE status IN ('pending', 'retrying', 'running')")
-            )
-        ).scalar_one()
-        ready, deferred, running = await queue.queue_sizes(self.redis)
-        return bool(ready + deferred + running < expected)
-
-    async def _sweep_running(self, session: AsyncSession, abandoned_ms: float, *, pages: int = 20) -> int:
-        """Jobs in the running set for over a lease: back to the queue if their task still waits, else deleted."""
-        requeue: list[queue.Enqueue] = []
-        obsolete: list[str] = []
-        seen = 0
-        for _ in range(pages):
-            jobs = await queue.taken_before(self.redis, older_than_ms=abandoned_ms, start=seen, limit=1000)
-            if not jobs:
-                break
-            seen += len(jobs)
-            rows = (
-                await session.execute(
-                    sa.text("SELECT id, generation, status, priority, run_at FROM task WHERE id = ANY(:ids)"),
-                    {"ids": [task_id for task_id, _ in jobs]},
-                )
-            ).fetchall()
-            current = {r.id: r for r in rows}
-            for task_id, generation in jobs:
-                row = current.get(task_id)
-                if row is not None and row.generation == generation:
-                    if row.status in ("pending", "retrying"):
-                        requeue.append(enqueue_item(row))
-                        continue
-                    if row.status == "running":
-                        # A live worker's long task, or the reaper's business once that worker's lease runs out.
-                        continue
-                # The task is gone, finished, or on a newer generation: this job will never do anything.
-                obsolete.append(queue.job_id(task_id, generation))
-            if len(jobs) < 1000:
-                break
-        if requeue:
-            await queue.requeue_taken(self.redis, requeue)
-            log.warning("jobs taken but never claimed are queued again", extra={"count": len(requeue)})
-        if obsolete:
-            await queue.release(self.redis, obsolete)
-            log.warning("reconciler deleted abandoned jobs of finished tasks", extra={"count": len(obsolete)})
-        return len(requeue)
+        """The reconciler's pass (taskproc.maintenance), which API processes run too."""
+        return await self.maintenance.reconcile(batch_size=batch_size, max_rows=max_rows)
 
     async def purge_expired(self, *, batch: int = 1000) -> int:
         """Delete terminal tasks older than the retention, in small batches so no lock is held for long."""
@@ -672,17 +567,3 @@ class WorkerRuntime:
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
-async def every(interval_s: float, fn: Any, name: str, *, jitter: float = 0.1) -> None:
-    """Run `fn` forever every interval; transient failures are logged and retried next round."""
-    while True:
-        try:
-            await fn()
-        except asyncio.CancelledError:
-            raise
-        except TRANSIENT as exc:
-            log.warning("%s failed, will retry: %s", name, type(exc).__name__)
-        except Exception:
-            log.exception("%s crashed, will retry", name)
-        await asyncio.sleep(interval_s * (1 + random.uniform(-jitter, jitter)))

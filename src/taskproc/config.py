@@ -77,6 +77,25 @@ class Settings(BaseSettings):
         default=3.0, gt=0, description="Connect and statement timeout, so an outage answers 503, not a hang."
     )
 
+    api_maintenance: bool = Field(
+        default=True,
+        description="API processes also run the reconciler and promote due delayed tasks (one process at a time "
+        "across API and workers), so queued work stays visible to KEDA while workers are scaled to zero.",
+    )
+    pod_deletion_cost: bool = Field(
+        default=False,
+        description="Workers set their pod's controller.kubernetes.io/pod-deletion-cost annotation from their "
+        "running tasks, so a scale-down removes idle pods first (needs RBAC to patch its own pod).",
+    )
+    pod_name: str | None = Field(default=None, description="This pod's name (downward API), for pod_deletion_cost.")
+    pod_namespace: str | None = Field(
+        default=None, description="This pod's namespace (downward API), for pod_deletion_cost."
+    )
+    serviceaccount_dir: Path = Field(
+        default=Path("/var/run/secrets/kubernetes.io/serviceaccount"),
+        description="Where the service-account token and CA are mounted (pod_deletion_cost).",
+    )
+
     @field_validator("task_modules", mode="before")
     @classmethod
     def _split_modules(cls, value: object) -> object:

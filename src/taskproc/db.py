@@ -9,7 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from taskproc.config import Settings
 
 
-def create_engine(settings: Settings, *, pool_size: int | None = None, pre_ping: bool = True) -> AsyncEngine:
+def create_engine(
+    settings: Settings, *, pool_size: int | None = None, max_overflow: int | None = None, pre_ping: bool = True
+) -> AsyncEngine:
     """An engine whose every wait is bounded, so a Postgres outage surfaces as an error, never a hang.
 
     `pre_ping` costs a round trip per checkout; the worker turns it off, since it retries every statement that
@@ -19,7 +21,8 @@ def create_engine(settings: Settings, *, pool_size: int | None = None, pre_ping:
     return create_async_engine(
         settings.sqlalchemy_url,
         pool_size=pool_size or settings.db_pool_size,
-        max_overflow=pool_size or settings.db_pool_size,
+        # As many again on demand: the "2 x" of the connection budget (README, "Postgres connections").
+        max_overflow=(pool_size or settings.db_pool_size) if max_overflow is None else max_overflow,
         pool_timeout=timeout,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,

@@ -6,6 +6,10 @@ best effort from the caller's point of view and happens after the Postgres trans
 A job is the member `<task id>.<generation>` and nothing else: there is no per-job record to read or lock, so
 taking jobs is one script call for a whole batch (see TICK_SCRIPT) and a worker's claim in Postgres, a
 compare-and-set, is what makes a job run once.
+
+Clocks: no process compares its own wall clock with another's. Due times are kept on Redis's clock (every script
+reads `TIME`), and what goes in is a delay that Postgres computed against its own clock (`run_at - now()`), so a
+pod whose clock is off by an hour neither delays nor hurries anyone's task.
 """
 
 from __future__ import annotations
@@ -35,15 +39,20 @@ JOB_TIMEOUT_S = MAX_TIMEOUT_S + 60
 # An abort request nobody acted on within this long is dropped (the task finished or was never ours).
 ABORT_MAX_AGE_MS = 60_000
 
-# Every entry of arq:queue must be "due" (score <= now) to be taken, and the lowest score goes first.
-# Subtracting a large band per priority keeps all entries due while ordering high < normal < low,
-# FIFO inside a band by enqueue time. 1e13 ms is ~300 years, far more than any clock difference.
+# Every entry of arq:queue is due (future ones wait in the deferred set) and the lowest score goes first.
+# Subtracting a large band per priority orders high < normal < low, FIFO inside a band by due time (on Redis's
+# clock). 1e13 ms is ~300 years, far more than any wait.
 BAND = {Priority.high: -2e13, Priority.normal: -1e13, Priority.low: 0.0}
 _BAND_EDGES = (-1.5e13, -0.5e13)
 
 
 def now_ms() -> int:
+    """This process's wall clock: for logs and tests only; queue decisions use Redis's clock (TIME)."""
     return int(time.time() * 1000)
+
+
+# Redis's clock in ms, for the scripts below (TIME is allowed before writes: scripts replicate by effects).
+_LUA_NOW = "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
 
 def job_id(task_id: uuid.UUID | str, generation: int) -> str:
@@ -76,39 +85,63 @@ def json_deserializer(raw: bytes) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Enqueue:
-    """One task generation to put on the queue: ready now, or deferred until run_at_ms."""
+    """One task generation to put on the queue: ready when delay_ms <= 0, else deferred for delay_ms.
+
+    delay_ms is `run_at - now()` as Postgres computed it: a span, not a time, so it means the same on any clock.
+    """
 
     task_id: uuid.UUID
     generation: int
     priority: Priority
-    run_at_ms: int
+    delay_ms: int
 
 
 def _deferred_member(priority: Priority, jid: str) -> str:
     return f"{priority.value}|{jid}"
 
 
+# ARGV: high band, normal band, then (job id, priority, delay ms) per job. Ready jobs are scored by when they
+# became due on Redis's clock (now + delay, delay <= 0) plus their band; deferred ones by when they fall due.
+ENQUEUE_SCRIPT = (
+    _LUA_NOW
+    + """
+local ready = {}
+local deferred = {}
+for i = 3, #ARGV, 3 do
+  local jid = ARGV[i]
+  local prio = ARGV[i + 1]
+  local delay = tonumber(ARGV[i + 2])
+  if delay <= 0 then
+    local band = 0
+    if prio == 'high' then band = tonumber(ARGV[1]) elseif prio == 'normal' then band = tonumber(ARGV[2]) end
+    ready[#ready + 1] = now + delay + band
+    ready[#ready + 1] = jid
+  else
+    deferred[#deferred + 1] = now + delay
+    deferred[#deferred + 1] = prio .. '|' .. jid
+  end
+end
+if #ready > 0 then redis.call('ZADD', KEYS[1], unpack(ready)) end
+if #deferred > 0 then redis.call('ZADD', KEYS[2], unpack(deferred)) end
+redis.call('PUBLISH', KEYS[3], '1')
+return #ready
+"""
+)
+# Enqueue scripts send a few thousand jobs per call at most: unpack() has a limit of about 8000 values.
+_ENQUEUE_CHUNK = 2000
+
+
 async def enqueue(redis: Redis, items: Sequence[Enqueue]) -> None:
-    """Add queue entries for `items` in one MULTI, then wake idle workers."""
-    if not items:
-        return
-    current = now_ms()
-    ready: dict[str, float] = {}
-    deferred: dict[str, float] = {}
-    for item in items:
-        jid = job_id(item.task_id, item.generation)
-        if item.run_at_ms <= current:
-            ready[jid] = item.run_at_ms + BAND[item.priority]
-        else:
-            deferred[_deferred_member(item.priority, jid)] = item.run_at_ms
-    async with redis.pipeline(transaction=True) as pipe:
-        if ready:
-            pipe.zadd(QUEUE_KEY, ready)
-        if deferred:
-            pipe.zadd(DEFERRED_KEY, deferred)
-        # Also for deferred-only batches: an idle worker must learn the new earliest due time.
-        pipe.publish(WAKE_CHANNEL, b"1")
-        await pipe.execute()
+    """Add queue entries for `items` (one script call per chunk), then wake idle workers.
+
+    Also for deferred-only batches: an idle worker must learn the new earliest due time.
+    """
+    script = redis.register_script(ENQUEUE_SCRIPT)
+    for start in range(0, len(items), _ENQUEUE_CHUNK):
+        args: list[Any] = [BAND[Priority.high], BAND[Priority.normal]]
+        for item in items[start : start + _ENQUEUE_CHUNK]:
+            args += [job_id(item.task_id, item.generation), item.priority.value, int(item.delay_ms)]
+        await script(keys=[QUEUE_KEY, DEFERRED_KEY, WAKE_CHANNEL], args=args)
 
 
 async def remove_jobs(redis: Redis, jobs: Iterable[tuple[uuid.UUID, int, Priority]]) -> None:
@@ -129,23 +162,42 @@ async def release(redis: Redis, jids: Sequence[str]) -> None:
         await redis.zrem(RUNNING_KEY, *jids)
 
 
+DEFER_AGAIN_SCRIPT = (
+    _LUA_NOW
+    + """
+for i = 2, #ARGV do
+  local member = ARGV[i]
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), member)
+  redis.call('ZREM', KEYS[2], string.sub(member, string.find(member, '|', 1, true) + 1))
+end
+return 0
+"""
+)
+
+
 async def defer_again(redis: Redis, jobs: Sequence[tuple[str, Priority]], delay_ms: int) -> None:
     """Put taken jobs back, due in `delay_ms` (their claim could not be made: Postgres is unreachable)."""
     if not jobs:
         return
-    due = now_ms() + delay_ms
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.zadd(DEFERRED_KEY, {_deferred_member(prio, jid): due for jid, prio in jobs})
-        pipe.zrem(RUNNING_KEY, *(jid for jid, _ in jobs))
-        await pipe.execute()
+    script = redis.register_script(DEFER_AGAIN_SCRIPT)
+    await script(
+        keys=[DEFERRED_KEY, RUNNING_KEY], args=[delay_ms, *(_deferred_member(prio, jid) for jid, prio in jobs)]
+    )
+
+
+ABORT_SCRIPT = _LUA_NOW + "redis.call('ZADD', KEYS[1], now, ARGV[1])\nredis.call('PUBLISH', KEYS[2], '1')\nreturn 0\n"
 
 
 async def request_abort(redis: Redis, task_id: uuid.UUID, generation: int) -> None:
     """Ask whichever worker runs this job to cancel it (arq's abort set), and wake it to look now."""
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zadd(ABORT_KEY, {job_id(task_id, generation): now_ms()})
-        pipe.publish(WAKE_CHANNEL, b"1")
-        await pipe.execute()
+    script = redis.register_script(ABORT_SCRIPT)
+    await script(keys=[ABORT_KEY, WAKE_CHANNEL], args=[job_id(task_id, generation)])
+
+
+async def redis_now_ms(redis: Redis) -> int:
+    """Redis's clock, the one the due times and the running set's scores are on."""
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 async def forget_aborts(redis: Redis, jids: Sequence[str]) -> None:
@@ -162,7 +214,7 @@ class JobState:
 
 
 async def job_states(redis: Redis, jobs: Sequence[tuple[uuid.UUID, int, Priority]]) -> list[JobState]:
-    current = now_ms()
+    current = await redis_now_ms(redis)
     async with redis.pipeline(transaction=False) as pipe:
         for task_id, generation, priority in jobs:
             jid = job_id(task_id, generation)
@@ -183,7 +235,8 @@ async def taken_before(
     redis: Redis, *, older_than_ms: float, start: int = 0, limit: int = 1000
 ) -> list[tuple[uuid.UUID, int]]:
     """Jobs taken by a worker more than `older_than_ms` ago and still in the running set, oldest first."""
-    members = await redis.zrangebyscore(RUNNING_KEY, "-inf", now_ms() - older_than_ms, start=start, num=limit)
+    before = await redis_now_ms(redis) - older_than_ms
+    members = await redis.zrangebyscore(RUNNING_KEY, "-inf", before, start=start, num=limit)
     out = []
     for member in members:
         try:
@@ -200,14 +253,10 @@ async def requeue_taken(redis: Redis, items: Sequence[Enqueue]) -> None:
         await release(redis, [job_id(i.task_id, i.generation) for i in items])
 
 
-# One call per worker loop iteration, atomic, so two workers can neither lose nor share a job:
-# 1. move due members of the deferred set into the queue with their priority band;
-# 2. take up to ARGV[5] due jobs, lowest score (highest priority, oldest) first, into the running set;
-# 3. read the abort requests (dropping those older than ARGV[6] ms).
-# Returns {promoted, next deferred due time or -1, {job, score, ...}, {aborted job, ...}}.
-TICK_SCRIPT = """
-local now = tonumber(ARGV[1])
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+# Moves due members of the deferred set into the queue with their priority band (ARGV[1] at most, ARGV[2] and
+# ARGV[3] the high and normal bands); `now` is Redis's clock. Shared by the tick and by promote_due().
+_PROMOTE_LUA = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
 local moved = 0
 for i = 1, #due, 2 do
   local member = due[i]
@@ -217,16 +266,50 @@ for i = 1, #due, 2 do
     local prio = string.sub(member, 1, sep - 1)
     local jid = string.sub(member, sep + 1)
     local band = 0
-    if prio == 'high' then band = tonumber(ARGV[3]) elseif prio == 'normal' then band = tonumber(ARGV[4]) end
+    if prio == 'high' then band = tonumber(ARGV[2]) elseif prio == 'normal' then band = tonumber(ARGV[3]) end
     redis.call('ZADD', KEYS[2], score + band, jid)
   end
   redis.call('ZREM', KEYS[1], member)
   moved = moved + 1
 end
+"""
+
+# Due deferred jobs into the queue, without taking any: what API processes run while workers may be at zero, so
+# a delayed task that falls due shows up in arq:queue, where KEDA looks. Atomic, so any number of processes may
+# run it at once. Returns how many moved.
+PROMOTE_SCRIPT = (
+    _LUA_NOW
+    + _PROMOTE_LUA
+    + """
+if moved > 0 then redis.call('PUBLISH', KEYS[3], '1') end
+return moved
+"""
+)
+
+
+async def promote_due(redis: Redis, *, limit: int = 1000) -> int:
+    script = redis.register_script(PROMOTE_SCRIPT)
+    moved = await script(
+        keys=[DEFERRED_KEY, QUEUE_KEY, WAKE_CHANNEL], args=[limit, BAND[Priority.high], BAND[Priority.normal]]
+    )
+    return int(moved)
+
+
+# One call per worker loop iteration, atomic, so two workers can neither lose nor share a job:
+# 1. move due members of the deferred set into the queue with their priority band;
+# 2. take up to ARGV[4] jobs, lowest score (highest priority, oldest) first, into the running set (every queue
+#    entry is due: only the deferred set holds future ones);
+# 3. read the abort requests (dropping those older than ARGV[5] ms).
+# Times are Redis's (TIME). Returns {promoted, ms until the next deferred job is due or -1, {job, score, ...},
+# {aborted job, ...}}: a span, so the caller never compares a Redis time with its own clock.
+TICK_SCRIPT = (
+    _LUA_NOW
+    + _PROMOTE_LUA
+    + """
 local taken = {}
-local want = tonumber(ARGV[5])
+local want = tonumber(ARGV[4])
 if want > 0 then
-  taken = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES', 'LIMIT', 0, want)
+  taken = redis.call('ZRANGE', KEYS[2], 0, want - 1, 'WITHSCORES')
   if #taken > 0 then
     local members = {}
     local running = {}
@@ -241,21 +324,22 @@ if want > 0 then
 end
 local aborts = {}
 if redis.call('EXISTS', KEYS[4]) == 1 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[6]))
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[5]))
   aborts = redis.call('ZRANGE', KEYS[4], 0, -1)
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local next_due = -1
-if #nxt > 0 then next_due = tonumber(nxt[2]) end
+local next_in = -1
+if #nxt > 0 then next_in = math.max(0, tonumber(nxt[2]) - now) end
 if moved > 0 then redis.call('PUBLISH', KEYS[5], '1') end
-return {moved, tostring(next_due), taken, aborts}
+return {moved, tostring(next_in), taken, aborts}
 """
+)
 
 
 @dataclass(frozen=True)
 class Tick:
     promoted: int
-    next_due_ms: int | None
+    next_due_in_ms: int | None  # how long until the next deferred job falls due
     taken: list[tuple[str, float]]  # (job id, queue score)
     aborts: list[str]
 
@@ -267,14 +351,14 @@ class Ticker:
         self._script = redis.register_script(TICK_SCRIPT)
 
     async def tick(self, take: int, *, promote_limit: int = 1000) -> Tick:
-        moved, next_due, taken, aborts = await self._script(
+        moved, next_in, taken, aborts = await self._script(
             keys=[DEFERRED_KEY, QUEUE_KEY, RUNNING_KEY, ABORT_KEY, WAKE_CHANNEL],
-            args=[now_ms(), promote_limit, BAND[Priority.high], BAND[Priority.normal], take, ABORT_MAX_AGE_MS],
+            args=[promote_limit, BAND[Priority.high], BAND[Priority.normal], take, ABORT_MAX_AGE_MS],
         )
-        nd = float(next_due)
+        nd = float(next_in)
         return Tick(
             promoted=int(moved),
-            next_due_ms=None if nd < 0 else int(nd),
+            next_due_in_ms=None if nd < 0 else int(nd),
             taken=[(taken[i].decode(), float(taken[i + 1])) for i in range(0, len(taken), 2)],
             aborts=[a.decode() for a in aborts],
         )

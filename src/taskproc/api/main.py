@@ -25,6 +25,7 @@ from taskproc.api.routes import events, health, meta, tasks, web
 from taskproc.api.routing import DocstringRoute
 from taskproc.config import Settings, get_settings
 from taskproc.db import create_engine, create_sessionmaker
+from taskproc.maintenance import run_in_api
 from taskproc.tasks.registry import load_task_modules, registry
 
 log = logging.getLogger("taskproc.api")
@@ -60,7 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         try:
-            yield
+            # The reconciler and the promotion of due tasks run here too, so that with workers scaled to zero
+            # an accepted task still reaches arq:queue, where KEDA looks.
+            async with run_in_api(settings, app.state.redis):
+                yield
         finally:
             await app.state.redis.aclose()
             await engine.dispose()

@@ -12,7 +12,7 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -37,7 +37,6 @@ from taskproc.models import (
     TaskStatus,
     TaskUpdate,
     TaskWaiting,
-    utcnow,
 )
 from taskproc.tasks.registry import TaskRegistry
 
@@ -63,18 +62,31 @@ def cap_errors(errors: list[dict[str, Any]], limit: int = MAX_REPORTED_ERRORS) -
 _INSERT_TASKS = sa.text(
     "WITH input AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), "  # noqa: S608 - constant SQL, values bound
     "CAST(:priorities AS text[]), CAST(:payloads AS text[]), CAST(:max_retries AS int[]), "
-    "CAST(:timeouts AS float8[]), CAST(:keys AS text[]), CAST(:run_ats AS timestamptz[])) WITH ORDINALITY "
-    "AS i(id, type, priority, payload, max_retries, timeout_s, idempotency_key, run_at, ord)), "
+    "CAST(:timeouts AS float8[]), CAST(:keys AS text[]), CAST(:delays AS float8[])) WITH ORDINALITY "
+    "AS i(id, type, priority, payload, max_retries, timeout_s, idempotency_key, delay_s, ord)), "
     "ins AS (INSERT INTO task (id, type, priority, payload, status, attempts, max_retries, timeout_s, "
     "idempotency_key, generation, run_at, cancel_requested, created_at, updated_at) "
     "SELECT id, type, priority, CAST(payload AS jsonb), 'pending', 0, max_retries, timeout_s, idempotency_key, "
-    "1, run_at, FALSE, :now, :now FROM input ORDER BY ord "
+    "1, now() + make_interval(secs => delay_s), FALSE, now(), now() FROM input ORDER BY ord "
     "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     f"RETURNING {TASK_COLUMNS}), "
     "ev AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
     "SELECT id, created_at, 'pending', 0, 'accepted' FROM ins) "
     "SELECT * FROM ins"
 )
+
+
+def _insert_params(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "ids": [r["id"] for r in rows],
+        "types": [r["type"] for r in rows],
+        "priorities": [r["priority"] for r in rows],
+        "payloads": [json.dumps(r["payload"], separators=(",", ":")) for r in rows],
+        "max_retries": [r["max_retries"] for r in rows],
+        "timeouts": [float(r["timeout_s"]) for r in rows],
+        "keys": [r["idempotency_key"] for r in rows],
+        "delays": [r["delay_s"] for r in rows],
+    }
 
 
 def to_public(row: Any) -> TaskPublic:
@@ -107,13 +119,19 @@ async def _redis_best_effort(what: str, coro: Any) -> None:
         log.warning("redis unavailable, %s deferred to the reconciler: %s", what, type(exc).__name__)
 
 
-def enqueue_item(row: Any) -> queue.Enqueue:
+def enqueue_item(row: Any, db_now: datetime | None = None) -> queue.Enqueue:
+    """The queue entry of a task row, its delay computed on Postgres's clock alone.
+
+    `db_now` is Postgres's now() at the time the row was read; without it the row's `updated_at` is used, which
+    every statement that returns rows to enqueue (insert, transitions) sets to now() itself.
+    """
     m = row._mapping
+    now = db_now if db_now is not None else m["updated_at"]
     return queue.Enqueue(
         task_id=m["id"],
         generation=m["generation"],
         priority=Priority(m["priority"]),
-        run_at_ms=int(m["run_at"].timestamp() * 1000),
+        delay_ms=int((m["run_at"] - now).total_seconds() * 1000),
     )
 
 
@@ -156,10 +174,10 @@ async def create_tasks(
     if errors:
         raise InvalidInputError(cap_errors(errors))
 
-    now = utcnow()
+    # No times from this process's clock: created_at and run_at are Postgres's now() (+ the delay), the one clock
+    # every worker's claim and lease compare with.
     rows: list[dict[str, Any]] = []
     for task_in, payload in zip(tasks_in, payloads, strict=True):
-        run_at = now + timedelta(seconds=task_in.delay_s) if task_in.delay_s else now
         rows.append(
             {
                 "id": uuid.uuid4(),
@@ -172,37 +190,37 @@ async def create_tasks(
                 "timeout_s": settings.task_timeout_s if task_in.timeout_s is None else task_in.timeout_s,
                 "idempotency_key": task_in.idempotency_key,
                 "generation": 1,
-                "run_at": run_at,
+                "delay_s": float(task_in.delay_s or 0.0),
                 "cancel_requested": False,
-                "created_at": now,
-                "updated_at": now,
             }
         )
     # One fixed statement whatever the batch size (arrays through unnest), so psycopg prepares it once and
     # nothing is compiled per request; the first event rows are written by the same statement. Rows go in key
     # order: two batches racing on the same keys then wait on each other in the same order and never deadlock.
     ordered = sorted(rows, key=lambda r: r["idempotency_key"] or "")
-    result = await session.execute(
-        _INSERT_TASKS,
-        {
-            "ids": [r["id"] for r in ordered],
-            "types": [r["type"] for r in ordered],
-            "priorities": [r["priority"] for r in ordered],
-            "payloads": [json.dumps(r["payload"], separators=(",", ":")) for r in ordered],
-            "max_retries": [r["max_retries"] for r in ordered],
-            "timeouts": [float(r["timeout_s"]) for r in ordered],
-            "keys": [r["idempotency_key"] for r in ordered],
-            "run_ats": [r["run_at"] for r in ordered],
-            "now": now,
-        },
-    )
-    inserted = {r.id: r for r in result.fetchall()}
     table = Task.__table__  # type: ignore[attr-defined]
+    inserted: dict[uuid.UUID, Any] = {}
     existing: dict[str, Any] = {}
-    missing_keys = [r["idempotency_key"] for r in rows if r["id"] not in inserted and r["idempotency_key"]]
-    if missing_keys:
+    todo = ordered
+    # The insert and the read of the tasks that already had the key are two statements (autocommit: two
+    # snapshots), so the existing task can be purged (or deleted) between them. A key found by neither is free
+    # again: insert those rows once more. Each round needs another purge of the same key in the same gap, so
+    # the loop ends at once in practice; the bound only keeps a pathological case from spinning.
+    for _ in range(10):
+        result = await session.execute(_INSERT_TASKS, _insert_params(todo))
+        inserted.update({r.id: r for r in result.fetchall()})
+        missing_keys = [r["idempotency_key"] for r in todo if r["id"] not in inserted and r["idempotency_key"]]
+        if not missing_keys:
+            break
+        await testhooks.point("create.after_insert")
         found = await session.execute(sa.select(table).where(table.c.idempotency_key.in_(missing_keys)))
-        existing = {r.idempotency_key: r for r in found.fetchall()}
+        existing.update({r.idempotency_key: r for r in found.fetchall()})
+        todo = [r for r in todo if r["id"] not in inserted and r["idempotency_key"] not in existing]
+        if not todo:
+            break
+        log.info("idempotency key freed between insert and read; inserting again", extra={"count": len(todo)})
+    else:
+        raise ConflictError("the idempotency key was taken and freed repeatedly; try again")
     await session.commit()
 
     out: list[tuple[TaskPublic, bool]] = []

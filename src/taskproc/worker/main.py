@@ -16,8 +16,8 @@ import time
 from functools import partial
 from typing import Any
 
+import psycopg
 from arq.connections import RedisSettings
-from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
@@ -25,11 +25,15 @@ from taskproc import queue
 from taskproc.config import Settings
 from taskproc.db import create_engine, create_sessionmaker
 from taskproc.logging import bind
+from taskproc.maintenance import TRANSIENT, every
 from taskproc.metrics import render_latest
 from taskproc.tasks.registry import registry
-from taskproc.worker.runtime import TRANSIENT, WorkerRuntime, every
+from taskproc.worker.runtime import WorkerRuntime
 
 log = logging.getLogger("taskproc.worker")
+# Registration at start-up is retried on these; psycopg.Error also covers a database without our schema yet
+# (UndefinedTable).
+_STARTUP_RETRY: tuple[type[BaseException], ...] = (*TRANSIENT, psycopg.Error)
 
 
 async def run_task(ctx: dict[str, Any], *, task_id: str, generation: int) -> None:
@@ -82,7 +86,7 @@ class TaskprocWorker(Worker):
             if self.allow_pick_jobs and not runtime.shutting_down:
                 want = max(0, self.max_jobs - len(self.tasks))
             tick = await runtime.ticker.tick(want)
-            next_due = tick.next_due_ms
+            next_due = tick.next_due_in_ms
             taken = len(tick.taken)
             if tick.aborts:
                 await self._abort(tick.aborts)
@@ -104,7 +108,7 @@ class TaskprocWorker(Worker):
             return  # every slot filled: more may be waiting, look again as soon as one frees up
         timeout = self.settings.worker_poll_s
         if next_due is not None:
-            timeout = min(timeout, max(0.0, (next_due - timestamp_ms()) / 1000))
+            timeout = min(timeout, next_due / 1000)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(runtime.wake.wait(), timeout)
 
@@ -209,6 +213,10 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     )
     ctx["runtime"] = runtime
     bind(worker=runtime.worker_id)
+    # Serving before anything touches Postgres: liveness must not depend on the schema or the database being
+    # there yet (an init container may still be waiting for the migrations), only on this process's loop.
+    if settings.worker_metrics_port:
+        ctx["metrics_server"] = await _serve_metrics(runtime, settings.worker_metrics_port)
     # Listening before registering: a worker that shows up as live is one that a submit wakes at once.
     listener = asyncio.create_task(_listen_for_wakeups(runtime))
     with contextlib.suppress(TimeoutError):
@@ -219,11 +227,12 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     # Register before taking any job, so the reaper never mistakes our first task for an orphan.
     delay = 0.2
     while True:
+        runtime.last_loop_at = time.monotonic()
         try:
             await runtime.heartbeat()
             break
-        except TRANSIENT as exc:
-            log.warning("postgres unavailable at startup (%s), retrying in %.1fs", type(exc).__name__, delay)
+        except _STARTUP_RETRY as exc:
+            log.warning("postgres not ready at startup (%s), retrying in %.1fs", type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2)
     # Heartbeat three times per lease, so one slow round trip never lets a live worker's lease lapse. The
@@ -244,8 +253,6 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     # Apart from the others: on shutdown it must write the last outcomes before it stops.
     ctx["completer"] = asyncio.create_task(runtime.completer.run(transient=TRANSIENT))
     ctx["background"] = background
-    if settings.worker_metrics_port:
-        ctx["metrics_server"] = await _serve_metrics(runtime, settings.worker_metrics_port)
     log.info(
         "worker started",
         extra={"worker": runtime.worker_id, "concurrency": settings.worker_concurrency},
@@ -273,6 +280,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         with contextlib.suppress(*TRANSIENT):
             await queue.release(runtime.redis, runtime.drain_released())
         await runtime.claims.close()
+        await runtime.liveness.close()
         await runtime.completer.close()
         await runtime.engine.dispose()
         log.info("worker stopped", extra={"worker": runtime.worker_id})

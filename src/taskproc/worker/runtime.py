@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import socket
 import time
 import uuid
@@ -22,17 +21,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import sqlalchemy as sa
-import sqlalchemy.exc as sa_exc
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from taskproc import metrics, queue, testhooks
 from taskproc.config import Settings
+
+# TRANSIENT, is_transient and every are re-exported: they lived here before the maintenance module existed.
+from taskproc.maintenance import TRANSIENT as TRANSIENT
+from taskproc.maintenance import Maintenance
+from taskproc.maintenance import every as every
+from taskproc.maintenance import is_transient as is_transient
 from taskproc.models import Priority
 from taskproc.services.tasks import TASK_COLUMNS, enqueue_item, transition
 from taskproc.tasks.registry import TaskContext, TaskRegistry
@@ -43,31 +47,9 @@ from taskproc.worker.batch import Claimed
 log = logging.getLogger("taskproc.worker")
 
 MAX_ERROR_CHARS = 4000
-# The reconciler scans every waiting task on its first pass and then on every such pass (about every 2 minutes
-# with the default 15 s), besides whenever the counts disagree.
-FULL_SCAN_EVERY = 8
-# Failures that a retry can fix: the database or Redis unreachable, restarting, or too slow to answer (a
-# statement or lock timeout and a deadlock are OperationalErrors too). Not a value Postgres refuses (DataError,
-# an encoding error): retrying that would repeat the same refusal forever.
-TRANSIENT: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    sa_exc.DisconnectionError,
-    sa_exc.TimeoutError,  # no pool connection free in time
-    RedisError,
-    OSError,
-    TimeoutError,
-)
 # A job of a task type this worker does not serve goes back to the queue for this long, so a worker that serves
 # it can take it and this one does not spin on it.
 HAND_BACK_DELAY_MS = 5000
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for the failures of TRANSIENT, and for any error after which SQLAlchemy dropped the connection."""
-    return isinstance(exc, TRANSIENT) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
 def storable(text: str, limit: int = MAX_ERROR_CHARS) -> str:
@@ -76,6 +58,15 @@ def storable(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     if "\x00" in text:
         text = text.replace("\x00", "\\x00")
     return text.encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
+
+
+HEARTBEAT_SQL = psycopg.sql.SQL(
+    "INSERT INTO worker (id, hostname, pid, started_at, expires_at, task_types) "
+    "VALUES (%(id)s, %(host)s, %(pid)s, now(), now() + make_interval(secs => %(lease)s), %(types)s::jsonb) "
+    "ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, task_types = EXCLUDED.task_types "
+    "RETURNING expires_at"
+)
+UNREGISTER_SQL = psycopg.sql.SQL("DELETE FROM worker WHERE id = %(id)s RETURNING id")
 
 
 def new_worker_id() -> str:
@@ -101,18 +92,20 @@ class WorkerRuntime:
     # The hot path's own connections: one for claims (the poll loop) and one for outcomes (the completer).
     claims: batch.PgWriter = field(init=False)
     completer: batch.Completer = field(init=False)
+    liveness: batch.PgWriter = field(init=False)
     _released: list[str] = field(default_factory=list, init=False)
     _release_soon: asyncio.Event = field(default_factory=asyncio.Event, init=False)
-    _reconcile_passes: int = field(default=0, init=False)
+    maintenance: Maintenance = field(init=False)
     # Task ids this process is claiming, running or recording (a multiset: a stale duplicate job of a task may
     # overlap with the real one). A row that is `running` under our worker id but not in here is an orphan.
     active: Counter[uuid.UUID] = field(default_factory=Counter)
     # The asyncio task running each attempt, by (task id, generation): check_cancels() cancels them.
     running: dict[tuple[uuid.UUID, int], asyncio.Task[Any]] = field(default_factory=dict, init=False)
-    # Since when (monotonic) every heartbeat has succeeded; None right after a failed one. Other workers' tasks
-    # are only reaped after a full lease of our own good heartbeats, so a Postgres outage that kept everyone
-    # from renewing does not make live workers look dead the moment it ends.
-    lease_ok_since: float | None = float("-inf")
+    # Since when (monotonic) every heartbeat has succeeded; None before the first and right after a failed one.
+    # Other workers' tasks are only reaped after a full lease of our own good heartbeats, so a Postgres outage
+    # that kept everyone from renewing does not make live workers look dead the moment it ends, also to a
+    # worker that starts just after it.
+    lease_ok_since: float | None = None
 
     def __post_init__(self) -> None:
         self.ticker = queue.Ticker(self.redis)
@@ -120,6 +113,10 @@ class WorkerRuntime:
         self.completer = batch.Completer(batch.PgWriter(self.settings, name="outcomes"))
         # What this worker advertises in its heartbeat: the types it serves, each with its schema fingerprint.
         self.task_types = self.registry.advertisement()
+        # Liveness has a connection of its own: a pool exhausted by task writes must never let our lease lapse
+        # (the reaper would hand our running tasks to another worker and they would run twice).
+        self.liveness = batch.PgWriter(self.settings, name="liveness")
+        self.maintenance = Maintenance(settings=self.settings, sessions=self.sessions, redis=self.redis)
 
     # ---- jobs --------------------------------------------------------------------------------------------
 
@@ -623,30 +620,22 @@ class WorkerRuntime:
             self.lease_ok_since = now
 
     async def _heartbeat(self) -> None:
-        async with self.sessions() as session:
-            await session.execute(
-                sa.text(
-                    "INSERT INTO worker (id, hostname, pid, started_at, expires_at, task_types) "
-                    "VALUES (:id, :host, :pid, now(), now() + make_interval(secs => :lease), CAST(:types AS jsonb)) "
-                    "ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, task_types = EXCLUDED.task_types"
-                ),
-                {
-                    "id": self.worker_id,
-                    "types": _json(self.task_types),
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "lease": self.settings.lease_s,
-                },
-            )
-            await session.commit()
+        await self.liveness.fetch(
+            HEARTBEAT_SQL,
+            {
+                "id": self.worker_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "lease": self.settings.lease_s,
+                "types": _json(self.task_types),
+            },
+        )
 
     async def unregister(self) -> None:
-        async with self.sessions() as session:
-            await session.execute(sa.text("DELETE FROM worker WHERE id = :id"), {"id": self.worker_id})
-            await session.commit()
+        await self.liveness.fetch(UNREGISTER_SQL, {"id": self.worker_id})
 
     def may_reap_others(self) -> bool:
-        """True once our own heartbeats have succeeded for a whole lease (or never failed)."""
+        """True once our own heartbeats have succeeded for a whole lease: by then every live worker renewed."""
         since = self.lease_ok_since
         return since is not None and time.monotonic() - since >= self.settings.lease_s
 
@@ -756,112 +745,8 @@ class WorkerRuntime:
         return len(rows)
 
     async def reconcile(self, *, batch_size: int = 1000, max_rows: int = 200_000) -> int:
-        """Make Redis agree with Postgres again; returns how many jobs were (re-)enqueued.
-
-        - A waiting task whose job is nowhere in Redis (flushed, restarted empty, or the API's enqueue never
-          happened) is enqueued again.
-        - A job a worker took off the queue but never claimed (the worker was killed in between) goes back to
-          the queue once it has been taken for a whole lease.
-        - Jobs left in the running set by tasks that have moved on are deleted, so they don't count as backlog.
-
-        One worker at a time does it (advisory lock). Scanning the waiting tasks costs Redis lookups in
-        proportion to the backlog, so it only runs when Redis holds fewer jobs than Postgres has tasks waiting
-        or running, and every FULL_SCAN_EVERY-th pass regardless (a stale extra entry could hide a missing
-        one). Tasks changed in the last two seconds are skipped, since their enqueue may still be on its way.
-        """
-        abandoned_ms = self.settings.lease_s * 1000
-        self._reconcile_passes += 1
-        full = self._reconcile_passes % FULL_SCAN_EVERY == 1
-        enqueued = 0
-        async with self.sessions() as session:
-            got = (await session.execute(sa.text("SELECT pg_try_advisory_xact_lock(7314250001)"))).scalar_one()
-            if not got:
-                return 0
-            requeued = await self._sweep_running(session, abandoned_ms)
-            if full or await self._redis_short(session):
-                last = uuid.UUID(int=0)
-                scanned = 0
-                while scanned < max_rows:
-                    rows = (
-                        await session.execute(
-                            sa.text(
-                                "SELECT id, generation, priority, run_at FROM task "
-                                "WHERE status IN ('pending', 'retrying') AND id > :last "
-                                "AND updated_at < now() - interval '2 seconds' ORDER BY id LIMIT :batch"
-                            ),
-                            {"last": last, "batch": batch_size},
-                        )
-                    ).fetchall()
-                    if not rows:
-                        break
-                    scanned += len(rows)
-                    last = rows[-1].id
-                    states = await queue.job_states(
-                        self.redis, [(r.id, r.generation, Priority(r.priority)) for r in rows]
-                    )
-                    missing = [
-                        r
-                        for r, state in zip(rows, states, strict=True)
-                        if not state.queued and state.taken_ms_ago is None
-                    ]
-                    if missing:
-                        await queue.enqueue(self.redis, [enqueue_item(r) for r in missing])
-                        enqueued += len(missing)
-            await session.commit()
-        if enqueued or requeued:
-            log.warning(
-                "reconciler re-enqueued tasks missing from redis",
-                extra={"count": enqueued + requeued},
-            )
-        return enqueued + requeued
-
-    async def _redis_short(self, session: AsyncSession) -> bool:
-        """True when Redis holds fewer jobs than Postgres has tasks waiting or running (counters, not a scan)."""
-        expected = (
-            await session.execute(
-                sa.text("SELECT coalesce(sum(n), 0) FROM task_count WHERE status IN ('pending', 'retrying', 'running')")
-            )
-        ).scalar_one()
-        ready, deferred, running = await queue.queue_sizes(self.redis)
-        return bool(ready + deferred + running < expected)
-
-    async def _sweep_running(self, session: AsyncSession, abandoned_ms: float, *, pages: int = 20) -> int:
-        """Jobs in the running set for over a lease: back to the queue if their task still waits, else deleted."""
-        requeue: list[queue.Enqueue] = []
-        obsolete: list[str] = []
-        seen = 0
-        for _ in range(pages):
-            jobs = await queue.taken_before(self.redis, older_than_ms=abandoned_ms, start=seen, limit=1000)
-            if not jobs:
-                break
-            seen += len(jobs)
-            rows = (
-                await session.execute(
-                    sa.text("SELECT id, generation, status, priority, run_at FROM task WHERE id = ANY(:ids)"),
-                    {"ids": [task_id for task_id, _ in jobs]},
-                )
-            ).fetchall()
-            current = {r.id: r for r in rows}
-            for task_id, generation in jobs:
-                row = current.get(task_id)
-                if row is not None and row.generation == generation:
-                    if row.status in ("pending", "retrying"):
-                        requeue.append(enqueue_item(row))
-                        continue
-                    if row.status == "running":
-                        # A live worker's long task, or the reaper's business once that worker's lease runs out.
-                        continue
-                # The task is gone, finished, or on a newer generation: this job will never do anything.
-                obsolete.append(queue.job_id(task_id, generation))
-            if len(jobs) < 1000:
-                break
-        if requeue:
-            await queue.requeue_taken(self.redis, requeue)
-            log.warning("jobs taken but never claimed are queued again", extra={"count": len(requeue)})
-        if obsolete:
-            await queue.release(self.redis, obsolete)
-            log.warning("reconciler deleted abandoned jobs of finished tasks", extra={"count": len(obsolete)})
-        return len(requeue)
+        """The reconciler's pass (taskproc.maintenance), which API processes run too."""
+        return await self.maintenance.reconcile(batch_size=batch_size, max_rows=max_rows)
 
     async def purge_expired(self, *, batch: int = 1000) -> int:
         """Delete terminal tasks older than the retention, in small batches so no lock is held for long."""
@@ -892,17 +777,3 @@ class WorkerRuntime:
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
-async def every(interval_s: float, fn: Any, name: str, *, jitter: float = 0.1) -> None:
-    """Run `fn` forever every interval; transient failures are logged and retried next round."""
-    while True:
-        try:
-            await fn()
-        except asyncio.CancelledError:
-            raise
-        except TRANSIENT as exc:
-            log.warning("%s failed, will retry: %s", name, type(exc).__name__)
-        except Exception:
-            log.exception("%s crashed, will retry", name)
-        await asyncio.sleep(interval_s * (1 + random.uniform(-jitter, jitter)))

@@ -318,6 +318,10 @@ def stats_line(stats: dict[str, Any]) -> Text:
     line.append(str(stats["workers"]), style="red" if stats["workers"] == 0 else "green")
     line.append("   retries scheduled ", style="bold")
     line.append(str(stats["retried_total"]))
+    # Absent from APIs older than migration 0003.
+    if stats.get("waiting_no_worker"):
+        line.append("   waiting for a worker that serves their type ", style="bold")
+        line.append(str(stats["waiting_no_worker"]), style="red")
     return line
 
 

@@ -151,7 +151,7 @@ def test_cancel_retry_and_delete(stack: Stack) -> None:
 
 def test_stats(stack: Stack) -> None:
     data = run_json(stack, "stats")
-    assert set(data) == {"tasks", "queue", "retried_total", "workers"}
+    assert set(data) == {"tasks", "queue", "retried_total", "workers", "waiting_no_worker"}
     assert data["workers"] == 2
     human = run(stack, "stats")
     assert human.returncode == 0

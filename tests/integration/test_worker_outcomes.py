@@ -11,6 +11,7 @@ task types, and pause points (taskproc.testhooks) put the competing operation ex
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -278,3 +279,23 @@ def test_worker_process_aborts_a_task_canceled_in_postgres_only(stack_factory: S
         stack.sql("UPDATE task SET cancel_requested = TRUE WHERE id = %s", (task["id"],))
         done = stack.wait_status(task["id"], {"canceled", "completed", "failed"}, timeout=10)
         assert done["status"] == "canceled", done
+
+
+def test_a_flapping_scale_down_cannot_restart_a_task_forever(stack_factory: StackFactory) -> None:
+    """Real workers SIGTERMed one after the other (a flapping scale) while a long task runs: the first
+    TASKPROC_MAX_SHUTDOWN_REQUEUES requeues are free, the next one spends the attempt (here the last one)."""
+    env = {"TASKPROC_SHUTDOWN_GRACE_S": "0.5", "TASKPROC_MAX_SHUTDOWN_REQUEUES": "1"}
+    with stack_factory(workers=0, env=env) as stack:
+        task = stack.submit("sleep", {"duration_ms": 120_000}, timeout_s=600, max_retries=0)
+        seen = []
+        for _ in range(2):
+            worker = stack.start_worker()
+            stack.wait_status(task["id"], "running", timeout=30)
+            worker.signal(signal.SIGTERM)
+            assert worker.wait(timeout=30) == 0, worker.tail()
+            stack.workers.remove(worker)
+            now = stack.get(task["id"])
+            seen.append((now["status"], now["attempts"]))
+        assert seen == [("pending", 0), ("failed", 1)], seen
+        assert "TASKPROC_MAX_SHUTDOWN_REQUEUES" in (stack.get(task["id"])["error"] or "")
+        assert stack.sql("SELECT shutdown_requeues FROM task WHERE id = %s", (task["id"],)) == [(2,)]

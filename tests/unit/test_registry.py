@@ -81,3 +81,24 @@ def test_top_words_capped_at_ten() -> None:
     text = " ".join(f"w{i}" for i in range(50))
     stats = asyncio.run(builtin.text_stats(builtin.TextStatsIn(text=text), CTX))
     assert len(stats["top_words"]) == 10  # type: ignore[arg-type]
+
+
+class EchoV2In(BaseModel):
+    word: str
+    loud: bool = False
+
+
+def test_advertisement_names_each_type_with_a_fingerprint_of_its_schema() -> None:
+    old, new, same = TaskRegistry(), TaskRegistry(), TaskRegistry()
+
+    async def echo(payload: BaseModel, ctx: TaskContext) -> None:
+        return None
+
+    old.register("echo", payload=EchoIn)(echo)
+    same.register("echo", payload=EchoIn)(echo)
+    new.register("echo", payload=EchoV2In)(echo)
+    new.register("other", payload=EchoIn)(echo)
+    assert set(new.advertisement()) == {"echo", "other"}
+    # Same schema, same fingerprint (workers of one version agree); a changed schema is another version.
+    assert old.advertisement() == same.advertisement()
+    assert old.advertisement()["echo"] != new.advertisement()["echo"]

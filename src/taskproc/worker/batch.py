@@ -36,9 +36,11 @@ CLAIM_SQL = sql.SQL(
     "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
     "SELECT id, started_at, 'running', attempts, %(detail)s FROM t), "
     # Jobs this worker would claim if it served their type: left untouched, for a worker that does.
-    "u AS (SELECT task.id, task.generation, task.type, task.priority FROM task JOIN input "
-    "ON task.id = input.id AND task.generation = input.gen WHERE task.status IN ('pending', 'retrying') "
-    "AND NOT task.cancel_requested AND NOT (task.type = ANY(%(types)s::text[]))) "
+    # Only the jobs the claim did not take are looked up again (usually none).
+    "u AS (SELECT task.id, task.generation, task.type, task.priority FROM input JOIN task "
+    "ON task.id = input.id AND task.generation = input.gen WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.id = input.id) "
+    "AND task.status IN ('pending', 'retrying') AND NOT task.cancel_requested "
+    "AND NOT (task.type = ANY(%(types)s::text[]))) "
     "SELECT TRUE, * FROM t UNION ALL SELECT FALSE, u.id, u.generation, u.type, u.priority, NULL::jsonb, NULL::int, "
     "NULL::float8, NULL::timestamptz, NULL::timestamptz FROM u"
 )

@@ -217,8 +217,8 @@ class WorkerRuntime:
         key = (task_id, c.generation, attempt)
         task_type = self.registry.get(c.type)
         if task_type is None:
-            # Claimed all the same (the type left the registry since claim() filtered, which it cannot): never
-            # failed for it, handed back as a job of a version skew.
+            # claim() only claims the types of this registry, so this does not happen; were it to, the task is
+            # not this worker's to fail: it goes back for one that serves the type.
             await self._record(key, lambda: self._hand_back(key, label, f"worker does not serve type {c.type!r}"))
             return
         try:

@@ -101,10 +101,7 @@ async def runtime(env: Env, **overrides: object) -> AsyncIterator[WorkerRuntime]
     try:
         yield rt
     finally:
-        await rt.claims.close()
-        if hasattr(rt, "liveness"):  # before this change heartbeats used the pool
-            await rt.liveness.close()
-        await rt.completer.close()
+        await rt.close_connections()
         await engine.dispose()
         await redis.aclose()
 

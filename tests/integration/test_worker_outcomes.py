@@ -82,8 +82,7 @@ async def runtime(servers: Servers) -> AsyncIterator[WorkerRuntime]:
     finally:
         completer.cancel()
         await asyncio.gather(completer, return_exceptions=True)
-        await rt.claims.close()
-        await rt.completer.close()
+        await rt.close_connections()
         await engine.dispose()
         await redis.flushdb()
         await redis.aclose()

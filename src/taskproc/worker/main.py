@@ -279,9 +279,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
             await runtime.unregister()
         with contextlib.suppress(*TRANSIENT):
             await queue.release(runtime.redis, runtime.drain_released())
-        await runtime.claims.close()
-        await runtime.liveness.close()
-        await runtime.completer.close()
+        await runtime.close_connections()
         await runtime.engine.dispose()
         log.info("worker stopped", extra={"worker": runtime.worker_id})
 

@@ -118,6 +118,12 @@ class WorkerRuntime:
         self.liveness = batch.PgWriter(self.settings, name="liveness")
         self.maintenance = Maintenance(settings=self.settings, sessions=self.sessions, redis=self.redis)
 
+    async def close_connections(self) -> None:
+        """Close the hot path's and liveness's own connections (the pool is the engine's to dispose)."""
+        await self.claims.close()
+        await self.liveness.close()
+        await self.completer.close()
+
     # ---- jobs --------------------------------------------------------------------------------------------
 
     async def claim(self, taken: list[tuple[str, float]]) -> list[Claimed]:

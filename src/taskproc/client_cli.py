@@ -624,7 +624,7 @@ def _action(method: str, path: str, verb: str) -> Callable[..., None]:
 
 
 def stats(api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
-    """Counts by status, the ready queue by priority, live workers."""
+    """Counts by status, waiting tasks by priority, live workers."""
     with client_for(api_url, api_key) as client:
         data = client.request("GET", "/stats")
     if json_out:

@@ -45,7 +45,7 @@ TASK_QUEUE_WAIT = Histogram(
 TASKS_RUNNING = Gauge("taskproc_tasks_running", "Tasks running in this worker process.", multiprocess_mode="livesum")
 QUEUE_DEPTH = Gauge(
     "taskproc_queue_depth",
-    "Tasks ready to run and not started, by priority.",
+    "Tasks ready to run and not started, by priority (the Redis ready queue).",
     ["priority"],
     multiprocess_mode="mostrecent",
 )

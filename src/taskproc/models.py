@@ -253,6 +253,17 @@ class TaskCount(SQLModel, table=True):
     n: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
 
 
+class TaskWaitCount(SQLModel, table=True):
+    """Per-priority count of pending and retrying tasks (delayed included), kept by statement triggers
+    (migration 0005); sharded by backend pid."""
+
+    __tablename__ = "task_wait_count"
+
+    priority: str = Field(sa_column=sa.Column(sa.String(10), primary_key=True))
+    shard: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
+    n: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+
+
 class TaskCounts(SQLModel):
     pending: int = 0
     running: int = 0
@@ -271,7 +282,11 @@ class QueueCounts(SQLModel):
 
 class Stats(SQLModel):
     tasks: TaskCounts
-    queue: QueueCounts = Field(description="Tasks ready to run now and not yet started, by priority.")
+    queue: QueueCounts = Field(
+        description="Tasks waiting to run, by priority: pending or retrying, including those whose delay or retry "
+        "backoff has not run out yet (until 0.1.0 only those due now were counted; that count read every waiting "
+        "row, while this one is kept by triggers and costs the same at any backlog)."
+    )
     retried_total: int = Field(description="Retries scheduled since the database was created.")
     workers: int = Field(description="Live worker processes (heartbeat within the lease).")
     waiting_no_worker: int = Field(

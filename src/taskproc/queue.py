@@ -364,6 +364,17 @@ class Ticker:
         )
 
 
+async def ready_by_priority(redis: Redis) -> dict[Priority, int]:
+    """Entries of the ready queue per priority: ZCOUNT over each band, O(log n) whatever the backlog."""
+    low_edge, high_edge = _BAND_EDGES
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcount(QUEUE_KEY, "-inf", f"({low_edge}")
+        pipe.zcount(QUEUE_KEY, low_edge, f"({high_edge}")
+        pipe.zcount(QUEUE_KEY, high_edge, "+inf")
+        high, normal, low = await pipe.execute()
+    return {Priority.high: int(high), Priority.normal: int(normal), Priority.low: int(low)}
+
+
 async def queue_sizes(redis: Redis) -> tuple[int, int, int]:
     """ZCARD of the ready queue, the deferred set and the running set, as KEDA reads them."""
     async with redis.pipeline(transaction=False) as pipe:

@@ -65,7 +65,8 @@ def test_dashboard_screenshot(stack_factory: StackFactory, page: Page, tmp_path:
         expect(page.locator('.card[data-status="running"] .count')).to_have_text("4")
         expect(page.locator('.card[data-status="pending"] .count')).to_have_text("6")
         expect(page.locator('.card[data-status="retrying"] .count')).to_have_text("2")
-        expect(page.locator('#queue-bars .bar[data-priority="normal"] .count')).to_have_text("3")
+        # Waiting at normal priority: 3 queued behind the running ones and the 2 retrying in their backoff.
+        expect(page.locator('#queue-bars .bar[data-priority="normal"] .count')).to_have_text("5")
         expect(page.locator("#workers-count")).to_have_text("2")
         expect(page.locator("#detail-result")).to_contain_text("top_words")
         expect(page.locator("#task-rows tr")).to_have_count(20)

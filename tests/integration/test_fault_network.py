@@ -8,6 +8,8 @@ lossy. Needs root (ip netns); CI runs as root.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -65,6 +67,25 @@ class Link:
     def close(self) -> None:
         self.pg.close()
         self.redis.close()
+
+
+PROBE = """
+import sys, time
+import psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    times = []
+    for _ in range(9):
+        started = time.monotonic()
+        conn.execute("SELECT 1")
+        times.append(time.monotonic() - started)
+print(sorted(times)[4])
+"""
+
+
+def median_round_trip_s(link: Link) -> float:
+    """Median `SELECT 1` round trip from inside the namespace, over the same path as the workers."""
+    argv = link.ns.wrap([sys.executable, "-c", PROBE, link.env["TASKPROC_DATABASE_URL"]])
+    return float(subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60).stdout)
 
 
 def statuses(events: list[dict[str, Any]]) -> list[str]:
@@ -153,6 +174,9 @@ def test_slow_lossy_links_lose_nothing_and_no_lease_lapses_at_the_default_lease(
     with stack_factory(workers=0, env=env) as stack:
         link = Link(stack, netns, delay_s=0.0 if how == "netem" else 0.1)
         try:
+            rtt = median_round_trip_s(link)
+            print(f"median Postgres round trip over the link: {rtt * 1000:.0f} ms")
+            assert rtt >= 0.095, "the link is not slowed down"
             workers = [link.start_worker(f"slow{i}") for i in range(2)]
             stack.wait_ready(2, timeout=90)
             items = [{"type": "sleep", "payload": {"duration_ms": (i * 37) % 200}} for i in range(300)]

@@ -396,7 +396,7 @@ def report(
     print(f"ran more than once (at-least-once after a crash or a retry): {reran[0] if reran else 0}")
     print(f"tries recovered (lost worker, orphaned claim, abandoned job): {lost_attempts[0] if lost_attempts else 0}")
     if island:
-        print(f"taken over from partitioned workers: {taken_over[0] if taken_over else 0} tasks")
+        print(f"started on a partitioned worker, then run again: {taken_over[0] if taken_over else 0} tasks")
     print(f"elapsed          {elapsed:.1f}s  ({len(submitted) / elapsed:.0f} tasks/s end to end)")
     return 0 if lost == 0 and recorded_twice == 0 else 1
 

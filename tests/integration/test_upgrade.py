@@ -118,7 +118,7 @@ class Rollout:
     def __init__(self, database_url: str, redis_url: str, workdir: Path) -> None:
         self.workdir = workdir
         self.database_url = database_url
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("TASKPROC_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPROC_")}
         self.env = {
             **env,
             "TASKPROC_DATABASE_URL": database_url,
@@ -136,12 +136,19 @@ class Rollout:
         self.client: httpx.Client | None = None
         self.clients: list[httpx.Client] = []
 
+    def env_for(self, taskproc: str) -> dict[str, str]:
+        if taskproc == TASKPROC:
+            return self.env
+        # The old release must import only itself, whatever the test run puts on PYTHONPATH.
+        return {k: v for k, v in self.env.items() if k != "PYTHONPATH"}
+
     def run(self, taskproc: str, *args: str) -> None:
-        done = subprocess.run([taskproc, *args], env=self.env, capture_output=True, text=True, timeout=120)
+        argv = [taskproc, *args]
+        done = subprocess.run(argv, env=self.env_for(taskproc), capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"{taskproc} {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
 
     def start(self, name: str, taskproc: str, *args: str) -> Proc:
-        proc = Proc(name, [taskproc, *args], self.env, self.workdir).start()
+        proc = Proc(name, [taskproc, *args], self.env_for(taskproc), self.workdir).start()
         self.procs.append(proc)
         return proc
 

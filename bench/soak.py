@@ -6,7 +6,13 @@ It starts `taskproc up` in a temporary data directory (embedded Postgres and Red
 tasks (short random durations, some failing at random and retried), and meanwhile:
   - SIGKILLs a random worker process every `--kill-every` seconds (the supervisor restarts it),
   - every `--redis-every` seconds either SIGKILLs redis-server (the supervisor restarts it from its append-only
-    file, losing up to the last second of writes) or empties it with FLUSHALL, alternately.
+    file, losing up to the last second of writes) or empties it with FLUSHALL, alternately,
+  - every `--pg-every` seconds (0 = never) SIGKILLs the Postgres postmaster and its backends (the supervisor
+    restarts it; crash recovery replays the WAL),
+  - with `--partitioned-workers N` (root only), runs N more workers in their own network namespace, reaching
+    Postgres and Redis over a veth pair (tests/support.py `NetNamespace`, `Relay`), and every `--partition-every`
+    seconds takes that link down for `--partition-s` seconds: the cut-off workers live on with their tasks, which
+    are re-run elsewhere once their lease lapses, and their late results must be refused.
 At the end it waits for every task to reach a terminal state, stops the stack, and prints:
   submitted  tasks the API acknowledged (201, or 200 for a resubmitted idempotency key)
   completed / failed / canceled
@@ -37,12 +43,17 @@ import threading
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
 import redis
 
 from taskproc.embedded import free_port
+
+# The network namespace helpers live with the tests that use them, in tests/support.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import NetNamespace, Relay
 
 TASKPROC = str(Path(sys.executable).parent / "taskproc")
 TERMINAL = ("completed", "failed", "canceled")
@@ -67,25 +78,114 @@ def children(pid: int) -> dict[int, str]:
     return out
 
 
+class Partition:
+    """Extra workers in a network namespace, and the link to them that chaos cuts and heals."""
+
+    def __init__(self, workers: int, pg_url: str, redis_url: str, env: dict[str, str], log_dir: Path) -> None:
+        self.ns = NetNamespace("s")
+        self.relays: list[Relay] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.cut = False
+        try:
+            urls = {}
+            for name, url in (("TASKPROC_DATABASE_URL", pg_url), ("TASKPROC_REDIS_URL", redis_url)):
+                parts = urlsplit(url)
+                assert parts.port is not None
+                relay = Relay(self.ns.host_ip, ("127.0.0.1", parts.port))
+                self.relays.append(relay)
+                auth = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+                urls[name] = urlunsplit(parts._replace(netloc=f"{auth}{self.ns.host_ip}:{relay.port}"))
+            for i in range(workers):
+                with (log_dir / f"partitioned-worker-{i}.log").open("ab") as out:
+                    argv = self.ns.wrap([TASKPROC, "worker"])
+                    self.procs.append(subprocess.Popen(argv, env={**env, **urls}, stdout=out, stderr=subprocess.STDOUT))
+        except BaseException:
+            self.close()
+            raise
+
+    def toggle(self) -> None:
+        if self.cut:
+            self.ns.heal()
+        else:
+            self.ns.cut()
+        self.cut = not self.cut
+
+    def close(self) -> None:
+        if self.cut:
+            self.ns.heal()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for relay in self.relays:
+            relay.close()
+        self.ns.remove()
+
+
 class Chaos(threading.Thread):
-    def __init__(self, up_pid: int, data_dir: Path, redis_url: str, kill_every: float, redis_every: float) -> None:
+    def __init__(
+        self,
+        up_pid: int,
+        data_dir: Path,
+        redis_url: str,
+        args: argparse.Namespace,
+        partition: Partition | None,
+    ) -> None:
         super().__init__(daemon=True)
         self.up_pid = up_pid
         self.data_dir = data_dir
         self.redis_url = redis_url
-        self.kill_every = kill_every
-        self.redis_every = redis_every
+        self.kill_every = args.kill_every
+        self.redis_every = args.redis_every
+        self.pg_every = args.pg_every
+        self.partition = partition
+        self.partition_every = args.partition_every
+        self.partition_s = args.partition_s
         self.stop = threading.Event()
         self.worker_kills = 0
         self.redis_kills = 0
         self.redis_flushes = 0
+        self.pg_kills = 0
+        self.partitions = 0
+
+    def kill_postgres(self) -> None:
+        try:
+            pid = int((self.data_dir / "postgres" / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError) as exc:
+            log(f"chaos: could not read the postmaster pid: {exc}")
+            return
+        # The whole server at once, as an OOM kill of the container would.
+        for victim in [pid, *children(pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        self.pg_kills += 1
+        log(f"chaos: SIGKILL postgres {pid} and its backends")
 
     def run(self) -> None:
         rng = random.Random(42)
         next_kill = time.monotonic() + self.kill_every
         next_redis = time.monotonic() + self.redis_every
+        next_pg = time.monotonic() + self.pg_every
+        next_partition = time.monotonic() + self.partition_every
         while not self.stop.wait(0.2):
             now = time.monotonic()
+            if self.pg_every > 0 and now >= next_pg:
+                next_pg = now + self.pg_every * rng.uniform(0.5, 1.5)
+                self.kill_postgres()
+            if self.partition is not None and self.partition_every > 0 and now >= next_partition:
+                self.partition.toggle()
+                if self.partition.cut:
+                    self.partitions += 1
+                    next_partition = now + self.partition_s
+                    log(f"chaos: link to {len(self.partition.procs)} partitioned workers cut")
+                else:
+                    next_partition = now + self.partition_every
+                    log("chaos: link to the partitioned workers back")
             if self.kill_every > 0 and now >= next_kill:
                 next_kill = now + self.kill_every * rng.uniform(0.5, 1.5)
                 workers = [p for p, cmd in children(self.up_pid).items() if cmd.endswith("taskproc worker")]
@@ -156,6 +256,12 @@ def main() -> int:
     parser.add_argument("--submit-rate", type=float, default=0, help="tasks/s while submitting (0 = flat out)")
     parser.add_argument("--kill-every", type=float, default=10.0, help="seconds between worker SIGKILLs")
     parser.add_argument("--redis-every", type=float, default=30.0, help="seconds between Redis kills/flushes")
+    parser.add_argument("--pg-every", type=float, default=0.0, help="seconds between Postgres SIGKILLs (0 = never)")
+    parser.add_argument(
+        "--partitioned-workers", type=int, default=0, help="extra workers in a network namespace (needs root)"
+    )
+    parser.add_argument("--partition-every", type=float, default=20.0, help="seconds between link cuts")
+    parser.add_argument("--partition-s", type=float, default=12.0, help="how long each cut lasts")
     parser.add_argument("--lease", type=float, default=5.0, help="TASKPROC_LEASE_S for the run")
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds to wait for every task to finish")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: a fresh temporary directory")
@@ -183,6 +289,7 @@ def main() -> int:
         up = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     chaos: Chaos | None = None
+    partition: Partition | None = None
     submitted: set[str] = set()
     try:
         deadline = time.monotonic() + 180
@@ -197,7 +304,10 @@ def main() -> int:
         pg_url = f"postgresql://postgres@127.0.0.1:{(data_dir / 'postgres.port').read_text().strip()}/taskproc"
         redis_url = f"redis://127.0.0.1:{(data_dir / 'redis.port').read_text().strip()}/0"
 
-        chaos = Chaos(up.pid, data_dir, redis_url, args.kill_every, args.redis_every)
+        if args.partitioned_workers:
+            partition = Partition(args.partitioned_workers, pg_url, redis_url, env, data_dir)
+            log(f"{args.partitioned_workers} partitioned workers in netns {partition.ns.name}")
+        chaos = Chaos(up.pid, data_dir, redis_url, args, partition)
         chaos.start()
         run_id = uuid.uuid4().hex[:8]
         t0 = time.monotonic()
@@ -223,10 +333,14 @@ def main() -> int:
             time.sleep(2)
         elapsed = time.monotonic() - t0
         chaos.stop.set()
-        return report(pg_url, submitted, chaos, elapsed, args)
+        island = [proc.pid for proc in partition.procs] if partition is not None else []
+        return report(pg_url, submitted, chaos, elapsed, args, island)
     finally:
         if chaos is not None:
             chaos.stop.set()
+            chaos.join(10)
+        if partition is not None:
+            partition.close()
         client.close()
         if up.poll() is None:
             up.send_signal(signal.SIGTERM)
@@ -237,7 +351,9 @@ def main() -> int:
                 up.wait()
 
 
-def report(pg_url: str, submitted: set[str], chaos: Chaos, elapsed: float, args: argparse.Namespace) -> int:
+def report(
+    pg_url: str, submitted: set[str], chaos: Chaos, elapsed: float, args: argparse.Namespace, island: list[int]
+) -> int:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         rows = conn.execute("SELECT id::text, status, attempts FROM task").fetchall()
         twice = conn.execute(
@@ -252,6 +368,12 @@ def report(pg_url: str, submitted: set[str], chaos: Chaos, elapsed: float, args:
             "SELECT count(*) FROM task_event WHERE detail LIKE 'worker lost%%' OR detail LIKE 'requeued%%' "
             "OR detail LIKE 're-enqueued%%'"
         ).fetchone()
+        # Tasks a partitioned worker started and another worker then ran again (its try was taken over).
+        taken_over = conn.execute(
+            "SELECT count(DISTINCT a.task_id) FROM task_event a JOIN task_event b ON b.task_id = a.task_id "
+            "AND b.id > a.id AND b.status = 'running' WHERE a.status = 'running' AND a.detail ~ %s",
+            ("-(" + "|".join(map(str, island or [0])) + ")-",),
+        ).fetchone()
     status = {r[0]: r[1] for r in rows}
     by_status = {s: sum(1 for v in status.values() if v == s) for s in ("completed", "failed", "canceled")}
     missing = [i for i in submitted if i not in status]
@@ -262,7 +384,8 @@ def report(pg_url: str, submitted: set[str], chaos: Chaos, elapsed: float, args:
     print(f"soak: {args.tasks} tasks, {args.workers} workers, sleep 0-{args.max_ms} ms, fail_rate {args.fail_rate}")
     print(
         f"chaos: {chaos.worker_kills} worker SIGKILLs, {chaos.redis_kills} redis SIGKILLs, "
-        f"{chaos.redis_flushes} redis FLUSHALLs"
+        f"{chaos.redis_flushes} redis FLUSHALLs, {chaos.pg_kills} postgres SIGKILLs, "
+        f"{chaos.partitions} partitions of {args.partitioned_workers} workers"
     )
     print(f"submitted        {len(submitted)}")
     print(f"completed        {by_status['completed']}")
@@ -272,6 +395,8 @@ def report(pg_url: str, submitted: set[str], chaos: Chaos, elapsed: float, args:
     print(f"recorded twice   {recorded_twice}")
     print(f"ran more than once (at-least-once after a crash or a retry): {reran[0] if reran else 0}")
     print(f"tries recovered (lost worker, orphaned claim, abandoned job): {lost_attempts[0] if lost_attempts else 0}")
+    if island:
+        print(f"started on a partitioned worker, then run again: {taken_over[0] if taken_over else 0} tasks")
     print(f"elapsed          {elapsed:.1f}s  ({len(submitted) / elapsed:.0f} tasks/s end to end)")
     return 0 if lost == 0 and recorded_twice == 0 else 1
 

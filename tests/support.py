@@ -303,3 +303,202 @@ class PausePoint:
     def release(self) -> None:
         (self.directory / f"{self.name}.armed").unlink(missing_ok=True)
         (self.directory / f"{self.name}.release").touch()
+
+
+# ---- network faults (tests/integration/test_fault_*.py, bench/soak.py) --------------------------------------
+# A worker in its own network namespace reaches Postgres and Redis only through a veth pair, so a test can cut
+# that link (as on a node that loses its network) or make it slow and lossy, while the worker process stays alive.
+# The servers keep listening on 127.0.0.1 only; a relay (`Relay`) on the host end of the veth forwards to them.
+
+
+class Relay:
+    """A TCP relay from `listen_host`:<port> to `target`, in a thread of this process.
+
+    `delay_s` holds every chunk that comes back from the target for that long before passing it on: added latency
+    for kernels without `sch_netem` (e.g. Firecracker guests built with `nomodule`). Chunks keep their order and are
+    pipelined, so it is latency, not a bandwidth limit.
+    """
+
+    def __init__(self, listen_host: str, target: tuple[str, int], *, delay_s: float = 0.0) -> None:
+        import asyncio
+        import threading
+
+        self.listen_host = listen_host
+        self.target = target
+        self.delay_s = delay_s
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._server: Any = None
+        self._writers: set[Any] = set()
+        self._tasks: set[Any] = set()
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(started,), daemon=True, name="relay")
+        self._thread.start()
+        started.wait(10)
+        if not self.port:
+            raise RuntimeError(f"relay on {listen_host} did not start")
+
+    def _run(self, started: Any) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self._loop)
+
+        async def serve() -> None:
+            self._server = await asyncio.start_server(self._handle, self.listen_host, 0)
+            self.port = self._server.sockets[0].getsockname()[1]
+            started.set()
+
+        self._loop.run_until_complete(serve())
+        self._loop.run_forever()
+
+    async def _handle(self, reader: Any, writer: Any) -> None:
+        import asyncio
+        import contextlib
+
+        self._writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.add(up_writer)
+
+        async def pump(src: Any, dst: Any, delay_s: float) -> None:
+            chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+            async def send() -> None:
+                while True:
+                    due, data = await chunks.get()
+                    if not data:
+                        break
+                    wait = due - self._loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    dst.write(data)
+                    await dst.drain()
+
+            sender = asyncio.ensure_future(send())
+            try:
+                while data := await src.read(65536):
+                    chunks.put_nowait((self._loop.time() + delay_s, data))
+            except OSError:
+                pass
+            chunks.put_nowait((0.0, b""))
+            with contextlib.suppress(OSError):
+                await sender
+            dst.close()
+
+        pumps = [
+            asyncio.ensure_future(pump(reader, up_writer, 0.0)),
+            asyncio.ensure_future(pump(up_reader, writer, self.delay_s)),
+        ]
+        self._tasks.update(pumps)
+        try:
+            await asyncio.gather(*pumps)
+        finally:
+            self._tasks.difference_update(pumps)
+
+    def close(self) -> None:
+        """Stop listening and drop every relayed connection (both ends)."""
+        import asyncio
+
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for writer in self._writers:
+                writer.transport.abort()
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+def netem_available() -> bool:
+    """True if the kernel has the netem queueing discipline (tried on a throwaway veth pair)."""
+    name = f"tpq{os.getpid() % 100000}"
+    if _ip("link", "add", f"{name}a", "type", "veth", "peer", "name", f"{name}b", check=False).returncode != 0:
+        return False
+    try:
+        probe = ["tc", "qdisc", "add", "dev", f"{name}a", "root", "netem", "delay", "1ms"]
+        return subprocess.run(probe, capture_output=True).returncode == 0
+    finally:
+        _ip("link", "del", f"{name}a", check=False)
+
+
+class NetNamespace:
+    """A network namespace joined to the host by a veth pair (/30 subnet), removed by `remove()`.
+
+    Processes started with `wrap(argv)` see only the namespace's own loopback and the veth: the host (relays, the
+    API) is at `host_ip`. Names and the subnet derive from our pid, so concurrent test sessions do not collide.
+    """
+
+    def __init__(self, tag: str = "a") -> None:
+        pid = os.getpid()
+        self.name = f"tpf{pid}{tag}"
+        self.host_if = f"tpf{pid % 1000000}{tag}h"
+        self.ns_if = f"tpf{pid % 1000000}{tag}n"
+        block = (pid * 7 + ord(tag[0])) % 16000
+        base = f"10.231.{block // 64}.{(block % 64) * 4}"
+        prefix = base.rsplit(".", 1)[0]
+        last = int(base.rsplit(".", 1)[1])
+        self.host_ip = f"{prefix}.{last + 1}"
+        self.ns_ip = f"{prefix}.{last + 2}"
+        self._shaped: list[list[str]] = []
+        self.remove()  # leftovers of an earlier run that died with this pid
+        try:
+            _ip("netns", "add", self.name)
+            _ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+            _ip("link", "set", self.ns_if, "netns", self.name)
+            _ip("addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
+            _ip("link", "set", self.host_if, "up")
+            self.run("ip", "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if)
+            self.run("ip", "link", "set", self.ns_if, "up")
+            self.run("ip", "link", "set", "lo", "up")
+        except BaseException:
+            self.remove()
+            raise
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def run(self, *argv: str) -> None:
+        subprocess.run(self.wrap(list(argv)), check=True, capture_output=True, text=True)
+
+    def cut(self) -> None:
+        """Take the link down: packets either way are dropped, TCP connections stay open but nothing arrives."""
+        _ip("link", "set", self.host_if, "down")
+
+    def heal(self) -> None:
+        _ip("link", "set", self.host_if, "up")
+
+    def shape(self, *, delay_ms: int, loss_pct: float) -> str:
+        """Add latency and random loss on the link; returns how ("netem" or "relay delay + iptables loss").
+
+        With netem, the host end's egress is delayed and both ends drop `loss_pct` of their packets. Without it
+        (no sch_netem in the kernel), the caller's relays must add the delay (`Relay(delay_s=...)`), and iptables'
+        `statistic` match drops packets in both directions inside the namespace.
+        """
+        if netem_available():
+            for dev, where in ((self.host_if, []), (self.ns_if, self.wrap([]))):
+                extra = ["delay", f"{delay_ms}ms"] if not where else []
+                cmd = [*where, "tc", "qdisc", "add", "dev", dev, "root", "netem", *extra, "loss", f"{loss_pct}%"]
+                subprocess.run(cmd, check=True, capture_output=True)
+            return "netem"
+        for chain, flag in (("INPUT", "-i"), ("OUTPUT", "-o")):
+            rule = [chain, flag, self.ns_if, "-m", "statistic", "--mode", "random"]
+            rule += ["--probability", str(loss_pct / 100), "-j", "DROP"]
+            self.run("iptables", "-A", *rule)
+        return "relay delay + iptables loss"
+
+    def remove(self) -> None:
+        _ip("link", "del", self.host_if, check=False)
+        _ip("netns", "del", self.name, check=False)

@@ -44,6 +44,9 @@ KUBE_STATE_METRICS = {
     ("Running tasks, live workers and worker replicas", "worker replicas"),
 }
 
+# The dashboard variables' values for this release (helm template taskproc --namespace taskproc).
+EXPECTED_VARIABLES = {"namespace": "taskproc", "release": "taskproc"}
+
 # Panels whose series carry label values the workload must produce (a renamed label shows up here).
 EXPECTED_LABELS = [
     ("Submitted per second, by type", "type", {"add", "text_stats", "sleep"}),
@@ -264,7 +267,6 @@ def resolve_variables(prom: Prometheus) -> dict[str, str]:
     """The dashboard's query variables as Grafana would resolve them (label_values + regex), in order, so later
     ones may use earlier ones; the value that names this release's namespace and release is picked."""
     values = dict(GRAFANA_INTERVALS)
-    expected = {"namespace": "taskproc", "release": "taskproc"}
     for var in dashboard()["templating"]["list"]:
         if var["type"] != "query":
             continue
@@ -275,8 +277,8 @@ def resolve_variables(prom: Prometheus) -> dict[str, str]:
         if var.get("regex"):
             pattern = re.compile(var["regex"].strip("/"))
             found = [(hit.group(1) if hit.groups() else hit.group(0)) for v in found if (hit := pattern.search(v))]
-        assert expected[var["name"]] in found, f"${var['name']} offers {found} ({var['query']['query']})"
-        values[var["name"]] = expected[var["name"]]
+        assert EXPECTED_VARIABLES[var["name"]] in found, f"${var['name']} offers {found} ({var['query']['query']})"
+        values[var["name"]] = EXPECTED_VARIABLES[var["name"]]
     return values
 
 
@@ -354,7 +356,7 @@ def test_prometheus_scrapes_evaluates_rules_and_answers_the_dashboard(
     rule_exprs = {r["alert"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
 
     queries = dashboard_queries()
-    placeholders = {**GRAFANA_INTERVALS, "namespace": "x", "release": "x"}
+    placeholders = {**GRAFANA_INTERVALS, **EXPECTED_VARIABLES}
     kube = {
         (q.panel, q.legend)
         for q in queries
@@ -363,6 +365,14 @@ def test_prometheus_scrapes_evaluates_rules_and_answers_the_dashboard(
         )
     }
     assert kube == KUBE_STATE_METRICS, f"kube-state-metrics queries changed: {sorted(kube)}"
+    # What can be checked of them here: they name the rendered worker Deployment the way kube-state-metrics does
+    # (labels `namespace` and `deployment`).
+    deployments = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "Deployment"}
+    for q in queries:
+        if (q.panel, q.legend) in KUBE_STATE_METRICS:
+            for sel in vector_selectors(promql_parser.parse(substitute(q.expr, placeholders))):
+                m = {x.name: x.value for x in sel.matchers.matchers}
+                assert (m.get("namespace"), m.get("deployment")) in deployments, f"{q.panel}: {sel}"
 
     with stack_factory(workers=0) as stack:
         worker_ports = [free_port() for _ in range(WORKERS)]
@@ -431,3 +441,18 @@ def test_prometheus_scrapes_evaluates_rules_and_answers_the_dashboard(
         assert {r["name"] for r in found} == set(rule_exprs)
         bad = [f"{r['name']}: {r['health']} {r.get('lastError')}" for r in found if r["health"] != "ok"]
         assert not bad, "rules that fail to evaluate:\n" + "\n".join(bad)
+        states = {r["name"]: r["state"] for r in found}
+        assert states["TaskprocApiHighErrorRatio"] == "inactive", "the workload got no 5xx, yet the alert is active"
+        assert states["TaskprocNoLiveWorkers"] == "inactive", states
+
+        # The critical alert goes pending in the case it exists for: tasks wait and no worker is alive.
+        stack.stop_workers()
+        wait_for(lambda: stack.client.get("/api/v1/stats").json()["workers"] == 0, timeout=15, what="no live workers")
+        stack.submit("add")
+
+        def no_workers_state() -> str:
+            rules = [r for g in prom.api("rules", type="alert")["groups"] for r in g["rules"]]
+            state = next(r["state"] for r in rules if r["name"] == "TaskprocNoLiveWorkers")
+            return state if state in ("pending", "firing") else ""
+
+        wait_for(no_workers_state, timeout=15, what="TaskprocNoLiveWorkers pending while a task waits without workers")

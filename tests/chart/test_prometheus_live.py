@@ -236,6 +236,7 @@ class Query:
     panel: str
     legend: str
     expr: str
+    kind: str  # the panel type: stat, timeseries
 
 
 def dashboard() -> dict[str, Any]:
@@ -244,7 +245,7 @@ def dashboard() -> dict[str, Any]:
 
 def dashboard_queries() -> list[Query]:
     return [
-        Query(p["title"], t.get("legendFormat", t.get("refId", "")), t["expr"])
+        Query(p["title"], t.get("legendFormat", t.get("refId", "")), t["expr"], p["type"])
         for p in dashboard()["panels"]
         for t in p.get("targets", [])
     ]
@@ -393,8 +394,12 @@ def test_prometheus_scrapes_evaluates_rules_and_answers_the_dashboard(
             assert t["labels"]["job"] in ("taskproc-api", "taskproc-worker"), t["labels"]
             assert t["labels"]["namespace"] == "taskproc", t["labels"]
 
-        # The variables must resolve on an idle install too, before any task exists.
+        # The variables and the stat panels (gauges) must show something on an idle install too, before any task.
         values = resolve_variables(prom)
+        idle = [q for q in queries if q.kind == "stat" and (q.panel, q.legend) not in KUBE_STATE_METRICS]
+        assert idle, "no stat panels"
+        for q in idle:
+            assert has_data(prom.query(substitute(q.expr, values))), f"{q.panel} is empty on an idle install"
 
         # A counter's first sample already holds its first increment, and rate() counts only increments between
         # samples, so a series needs a scrape before the increments that the panels should show. Waves repeat
@@ -456,3 +461,10 @@ def test_prometheus_scrapes_evaluates_rules_and_answers_the_dashboard(
             return state if state in ("pending", "firing") else ""
 
         wait_for(no_workers_state, timeout=15, what="TaskprocNoLiveWorkers pending while a task waits without workers")
+        # Its annotations expand ({{ $value }} etc.): Prometheus puts the template error in the text otherwise.
+        alerts = [a for a in prom.api("alerts")["alerts"] if a["labels"]["alertname"] == "TaskprocNoLiveWorkers"]
+        assert alerts, "no TaskprocNoLiveWorkers alert"
+        for a in alerts:
+            assert a["labels"]["severity"] == "critical", a
+            for text in a["annotations"].values():
+                assert "<error expanding template" not in text and "{{" not in text, a["annotations"]

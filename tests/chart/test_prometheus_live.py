@@ -57,15 +57,15 @@ EXPECTED_LABELS = [
 ]
 
 # Grafana's own $__rate_interval is max($__interval + scrape interval, 4 x scrape interval): 4s at the 1s scrapes
-# used here, long enough for rate()'s two samples but so short that an instant query would only see increments
-# of the last 4 seconds. One minute spans the whole workload of this test (~60 samples per series at 1s), so
-# every counter the workload moved has a non-zero rate whenever the queries run. $__interval/$__range are
-# substituted too in case a panel starts using them.
+# used here. That holds rate()'s two samples, but an instant query would then see only the increments of the
+# last 4 seconds, i.e. data or not depending on when it runs. One minute spans the whole workload of this test
+# (~60 samples per series at 1s), so a query sees every increment the workload made, whenever it runs.
+# $__interval/$__range are substituted too in case a panel starts using them.
 GRAFANA_INTERVALS = {"__rate_interval": "1m", "__interval": "1s", "__range": "1m"}
 
-ServiceMonitorSpec = dict[str, Any]
 # The endpoint fields this test turns into scrape config; anything else (relabelings, TLS, auth, params) would
-# change what Prometheus sees, so it must be taught here before the chart may use it.
+# change what Prometheus sees, so it must be taught here before the chart may use it. interval/scrapeTimeout are
+# read but replaced by 1s (see prometheus_config).
 SUPPORTED_ENDPOINT_FIELDS = {"port", "path", "interval", "scrapeTimeout"}
 
 
@@ -164,6 +164,8 @@ def prometheus_config(targets: list[ScrapeTarget], addresses: dict[str, list[str
 
 
 class Prometheus:
+    """A Prometheus server process on a free port, its storage and config under `workdir`."""
+
     def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
         self.workdir = workdir
         self.config_path = workdir / "prometheus.yml"
@@ -215,11 +217,14 @@ class Prometheus:
                 self.proc.wait()
 
     def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
 
 
 @pytest.fixture
-def prometheus_dir(tmp_path: Path) -> Iterator[list[Prometheus]]:
+def prometheus_processes(tmp_path: Path) -> Iterator[list[Prometheus]]:
     """Where the test registers its Prometheus, which is stopped (and its log shown) whatever happens."""
     started: list[Prometheus] = []
     yield started
@@ -341,7 +346,7 @@ def _unix(rfc3339: str) -> float:
 
 
 def test_prometheus_scrapes_evaluates_rules_and_answers_the_dashboard(
-    helm4: Helm, renders: Renders, stack_factory: StackFactory, prometheus_dir: list[Prometheus], tmp_path: Path
+    helm4: Helm, renders: Renders, stack_factory: StackFactory, prometheus_processes: list[Prometheus], tmp_path: Path
 ) -> None:
     docs = renders.docs(helm4, SCENARIO)
     targets = scrape_targets(docs)
@@ -385,7 +390,7 @@ def test_prometheus_scrapes_evaluates_rules_and_answers_the_dashboard(
             "worker": [f"127.0.0.1:{port}" for port in worker_ports],
         }
         prom = Prometheus(tmp_path, prometheus_config(targets, addresses, rules_file))
-        prometheus_dir.append(prom)
+        prometheus_processes.append(prom)
         prom.start()
         n_targets = sum(len(addresses[t.component]) for t in targets)
         # Prometheus applies a new target set at most every 5 s: the first scrapes come a few seconds after start.

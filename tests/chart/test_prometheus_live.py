@@ -34,6 +34,8 @@ from .conftest import CHART, Helm, Renders
 from conftest import StackFactory
 from support import TERMINAL, Stack, wait_for
 
+pytestmark = pytest.mark.slow
+
 SCENARIO = "monitoring"
 COMPONENT = "app.kubernetes.io/component"
 WORKERS = 2

@@ -328,6 +328,13 @@ def wave(stack: Stack) -> None:
         stack.wait_status(t["id"], TERMINAL)
 
 
+def alert_state(prom: Prometheus, name: str) -> str:
+    """ "pending" or "firing" when the alert rule `name` is active, else ""."""
+    rules = [r for g in prom.api("rules", type="alert")["groups"] for r in g["rules"]]
+    state = str(next(r["state"] for r in rules if r["name"] == name))
+    return state if state in ("pending", "firing") else ""
+
+
 def scraped_after(prom: Prometheus, moment: float, count: int) -> bool:
     """Every target has been scraped successfully since `moment` (a Unix time)."""
     active = prom.api("targets", state="active")["activeTargets"]
@@ -410,20 +417,24 @@ def test_prometheus_scrapes_evaluates_rules_and_answers_the_dashboard(
 
         # A counter's first sample already holds its first increment, and rate() counts only increments between
         # samples, so a series needs a scrape before the increments that the panels should show. Waves repeat
-        # until every query has data (tasks may land on the worker whose series are still new); a wrong metric
-        # or label never gets any and fails at the deadline.
+        # until every query has data and TaskprocHighFailureRatio (2 of 5 tasks fail, over its 0.1) is pending
+        # (tasks may land on the worker whose series are still new); a wrong metric or label never gets there
+        # and fails at the deadline.
         wanted = [q for q in queries if (q.panel, q.legend) not in KUBE_STATE_METRICS]
         missing: list[Query] = wanted
+        failing = ""
         deadline = time.monotonic() + 30
-        while missing and time.monotonic() < deadline:
+        while (missing or not failing) and time.monotonic() < deadline:
             wave(stack)
             finished = time.time()
             wait_for(partial(scraped_after, prom, finished, n_targets), timeout=10, what="a scrape after the wave")
             missing = [q for q in wanted if not has_data(prom.query(substitute(q.expr, values)))]
+            failing = alert_state(prom, "TaskprocHighFailureRatio")
         assert not missing, "dashboard queries without data:\n" + "\n".join(
             f"  {q.panel} / {q.legend}: {substitute(q.expr, values)} -> {prom.query(substitute(q.expr, values))}"
             for q in missing
         )
+        assert failing, "TaskprocHighFailureRatio never went pending while 2 of 5 tasks failed"
         resolve_variables(prom)
 
         for title, label, wanted_values in EXPECTED_LABELS:
@@ -462,12 +473,11 @@ def test_prometheus_scrapes_evaluates_rules_and_answers_the_dashboard(
         wait_for(lambda: stack.client.get("/api/v1/stats").json()["workers"] == 0, timeout=15, what="no live workers")
         stack.submit("add")
 
-        def no_workers_state() -> str:
-            rules = [r for g in prom.api("rules", type="alert")["groups"] for r in g["rules"]]
-            state = next(r["state"] for r in rules if r["name"] == "TaskprocNoLiveWorkers")
-            return state if state in ("pending", "firing") else ""
-
-        wait_for(no_workers_state, timeout=15, what="TaskprocNoLiveWorkers pending while a task waits without workers")
+        wait_for(
+            partial(alert_state, prom, "TaskprocNoLiveWorkers"),
+            timeout=15,
+            what="TaskprocNoLiveWorkers pending while a task waits without workers",
+        )
         # Its annotations expand ({{ $value }} etc.): Prometheus puts the template error in the text otherwise.
         alerts = [a for a in prom.api("alerts")["alerts"] if a["labels"]["alertname"] == "TaskprocNoLiveWorkers"]
         assert alerts, "no TaskprocNoLiveWorkers alert"

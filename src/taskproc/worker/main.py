@@ -231,7 +231,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             break
         except (*TRANSIENT, psycopg.Error) as exc:
             # psycopg.Error also covers a database without our schema yet (UndefinedTable).
-            log.warning("postgres not ready at startup (%s), retrying in %.1fs", type(exc).__name__, delay)
+            log.warning("postgres unavailable at startup (%s), retrying in %.1fs", type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2)
     # Heartbeat three times per lease, so one slow round trip never lets a live worker's lease lapse. The

@@ -264,6 +264,18 @@ class TaskWaitCount(SQLModel, table=True):
     n: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
 
 
+class ReconcileCursor(SQLModel, table=True):
+    """Where the reconciler's scan got to (migration 0004), shared by every process that may take its lock."""
+
+    __tablename__ = "reconcile_cursor"
+
+    name: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    last_id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid, nullable=False))
+    updated_at: datetime = Field(
+        sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()"))
+    )
+
+
 class TaskCounts(SQLModel):
     pending: int = 0
     running: int = 0

@@ -28,6 +28,7 @@ from taskproc.logging import bind
 from taskproc.maintenance import TRANSIENT, every
 from taskproc.metrics import render_latest
 from taskproc.tasks.registry import registry
+from taskproc.worker.podcost import PodDeletionCost
 from taskproc.worker.runtime import WorkerRuntime
 
 log = logging.getLogger("taskproc.worker")
@@ -232,7 +233,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
             await runtime.heartbeat()
             break
         except _STARTUP_RETRY as exc:
-            log.warning("postgres not ready at startup (%s), retrying in %.1fs", type(exc).__name__, delay)
+            log.warning("postgres unavailable at startup (%s), retrying in %.1fs", type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2)
     # Heartbeat three times per lease, so one slow round trip never lets a live worker's lease lapse. The
@@ -250,6 +251,13 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         listener,
         asyncio.create_task(runtime.release_finished()),
     ]
+    if settings.pod_deletion_cost:
+        try:
+            cost = PodDeletionCost(settings, lambda: len(runtime.active))
+        except ValueError as exc:
+            log.warning("pod-deletion-cost disabled: %s", exc)
+        else:
+            background.append(asyncio.create_task(cost.run()))
     # Apart from the others: on shutdown it must write the last outcomes before it stops.
     ctx["completer"] = asyncio.create_task(runtime.completer.run(transient=TRANSIENT))
     ctx["background"] = background

@@ -41,10 +41,10 @@ def test_bad_last_event_id_query_is_422(stack: Stack, value: str) -> None:
     assert (status, ctype) == (422, "application/json"), body
 
 
-@pytest.mark.parametrize("value", ["0", "7", str(BIGINT_MAX), ""], ids=["zero", "seven", "bigint-max", "empty"])
+@pytest.mark.parametrize("value", ["0", "7", "9" * 18, ""], ids=["zero", "seven", "18-digits", "empty"])
 def test_good_last_event_id_header_streams(stack: Stack, value: str) -> None:
-    """The largest bigint is a position ahead of the newest event (the stream says `reset`); an empty header,
-    as some clients send before they have an id, counts as absent."""
+    """18 digits are a position ahead of the newest event (the stream says `reset`); an empty header, as some
+    clients send before they have an id, counts as absent."""
     status, ctype, _ = _status(stack, headers={"Last-Event-ID": value})
     assert status == 200
     assert ctype.startswith("text/event-stream")

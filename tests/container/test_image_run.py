@@ -4,6 +4,7 @@ nothing, `podman stop` (SIGTERM, then the chart's grace) requeues without spendi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +102,13 @@ def test_podman_stop_requeues_without_spending_an_attempt(runner: Runner, target
         runner.start(component(runner.docs, "Deployment", "worker"))
         task = wait_status(client, task_id, "running", timeout=30)
     assert task["attempts"] == 1, task
+
+
+def test_built_image_config(image: str) -> None:
+    """The image itself: numeric non-root user, `taskproc` entrypoint, no build-time pip settings in its env."""
+    config = json.loads(podman("image", "inspect", "--format", "{{json .Config}}", image).stdout)
+    assert config["User"] == "10001:10001"
+    assert config["Entrypoint"] == ["taskproc"]
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert not [k for k in env if k.startswith("PIP_") and k != "PIP_NO_CACHE_DIR"], env
+    assert env["TMPDIR"] == "/tmp"

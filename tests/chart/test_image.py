@@ -109,3 +109,13 @@ def test_wheel_has_entrypoint_and_migrations(tmp_path: Path) -> None:
         assert "taskproc = taskproc.cli:main" in zf.read(entry_points).decode()
     assert any(n.startswith("taskproc/migrations/") and n.endswith("env.py") for n in names), names
     assert any(n.startswith("taskproc/migrations/versions/") and n.endswith(".py") for n in names), names
+
+
+def test_pip_index_settings_stay_in_the_build_stage() -> None:
+    """scripts/image.sh passes the host's pip index settings as build arguments: only the build stage may
+    declare them, so they (and any credentials in an index URL) never reach the final image."""
+    ins = instructions()
+    final_from = max(i for i, (w, _) in enumerate(ins) if w == "FROM")
+    pip_args = [(i, a) for i, (w, a) in enumerate(ins) if w == "ARG" and a.startswith("PIP_")]
+    assert {a for _, a in pip_args} == {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"}
+    assert all(i < final_from for i, _ in pip_args)

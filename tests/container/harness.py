@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -311,6 +312,12 @@ class Runner:
             argv += ["--entrypoint", json.dumps(spec["command"])]
         argv.append(self.image)
         argv += [_expand(a, env) for a in spec.get("args", [])]
+        for port in spec.get("ports", []):
+            wait_for(
+                lambda n=int(port["containerPort"]): port_free(n),
+                timeout=15,
+                what=f"host port {port['containerPort']} to be free for {role} (host network)",
+            )
         podman(*argv)
         c = Container(name=name, role=role, spec=spec, env=env, grace_s=grace)
         self.containers.append(c)
@@ -322,6 +329,16 @@ class Runner:
     def close(self) -> None:
         for c in self.containers:
             c.remove()
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 def api_client(api: Container) -> httpx.Client:

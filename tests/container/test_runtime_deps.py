@@ -65,14 +65,16 @@ def test_runtime_dependencies_start_every_role(runtime_venv: Path, target: Targe
         with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10) as client:
 
             def up(proc: Proc, url: str) -> bool:
-                assert proc.alive(), f"{proc.name} exited:\n{proc.tail()}"
+                if not proc.alive():
+                    return True  # stop waiting; asserted below
                 try:
                     return httpx.get(url, timeout=5).status_code == 200
                 except httpx.HTTPError:
                     return False
 
-            wait_for(lambda: up(api, f"http://127.0.0.1:{api_port}/healthz"), timeout=60, what="api /healthz")
-            wait_for(lambda: up(worker, f"http://127.0.0.1:{metrics_port}/healthz"), timeout=60, what="worker /healthz")
+            for proc, url in ((api, f"http://127.0.0.1:{api_port}"), (worker, f"http://127.0.0.1:{metrics_port}")):
+                wait_for(lambda p=proc, u=url: up(p, u + "/healthz"), timeout=60, what=f"{proc.name} /healthz")
+                assert proc.alive(), f"{proc.name} exited:\n{proc.tail()}"
             resp = client.post("/api/v1/tasks", json={"type": "add", "payload": {"a": 2, "b": 3}})
             assert resp.status_code == 201, resp.text
             task_id = resp.json()["id"]

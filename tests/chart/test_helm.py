@@ -87,9 +87,9 @@ def test_default_objects(helm4: Helm, renders: Renders) -> None:
     assert grace > float(env["TASKPROC_SHUTDOWN_GRACE_S"]) == 25
     assert "replicas" not in worker["spec"], "KEDA owns the worker replica count"
 
-    job = find(docs, "Job", "-migrate")
-    assert container(job, "migrate")["args"] == ["migrate"]
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,pre-upgrade"
+    job = find(docs, "Job")
+    assert container(job, "migrate")["args"] == ["migrate", "--wait", "900"]
+    assert "helm.sh/hook" not in job["metadata"]["annotations"], "an ordinary Job: `helm install --wait` works"
 
     redis = find(docs, "StatefulSet", "-redis")
     r = container(redis, "redis")
@@ -145,7 +145,15 @@ def test_keda_scaled_object(helm4: Helm, renders: Renders) -> None:
     down = so["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
     assert down["stabilizationWindowSeconds"] >= 60
     triggers = so["triggers"]
-    assert {t["metadata"]["listName"] for t in triggers} == {"arq:queue", "taskproc:running", "taskproc:deferred"}
+    # KEDA takes the max of the triggers: the formula sums ready + running over one worker's slots; deferred
+    # tasks (delayed until later) do not keep pods up
+    assert {t["name"]: t["metadata"]["listName"] for t in triggers} == {
+        "ready": "arq:queue",
+        "running": "taskproc:running",
+    }
+    mod = so["advanced"]["scalingModifiers"]
+    assert mod == {"formula": "ready + running", "target": "16", "activationTarget": "0", "metricType": "AverageValue"}
+    assert {t["metadata"]["listLength"] for t in triggers} == {"16"}
     auth = find(docs, "TriggerAuthentication", "-redis")
     for t in triggers:
         assert t["type"] == "redis"
@@ -154,6 +162,22 @@ def test_keda_scaled_object(helm4: Helm, renders: Renders) -> None:
         assert t["authenticationRef"]["name"] == auth["metadata"]["name"]
     ref = auth["spec"]["secretTargetRef"][0]
     assert ref == {"parameter": "password", "name": "taskproc", "key": "redis-password"}
+
+
+def test_keda_target_follows_worker_concurrency(helm4: Helm) -> None:
+    so = find(parse_docs(helm4.template(sets=("worker.concurrency=4",)).stdout), "ScaledObject")["spec"]
+    assert so["advanced"]["scalingModifiers"]["target"] == "4"
+    so = find(parse_docs(helm4.template(sets=("keda.listLength=8",)).stdout), "ScaledObject")["spec"]
+    assert so["advanced"]["scalingModifiers"]["target"] == "8"
+
+
+def test_keda_operator_selector_is_configurable(helm4: Helm) -> None:
+    sets = ("keda.namespace=openshift-keda", "keda.operatorPodLabels.app=keda-operator")
+    np = find(parse_docs(helm4.template(sets=sets).stdout), "NetworkPolicy", "-redis")["spec"]
+    assert np["ingress"][0]["from"][1] == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "openshift-keda"}},
+        "podSelector": {"matchLabels": {"app": "keda-operator"}},
+    }
 
 
 def test_keda_reads_the_external_redis_database(helm4: Helm, renders: Renders) -> None:
@@ -167,8 +191,8 @@ def test_keda_reads_the_external_redis_database(helm4: Helm, renders: Renders) -
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert data["redis-password"] == "redis-secret"
     assert data["redis-url"] == "rediss://:redis-secret@redis.example.internal:6380/2"
-    job = find(docs, "Job", "-migrate")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    job = find(docs, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"  # migrations.hook: helm
     hook_secret = find(docs, "Secret", "-migrate")
     assert hook_secret["metadata"]["annotations"]["helm.sh/hook-weight"] == "-10"
 

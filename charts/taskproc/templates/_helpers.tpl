@@ -65,6 +65,77 @@ app.kubernetes.io/part-of: taskproc
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/*
+Labels of a component's pod template: no helm.sh/chart or app.kubernetes.io/version, so that a chart or app
+version bump alone does not restart pods (Redis and Postgres above all). (dict "ctx" $ "component" "api")
+*/}}
+{{- define "taskproc.podLabels" -}}
+{{ include "taskproc.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/part-of: taskproc
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Annotations that roll the API and worker pods when the chart's Secret or the shared settings change. */}}
+{{- define "taskproc.checksums" -}}
+{{- /* The values that feed the Secret, not the rendered Secret: generated passwords are random in a render
+without the cluster (helm template, a first install), and hashing them would roll the pods once for nothing. */}}
+checksum/secret: {{ list .Values.auth .Values.postgresql.auth .Values.redis.auth .Values.externalRedis .Values.externalDatabase | toJson | sha256sum }}
+checksum/config: {{ include "taskproc.commonEnv" . | sha256sum }}
+{{- end }}
+
+{{/* Name of the migration Job: a hash of its pod template (image, appVersion, settings), so an upgrade that
+changes any of them creates a new Job (Job templates are immutable) and an unchanged render keeps the old one. */}}
+{{- define "taskproc.migrateJobName" -}}
+{{- $seed := printf "%s|%s|%s" (include "taskproc.image" .) .Chart.AppVersion (include "taskproc.migratePodSpec" . ) }}
+{{- printf "%s-migrate-%s" (include "taskproc.fullname" .) (sha256sum $seed | trunc 8) }}
+{{- end }}
+
+{{/* Env of the migration containers (the Job and the init containers that wait for the schema). */}}
+{{- define "taskproc.migrateEnv" -}}
+{{- if and (eq .Values.migrations.hook "helm") (not .Values.postgresql.enabled) .Values.externalDatabase.url }}
+- name: TASKPROC_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "taskproc.fullname" . }}-migrate
+      key: database-url
+{{- else }}
+{{ include "taskproc.databaseEnv" . | trim }}
+{{- end }}
+{{- range $key, $value := .Values.config }}
+{{- if and (has $key (list "log_format" "log_level" "db_timeout_s")) (ne (toString $value) "") }}
+- name: {{ printf "TASKPROC_%s" (upper $key) }}
+  value: {{ include "taskproc.scalar" $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The init container of API and worker pods: start only once the schema is at this image's head revision
+(the migration Job may still run, or run after these pods are created). It never migrates. */}}
+{{- define "taskproc.waitForSchema" -}}
+- name: wait-for-schema
+  image: {{ include "taskproc.image" . | quote }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args: ["migrate", "--wait-for-schema", "--timeout", {{ include "taskproc.scalar" .Values.migrations.waitTimeoutSeconds | quote }}]
+  env:
+    {{- include "taskproc.databaseEnv" . | trim | nindent 4 }}
+    {{- range $key, $value := .Values.config }}
+    {{- if and (has $key (list "log_format" "log_level" "db_timeout_s")) (ne (toString $value) "") }}
+    - name: {{ printf "TASKPROC_%s" (upper $key) }}
+      value: {{ include "taskproc.scalar" $value | quote }}
+    {{- end }}
+    {{- end }}
+  resources:
+    {{- toYaml .Values.migrations.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+{{- end }}
+
 {{- define "taskproc.componentSelector" -}}
 {{ include "taskproc.selectorLabels" .ctx }}
 app.kubernetes.io/component: {{ .component }}
@@ -258,6 +329,9 @@ fromUrl: false
 {{- if le (float64 .Values.worker.terminationGracePeriodSeconds) (float64 .Values.worker.shutdownGraceSeconds) }}
 {{- fail (printf "worker.terminationGracePeriodSeconds (%v) must be greater than worker.shutdownGraceSeconds (%v), or Kubernetes kills running tasks before the worker can requeue them" .Values.worker.terminationGracePeriodSeconds .Values.worker.shutdownGraceSeconds) }}
 {{- end }}
+{{- if and (eq .Values.migrations.hook "helm") .Values.postgresql.enabled }}
+{{- fail "migrations.hook=helm needs an external database: with the bundled Postgres a pre-install hook runs before Postgres exists and a post-install hook after `helm install --wait` gave up waiting for pods that need the schema; keep migrations.hook empty (an ordinary Job)" }}
+{{- end }}
 {{- if and .Values.keda.enabled .Values.worker.hpa.enabled }}
 {{- fail "keda.enabled and worker.hpa.enabled both scale the workers: enable one of them" }}
 {{- end }}
@@ -283,4 +357,40 @@ fromUrl: false
 
 {{- define "taskproc.prometheusRuleActive" -}}
 {{- if and .Values.monitoring.enabled .Values.monitoring.prometheusRule.enabled (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PrometheusRule") }}true{{ end }}
+{{- end }}
+
+{{/* Pod template of the migration Job (also hashed into its name). */}}
+{{- define "taskproc.migratePodSpec" -}}
+metadata:
+  labels:
+    {{- include "taskproc.podLabels" (dict "ctx" . "component" "migrate") | nindent 4 }}
+spec:
+  restartPolicy: Never
+  # The Job needs no Kubernetes API access: it runs as the namespace's default ServiceAccount without a token
+  # (the chart's ServiceAccount may not exist yet when it runs as a pre-install hook).
+  automountServiceAccountToken: false
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  containers:
+    - name: migrate
+      image: {{ include "taskproc.image" . | quote }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      args: ["migrate", "--wait", {{ include "taskproc.scalar" .Values.migrations.activeDeadlineSeconds | quote }}]
+      env:
+        {{- include "taskproc.migrateEnv" . | trim | nindent 8 }}
+      resources:
+        {{- toYaml .Values.migrations.resources | nindent 8 }}
+      securityContext:
+        {{- toYaml .Values.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+  volumes:
+    - name: tmp
+      emptyDir:
+        sizeLimit: 64Mi
 {{- end }}

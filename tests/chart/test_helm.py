@@ -83,8 +83,10 @@ def test_default_objects(helm4: Helm, renders: Renders) -> None:
     assert env["TASKPROC_WORKER_METRICS_PORT"] == "9100"
     assert env["TASKPROC_LOG_FORMAT"] == "json"
     grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace == 40
-    assert grace > float(env["TASKPROC_SHUTDOWN_GRACE_S"]) == 25
+    # shutdown grace defaults from the task timeout; the pod's grace adds 2 x db timeout + 5 s for the requeue
+    assert float(env["TASKPROC_SHUTDOWN_GRACE_S"]) == 300
+    assert grace == 300 + 2 * 3 + 5
+    assert env["TASKPROC_MAX_SHUTDOWN_REQUEUES"] == "3"
     assert "replicas" not in worker["spec"], "KEDA owns the worker replica count"
 
     job = find(docs, "Job")
@@ -295,8 +297,10 @@ def test_helm_test_pod(helm4: Helm, renders: Renders) -> None:
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (("worker.terminationGracePeriodSeconds=25",), "must be greater than worker.shutdownGraceSeconds"),
-        (("worker.shutdownGraceSeconds=50",), "must be greater than worker.shutdownGraceSeconds"),
+        (("worker.terminationGracePeriodSeconds=25",), "must be at least worker.shutdownGraceSeconds (300) + 11"),
+        (("worker.shutdownGraceSeconds=50", "worker.terminationGracePeriodSeconds=60"), "+ 11 s (2 x config"),
+        (("api.preStopSleepSeconds=25",), "api.terminationGracePeriodSeconds must be at least"),
+        (("redis.resources.limits.memory=1.5Gi",), "set redis.maxmemory"),
         (("worker.hpa.enabled=true",), "keda.enabled and worker.hpa.enabled"),
         (("postgresql.enabled=false",), "set externalDatabase.url or externalDatabase.existingSecret"),
         (("redis.enabled=false",), "set externalRedis.url or externalRedis.host"),

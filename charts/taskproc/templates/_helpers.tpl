@@ -314,7 +314,7 @@ fromUrl: false
       key: {{ .Values.auth.existingSecretKey }}
 {{- end }}
 {{- range $key, $value := .Values.config }}
-{{- if ne (toString $value) "" }}
+{{- if and (ne (toString $value) "") (ne $key "maxShutdownRequeues") }}
 - name: {{ printf "TASKPROC_%s" (upper $key) }}
   value: {{ include "taskproc.scalar" $value | quote }}
 {{- end }}
@@ -326,8 +326,13 @@ fromUrl: false
 
 {{/* Checks run by every render ------------------------------------------------------------------- */}}
 {{- define "taskproc.validate" -}}
-{{- if le (float64 .Values.worker.terminationGracePeriodSeconds) (float64 .Values.worker.shutdownGraceSeconds) }}
-{{- fail (printf "worker.terminationGracePeriodSeconds (%v) must be greater than worker.shutdownGraceSeconds (%v), or Kubernetes kills running tasks before the worker can requeue them" .Values.worker.terminationGracePeriodSeconds .Values.worker.shutdownGraceSeconds) }}
+{{- $room := include "taskproc.requeueRoom" . | float64 }}
+{{- $grace := include "taskproc.shutdownGrace" . | float64 }}
+{{- if lt (include "taskproc.terminationGrace" . | float64) (addf $grace $room) }}
+{{- fail (printf "worker.terminationGracePeriodSeconds (%v) must be at least worker.shutdownGraceSeconds (%v) + %v s (2 x config.db_timeout_s + 5 s for the requeue writes), or Kubernetes kills running tasks before the worker can requeue them" .Values.worker.terminationGracePeriodSeconds $grace $room) }}
+{{- end }}
+{{- if lt (int .Values.api.terminationGracePeriodSeconds) (add (int .Values.api.preStopSleepSeconds) 10 | int) }}
+{{- fail "api.terminationGracePeriodSeconds must be at least api.preStopSleepSeconds + 10 (uvicorn's graceful shutdown)" }}
 {{- end }}
 {{- if and (eq .Values.migrations.hook "helm") .Values.postgresql.enabled }}
 {{- fail "migrations.hook=helm needs an external database: with the bundled Postgres a pre-install hook runs before Postgres exists and a post-install hook after `helm install --wait` gave up waiting for pods that need the schema; keep migrations.hook empty (an ordinary Job)" }}
@@ -393,4 +398,44 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: 64Mi
+{{- end }}
+
+{{/* Worker shutdown grace: worker.shutdownGraceSeconds, else the task timeout (a running task may finish). */}}
+{{- define "taskproc.shutdownGrace" -}}
+{{- if kindIs "invalid" .Values.worker.shutdownGraceSeconds }}
+{{- include "taskproc.scalar" .Values.config.task_timeout_s }}
+{{- else }}
+{{- include "taskproc.scalar" .Values.worker.shutdownGraceSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* Seconds after the shutdown grace for the requeue writes (Postgres and Redis): 2 x db timeout + 5 s. */}}
+{{- define "taskproc.requeueRoom" -}}
+{{- include "taskproc.scalar" (addf (mulf 2 (float64 .Values.config.db_timeout_s)) 5) }}
+{{- end }}
+
+{{/* Worker terminationGracePeriodSeconds: the value, else shutdown grace + requeue room (rounded up). */}}
+{{- define "taskproc.terminationGrace" -}}
+{{- if kindIs "invalid" .Values.worker.terminationGracePeriodSeconds }}
+{{- addf (include "taskproc.shutdownGrace" . | float64) (include "taskproc.requeueRoom" . | float64) | ceil | int64 }}
+{{- else }}
+{{- include "taskproc.scalar" .Values.worker.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* Redis maxmemory in bytes: redis.maxmemory, else redis.maxmemoryPercent of the container's memory limit. */}}
+{{- define "taskproc.redisMaxmemory" -}}
+{{- if .Values.redis.maxmemory }}
+{{- .Values.redis.maxmemory }}
+{{- else }}
+{{- $limit := toString (dig "limits" "memory" "" .Values.redis.resources) }}
+{{- $m := regexFindAll "^([0-9]+)(Ki|Mi|Gi|Ti|K|M|G|T)?$" $limit -1 }}
+{{- if not $m }}
+{{- fail (printf "set redis.maxmemory: the Redis memory limit %q is not a plain quantity the chart can take a share of" $limit) }}
+{{- end }}
+{{- $num := regexReplaceAll "[^0-9]" $limit "" | float64 }}
+{{- $unit := regexReplaceAll "^[0-9]+" $limit "" }}
+{{- $mult := get (dict "" 1.0 "K" 1000.0 "M" 1000000.0 "G" 1000000000.0 "T" 1000000000000.0 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0) $unit }}
+{{- mulf $num $mult (divf (float64 .Values.redis.maxmemoryPercent) 100) | floor | int64 }}
+{{- end }}
 {{- end }}

@@ -1,0 +1,66 @@
+"""Scale-down and rollout settings of the rendered pods: grace periods, Redis memory, preStop, spread, PDBs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .conftest import Helm, container, find, parse_docs
+
+
+def _docs(helm: Helm, *sets: str) -> list[dict[str, Any]]:
+    return parse_docs(helm.template(sets=sets).stdout)
+
+
+def _worker(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str | None]]:
+    spec = find(docs, "Deployment", "-worker")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in container(find(docs, "Deployment", "-worker"), "worker")["env"]}
+    return spec, env
+
+
+def test_grace_follows_the_task_timeout(helm4: Helm) -> None:
+    spec, env = _worker(_docs(helm4, "config.task_timeout_s=600", "config.db_timeout_s=5"))
+    assert env["TASKPROC_SHUTDOWN_GRACE_S"] == "600"
+    assert spec["terminationGracePeriodSeconds"] == 600 + 2 * 5 + 5
+    spec, env = _worker(_docs(helm4, "worker.shutdownGraceSeconds=20"))
+    assert env["TASKPROC_SHUTDOWN_GRACE_S"] == "20"
+    assert spec["terminationGracePeriodSeconds"] == 20 + 11
+    spec, _ = _worker(_docs(helm4, "worker.shutdownGraceSeconds=20", "worker.terminationGracePeriodSeconds=31"))
+    assert spec["terminationGracePeriodSeconds"] == 31  # exactly the room: accepted
+    _, env = _worker(_docs(helm4, "config.maxShutdownRequeues=5"))
+    assert env["TASKPROC_MAX_SHUTDOWN_REQUEUES"] == "5"
+    assert "TASKPROC_MAXSHUTDOWNREQUEUES" not in env
+
+
+def test_redis_never_evicts(helm4: Helm) -> None:
+    def args(*sets: str) -> list[str]:
+        return container(find(_docs(helm4, *sets), "StatefulSet", "-redis"), "redis")["args"]  # type: ignore[no-any-return]
+
+    a = args()
+    assert a[a.index("--maxmemory-policy") + 1] == "noeviction"
+    assert a[a.index("--maxmemory") + 1] == str(int(512 * 1024 * 1024 * 0.8))
+    a = args("redis.resources.limits.memory=2G", "redis.maxmemoryPercent=50")
+    assert a[a.index("--maxmemory") + 1] == "1000000000"
+    a = args("redis.maxmemory=300mb")
+    assert a[a.index("--maxmemory") + 1] == "300mb"
+
+
+def test_api_drains_before_sigterm_and_spreads(helm4: Helm) -> None:
+    docs = _docs(helm4)
+    api = find(docs, "Deployment", "-api")
+    spec = api["spec"]["template"]["spec"]
+    c = container(api, "api")
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["/bin/sleep", "5"]
+    assert spec["terminationGracePeriodSeconds"] >= 5 + 10
+    (tsc,) = spec["topologySpreadConstraints"]
+    assert tsc["topologyKey"] == "kubernetes.io/hostname"
+    assert tsc["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert tsc["labelSelector"]["matchLabels"].items() <= api["spec"]["template"]["metadata"]["labels"].items()
+    assert "lifecycle" not in container(find(_docs(helm4, "api.preStopSleepSeconds=0"), "Deployment", "-api"), "api")
+
+
+def test_optional_worker_pdb(helm4: Helm) -> None:
+    assert not [
+        d for d in _docs(helm4) if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"].endswith("-worker")
+    ]
+    pdb = find(_docs(helm4, "worker.pdb.enabled=true"), "PodDisruptionBudget", "-worker")["spec"]
+    assert pdb["maxUnavailable"] == 1

@@ -123,7 +123,9 @@ def test_security_context_everywhere(helm4: Helm, renders: Renders) -> None:
             spec = d["spec"] if d["kind"] == "Pod" else d["spec"]["template"]["spec"]
             assert spec["securityContext"]["runAsNonRoot"] is True
             assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-            assert spec["automountServiceAccountToken"] is False
+            # only workers that patch their own pod's deletion cost get a token
+            token = scenario == "pod-deletion-cost" and d["metadata"]["name"].endswith("-worker")
+            assert spec["automountServiceAccountToken"] is token, (scenario, d["metadata"]["name"])
             for c in spec["containers"]:
                 sc = c["securityContext"]
                 assert sc["readOnlyRootFilesystem"] is True, (d["metadata"]["name"], c["name"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .conftest import Helm, container, find, parse_docs
+from .conftest import Helm, Renders, container, find, parse_docs
 
 
 def _docs(helm: Helm, *sets: str) -> list[dict[str, Any]]:
@@ -64,3 +64,51 @@ def test_optional_worker_pdb(helm4: Helm) -> None:
     ]
     pdb = find(_docs(helm4, "worker.pdb.enabled=true"), "PodDisruptionBudget", "-worker")["spec"]
     assert pdb["maxUnavailable"] == 1
+
+
+def test_ingress_exposes_only_the_api_and_the_dashboard(helm4: Helm, renders: Renders) -> None:
+    ing = find(renders.docs(helm4, "auth"), "Ingress", "-api")
+    paths = {(p["path"], p["pathType"]) for p in ing["spec"]["rules"][0]["http"]["paths"]}
+    assert paths == {("/api/", "Prefix"), ("/", "Exact"), ("/static/", "Prefix"), ("/favicon.ico", "Exact")}
+
+    def routed(url: str) -> bool:
+        return any(url == p if kind == "Exact" else url.startswith(p) for p, kind in paths)
+
+    for public in ("/", "/api/v1/tasks", "/static/app.js", "/favicon.ico"):
+        assert routed(public), public
+    for internal in ("/metrics", "/docs", "/openapi.json", "/healthz", "/readyz"):
+        assert not routed(internal), internal
+
+
+def test_public_ingress_without_api_keys_needs_an_explicit_value(helm: Helm) -> None:
+    sets = ("api.ingress.enabled=true", "api.ingress.hosts[0]=taskproc.example.com")
+    proc = helm.template(sets=sets, check=False)
+    assert proc.returncode != 0
+    assert "api.ingress.allowUnauthenticated=true" in proc.stderr
+    ok = helm.template(sets=(*sets, "api.ingress.allowUnauthenticated=true"))
+    assert find(parse_docs(ok.stdout), "Ingress", "-api")
+
+
+def test_pod_deletion_cost(helm4: Helm, renders: Renders) -> None:
+    docs = renders.docs(helm4, "pod-deletion-cost")
+    worker = find(docs, "Deployment", "-worker")
+    spec = worker["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in container(worker, "worker")["env"]}
+    assert env["TASKPROC_POD_DELETION_COST"]["value"] == "true"
+    assert env["TASKPROC_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["TASKPROC_POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert spec["automountServiceAccountToken"] is True
+    sa = find(docs, "ServiceAccount", "-worker")
+    assert spec["serviceAccountName"] == sa["metadata"]["name"]
+    role = find(docs, "Role", "-worker")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+    binding = find(docs, "RoleBinding", "-worker")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "taskproc"}]
+    # the API keeps no token, and by default neither do the workers
+    assert find(docs, "Deployment", "-api")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    default = renders.docs(helm4, "default")
+    assert find(default, "Deployment", "-worker")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert not [d for d in default if d["kind"] in ("Role", "RoleBinding")]
+    env = {e["name"] for e in container(find(default, "Deployment", "-worker"), "worker")["env"]}
+    assert not env & {"TASKPROC_POD_DELETION_COST", "TASKPROC_POD_NAME"}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
+
+from redis.connection import parse_url
 
 from .conftest import Helm, Renders, container, find, parse_docs
 
@@ -112,3 +115,21 @@ def test_pod_deletion_cost(helm4: Helm, renders: Renders) -> None:
     assert not [d for d in default if d["kind"] in ("Role", "RoleBinding")]
     env = {e["name"] for e in container(find(default, "Deployment", "-worker"), "worker")["env"]}
     assert not env & {"TASKPROC_POD_DELETION_COST", "TASKPROC_POD_NAME"}
+
+
+def test_keda_gets_the_decoded_credentials_of_external_redis_url(helm: Helm) -> None:
+    """The worker's redis client decodes the URL's user and password; KEDA must get the same, decoded."""
+    url = "rediss://keda%2Duser:p%40ss%3Aw%2Frd%25x@redis.example:6380/2"
+    sets = ("redis.enabled=false", f"externalRedis.url={url}")
+    docs = parse_docs(helm.template(sets=sets).stdout)
+    data = {k: base64.b64decode(v).decode() for k, v in find(docs, "Secret", "taskproc")["data"].items()}
+    parsed = parse_url(url)
+    assert (data["redis-username"], data["redis-password"]) == (parsed["username"], parsed["password"])
+    assert data["redis-password"] == "p@ss:w/rd%x"
+    assert data["redis-url"] == url  # the app decodes it itself
+    refs = {r["parameter"]: r for r in find(docs, "TriggerAuthentication", "-redis")["spec"]["secretTargetRef"]}
+    assert refs["username"]["key"] == "redis-username"
+    assert refs["password"]["key"] == "redis-password"
+    bad = helm.template(sets=("redis.enabled=false", "externalRedis.url=redis://:%E2%82%AC@h:6379/0"), check=False)
+    assert bad.returncode != 0
+    assert "cannot decode" in bad.stderr

@@ -255,7 +255,7 @@ tls: {{ eq $u.scheme "rediss" }}
 {{- $userinfo := splitList ":" (default "" $u.userinfo) }}
 passwordSecret: {{ include "taskproc.secretName" . }}
 passwordKey: {{ if gt (len $userinfo) 1 }}redis-password{{ end }}
-username: {{ first $userinfo | quote }}
+username: {{ include "taskproc.urlDecode" (first $userinfo) | quote }}
 fromUrl: true
 {{- else if .Values.externalRedis.host }}
 host: {{ .Values.externalRedis.host }}
@@ -437,5 +437,22 @@ spec:
 {{- $unit := regexReplaceAll "^[0-9]+" $limit "" }}
 {{- $mult := get (dict "" 1.0 "K" 1000.0 "M" 1000000.0 "G" 1000000000.0 "T" 1000000000000.0 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0) $unit }}
 {{- mulf $num $mult (divf (float64 .Values.redis.maxmemoryPercent) 100) | floor | int64 }}
+{{- end }}
+{{- end }}
+
+{{/* Percent-decoding of a URL's userinfo part (ASCII escapes; anything else is refused). */}}
+{{- define "taskproc.urlDecode" -}}
+{{- $chars := dict }}
+{{- range $i := until 128 }}
+{{- $_ := set $chars (printf "%02X" $i) (printf "%c" $i) }}
+{{- end }}
+{{- $parts := splitList "%" . }}
+{{- first $parts }}
+{{- range $p := rest $parts }}
+{{- $code := upper (substr 0 2 $p) }}
+{{- if not (hasKey $chars $code) }}
+{{- fail (printf "externalRedis.url: cannot decode the escape %%%s in its credentials (ASCII escapes only)" (substr 0 2 $p)) }}
+{{- end }}
+{{- get $chars $code }}{{ substr 2 (len $p) $p }}
 {{- end }}
 {{- end }}

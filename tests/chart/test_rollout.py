@@ -133,3 +133,23 @@ def test_keda_gets_the_decoded_credentials_of_external_redis_url(helm: Helm) -> 
     bad = helm.template(sets=("redis.enabled=false", "externalRedis.url=redis://:%E2%82%AC@h:6379/0"), check=False)
     assert bad.returncode != 0
     assert "cannot decode" in bad.stderr
+
+
+def _max_connections(docs: list[dict[str, Any]]) -> int:
+    args = container(find(docs, "StatefulSet", "-postgresql"), "postgresql")["args"]
+    assert args[0] == "-c"
+    name, _, value = args[1].partition("=")
+    assert name == "max_connections"
+    return int(value)
+
+
+def test_postgres_max_connections_fit_the_connection_budget(helm4: Helm, renders: Renders) -> None:
+    def budget(api: int, workers: int, pool: int = 10, concurrency: int = 16) -> int:
+        return (api + 1) * (2 * pool + 1) + (workers + 1) * (2 * min(pool, concurrency + 4) + 3) + 2 + 10
+
+    assert _max_connections(renders.docs(helm4, "default")) == budget(api=2, workers=10)  # keda.maxReplicaCount
+    assert _max_connections(renders.docs(helm4, "hpa")) == budget(api=2, workers=6)
+    assert _max_connections(renders.docs(helm4, "keda-off")) == budget(api=2, workers=3)
+    sets = ("keda.maxReplicaCount=40", "config.db_pool_size=2", "worker.concurrency=1")
+    assert _max_connections(_docs(helm4, *sets)) == budget(api=2, workers=40, pool=2, concurrency=1)
+    assert _max_connections(_docs(helm4, "postgresql.maxConnections=500")) == 500

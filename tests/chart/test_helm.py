@@ -335,6 +335,7 @@ def test_notes(helm4: Helm, auth: bool, tmp_path: Path) -> None:
     assert "curl -s http://localhost:8000/readyz" in notes
     assert """curl -s -X POST http://localhost:8000/api/v1/tasks""" in notes
     assert "helm test taskproc --namespace taskproc" in notes
+    assert "make image" in notes and "kind load docker-image taskproc:0.1.0" in notes
     assert ("Authorization: Bearer $TASKPROC_API_KEY" in notes) is auth
     assert "jsonpath='{.data.api-keys}'" in notes if auth else "api-keys" not in notes
     # no KEDA in a client-only dry run: the chart says it runs fixed workers instead

@@ -323,7 +323,7 @@ def test_notes(helm4: Helm, auth: bool, tmp_path: Path) -> None:
     """NOTES.txt (shown by `helm install`): the port-forward and curl lines, rendered by a client-only dry run."""
     proc = subprocess.run(
         [helm4.path, "install", "taskproc", str(CHART), "--namespace", "taskproc", "--dry-run=client",
-         "--set", f"auth.enabled={str(auth).lower()}"],
+         "--set", f"auth.enabled={str(auth).lower()}", "--set", "image.repository=taskproc"],
         capture_output=True,
         text=True,
         env={**os.environ, "KUBECONFIG": str(tmp_path / "no-cluster")},

@@ -139,7 +139,17 @@ def test_chart_bump_does_not_restart_redis_or_postgres(helm4: Helm, tmp_path: Pa
     meta["version"], meta["appVersion"] = "9.9.9", "9.9.9"
     (bumped / "Chart.yaml").write_text(yaml.safe_dump(meta))
     old = parse_docs(helm4.template(sets=("image.tag=0.1.0",)).stdout)
-    args = ["template", "taskproc", str(bumped), "--namespace", "taskproc", "--set", "image.tag=0.1.0"]
+    args = [
+        "template",
+        "taskproc",
+        str(bumped),
+        "--namespace",
+        "taskproc",
+        "--set",
+        "image.tag=0.1.0",
+        "--set",
+        "image.repository=taskproc",
+    ]
     new = parse_docs(helm4.run(*args).stdout)
     for suffix in ("-redis", "-postgresql"):
         assert _pod_template(old, "StatefulSet", suffix) == _pod_template(new, "StatefulSet", suffix), suffix
@@ -157,7 +167,12 @@ def test_renders_as_a_subchart(helm: Helm, tmp_path: Path) -> None:
     meta = {"apiVersion": "v2", "name": "umbrella", "version": "1.0.0", "dependencies": [dependency]}
     (umbrella / "Chart.yaml").write_text(yaml.safe_dump(meta))
     (umbrella / "values.yaml").write_text(
-        yaml.safe_dump({"global": {"imageRegistry": "registry.example"}, "taskproc": {"enabled": True}})
+        yaml.safe_dump(
+            {
+                "global": {"imageRegistry": "registry.example"},
+                "taskproc": {"enabled": True, "image": {"repository": "taskproc"}},
+            }
+        )
     )
     helm.run("dependency", "build", str(umbrella))
     docs = parse_docs(helm.run("template", "app", str(umbrella), "--namespace", "taskproc").stdout)
@@ -180,3 +195,11 @@ def test_gitops_renders_are_identical(helm: Helm, renders: Renders) -> None:
     assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "Sync"
     # the default mode generates passwords, so it is not render-stable (the check above can fail)
     assert helm.template().stdout != helm.template().stdout
+
+
+def test_render_without_an_image_repository_fails_clearly(helm: Helm) -> None:
+    """The old default `taskproc` resolved to docker.io/library/taskproc, which does not exist."""
+    proc = helm.template(base_values=False, check=False)
+    assert proc.returncode != 0
+    assert "image.repository is empty" in proc.stderr
+    assert "make image" in proc.stderr and "kind load docker-image" in proc.stderr

@@ -153,6 +153,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "taskproc.image" -}}
+{{- if not .Values.image.repository }}
+{{- fail "image.repository is empty: no public registry serves a taskproc image. Build it (`make image`), then either load it into your cluster (kind: `kind load docker-image taskproc:<version>`, and --set image.repository=taskproc,image.pullPolicy=Never) or push it to a registry (--set image.repository=registry.example.com/taskproc); see the chart README" }}
+{{- end }}
 {{- include "taskproc.imageRef" (dict "image" .Values.image "default" .Chart.AppVersion) }}
 {{- end }}
 

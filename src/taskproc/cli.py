@@ -67,13 +67,32 @@ def worker() -> None:
 @app.command()
 def migrate(
     wait: Annotated[float, typer.Option(help="Seconds to wait for the database to accept connections.")] = 60.0,
+    wait_for_schema: Annotated[
+        bool,
+        typer.Option(
+            "--wait-for-schema",
+            help="Do not migrate: wait until the schema is at the head revision of this version, then exit 0.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="With --wait-for-schema: seconds to wait before exiting with status 1.")
+    ] = 600.0,
 ) -> None:
     """Create or upgrade the database schema (alembic upgrade head)."""
     from taskproc.logging import configure_logging
+    from taskproc.migrate import SchemaNotReadyError
     from taskproc.migrate import migrate as run_migrations
+    from taskproc.migrate import wait_for_schema as wait_schema
 
     settings = get_settings()
     configure_logging(settings, "migrate")
+    if wait_for_schema:
+        try:
+            wait_schema(settings, timeout)
+        except SchemaNotReadyError as exc:
+            typer.echo(f"taskproc migrate --wait-for-schema: {exc}", err=True)
+            raise typer.Exit(1) from None
+        return
     run_migrations(settings, wait_s=wait)
 
 

@@ -16,6 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "taskproc"
 CRDS = ROOT.parent / "shared" / "crds"
+IMAGE_VALUES = Path(__file__).resolve().parent / "image-values.yaml"
 SCENARIOS = sorted(p.stem.removesuffix("-values") for p in (CHART / "ci").glob("*-values.yaml"))
 RELEASE = "taskproc"
 NAMESPACE = "taskproc"
@@ -69,8 +70,11 @@ class Helm:
         api_versions: tuple[str, ...] = API_VERSIONS,
         check: bool = True,
         show_only: str | None = None,
+        base_values: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
+        if base_values:  # the image repository the chart requires
+            args += ["--values", str(IMAGE_VALUES)]
         for api in api_versions:
             args += ["--api-versions", api]
         for f in values_files:

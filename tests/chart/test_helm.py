@@ -83,13 +83,15 @@ def test_default_objects(helm4: Helm, renders: Renders) -> None:
     assert env["TASKPROC_WORKER_METRICS_PORT"] == "9100"
     assert env["TASKPROC_LOG_FORMAT"] == "json"
     grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace == 40
-    assert grace > float(env["TASKPROC_SHUTDOWN_GRACE_S"]) == 25
+    # shutdown grace defaults from the task timeout; the pod's grace adds 2 x db timeout + 5 s for the requeue
+    assert float(env["TASKPROC_SHUTDOWN_GRACE_S"]) == 300
+    assert grace == 300 + 2 * 3 + 5
+    assert env["TASKPROC_MAX_SHUTDOWN_REQUEUES"] == "3"
     assert "replicas" not in worker["spec"], "KEDA owns the worker replica count"
 
-    job = find(docs, "Job", "-migrate")
-    assert container(job, "migrate")["args"] == ["migrate"]
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,pre-upgrade"
+    job = find(docs, "Job")
+    assert container(job, "migrate")["args"] == ["migrate", "--wait", "900"]
+    assert "helm.sh/hook" not in job["metadata"]["annotations"], "an ordinary Job: `helm install --wait` works"
 
     redis = find(docs, "StatefulSet", "-redis")
     r = container(redis, "redis")
@@ -121,7 +123,9 @@ def test_security_context_everywhere(helm4: Helm, renders: Renders) -> None:
             spec = d["spec"] if d["kind"] == "Pod" else d["spec"]["template"]["spec"]
             assert spec["securityContext"]["runAsNonRoot"] is True
             assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-            assert spec["automountServiceAccountToken"] is False
+            # only workers that patch their own pod's deletion cost get a token
+            token = scenario == "pod-deletion-cost" and d["metadata"]["name"].endswith("-worker")
+            assert spec["automountServiceAccountToken"] is token, (scenario, d["metadata"]["name"])
             for c in spec["containers"]:
                 sc = c["securityContext"]
                 assert sc["readOnlyRootFilesystem"] is True, (d["metadata"]["name"], c["name"])
@@ -145,7 +149,15 @@ def test_keda_scaled_object(helm4: Helm, renders: Renders) -> None:
     down = so["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
     assert down["stabilizationWindowSeconds"] >= 60
     triggers = so["triggers"]
-    assert {t["metadata"]["listName"] for t in triggers} == {"arq:queue", "taskproc:running", "taskproc:deferred"}
+    # KEDA takes the max of the triggers: the formula sums ready + running over one worker's slots; deferred
+    # tasks (delayed until later) do not keep pods up
+    assert {t["name"]: t["metadata"]["listName"] for t in triggers} == {
+        "ready": "arq:queue",
+        "running": "taskproc:running",
+    }
+    mod = so["advanced"]["scalingModifiers"]
+    assert mod == {"formula": "ready + running", "target": "16", "activationTarget": "0", "metricType": "AverageValue"}
+    assert {t["metadata"]["listLength"] for t in triggers} == {"16"}
     auth = find(docs, "TriggerAuthentication", "-redis")
     for t in triggers:
         assert t["type"] == "redis"
@@ -154,6 +166,22 @@ def test_keda_scaled_object(helm4: Helm, renders: Renders) -> None:
         assert t["authenticationRef"]["name"] == auth["metadata"]["name"]
     ref = auth["spec"]["secretTargetRef"][0]
     assert ref == {"parameter": "password", "name": "taskproc", "key": "redis-password"}
+
+
+def test_keda_target_follows_worker_concurrency(helm4: Helm) -> None:
+    so = find(parse_docs(helm4.template(sets=("worker.concurrency=4",)).stdout), "ScaledObject")["spec"]
+    assert so["advanced"]["scalingModifiers"]["target"] == "4"
+    so = find(parse_docs(helm4.template(sets=("keda.listLength=8",)).stdout), "ScaledObject")["spec"]
+    assert so["advanced"]["scalingModifiers"]["target"] == "8"
+
+
+def test_keda_operator_selector_is_configurable(helm4: Helm) -> None:
+    sets = ("keda.namespace=openshift-keda", "keda.operatorPodLabels.app=keda-operator")
+    np = find(parse_docs(helm4.template(sets=sets).stdout), "NetworkPolicy", "-redis")["spec"]
+    assert np["ingress"][0]["from"][1] == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "openshift-keda"}},
+        "podSelector": {"matchLabels": {"app": "keda-operator"}},
+    }
 
 
 def test_keda_reads_the_external_redis_database(helm4: Helm, renders: Renders) -> None:
@@ -167,8 +195,8 @@ def test_keda_reads_the_external_redis_database(helm4: Helm, renders: Renders) -
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert data["redis-password"] == "redis-secret"
     assert data["redis-url"] == "rediss://:redis-secret@redis.example.internal:6380/2"
-    job = find(docs, "Job", "-migrate")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    job = find(docs, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"  # migrations.hook: helm
     hook_secret = find(docs, "Secret", "-migrate")
     assert hook_secret["metadata"]["annotations"]["helm.sh/hook-weight"] == "-10"
 
@@ -271,8 +299,10 @@ def test_helm_test_pod(helm4: Helm, renders: Renders) -> None:
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (("worker.terminationGracePeriodSeconds=25",), "must be greater than worker.shutdownGraceSeconds"),
-        (("worker.shutdownGraceSeconds=50",), "must be greater than worker.shutdownGraceSeconds"),
+        (("worker.terminationGracePeriodSeconds=25",), "must be at least worker.shutdownGraceSeconds (300) + 11"),
+        (("worker.shutdownGraceSeconds=50", "worker.terminationGracePeriodSeconds=60"), "+ 11 s (2 x config"),
+        (("api.preStopSleepSeconds=25",), "api.terminationGracePeriodSeconds must be at least"),
+        (("redis.resources.limits.memory=1.5Gi",), "set redis.maxmemory"),
         (("worker.hpa.enabled=true",), "keda.enabled and worker.hpa.enabled"),
         (("postgresql.enabled=false",), "set externalDatabase.url or externalDatabase.existingSecret"),
         (("redis.enabled=false",), "set externalRedis.url or externalRedis.host"),
@@ -293,7 +323,7 @@ def test_notes(helm4: Helm, auth: bool, tmp_path: Path) -> None:
     """NOTES.txt (shown by `helm install`): the port-forward and curl lines, rendered by a client-only dry run."""
     proc = subprocess.run(
         [helm4.path, "install", "taskproc", str(CHART), "--namespace", "taskproc", "--dry-run=client",
-         "--set", f"auth.enabled={str(auth).lower()}"],
+         "--set", f"auth.enabled={str(auth).lower()}", "--set", "image.repository=taskproc"],
         capture_output=True,
         text=True,
         env={**os.environ, "KUBECONFIG": str(tmp_path / "no-cluster")},
@@ -305,6 +335,7 @@ def test_notes(helm4: Helm, auth: bool, tmp_path: Path) -> None:
     assert "curl -s http://localhost:8000/readyz" in notes
     assert """curl -s -X POST http://localhost:8000/api/v1/tasks""" in notes
     assert "helm test taskproc --namespace taskproc" in notes
+    assert "make image" in notes and "kind load docker-image taskproc:0.1.0" in notes
     assert ("Authorization: Bearer $TASKPROC_API_KEY" in notes) is auth
     assert "jsonpath='{.data.api-keys}'" in notes if auth else "api-keys" not in notes
     # no KEDA in a client-only dry run: the chart says it runs fixed workers instead

@@ -65,6 +65,77 @@ app.kubernetes.io/part-of: taskproc
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/*
+Labels of a component's pod template: no helm.sh/chart or app.kubernetes.io/version, so that a chart or app
+version bump alone does not restart pods (Redis and Postgres above all). (dict "ctx" $ "component" "api")
+*/}}
+{{- define "taskproc.podLabels" -}}
+{{ include "taskproc.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/part-of: taskproc
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Annotations that roll the API and worker pods when the chart's Secret or the shared settings change. */}}
+{{- define "taskproc.checksums" -}}
+{{- /* The values that feed the Secret, not the rendered Secret: generated passwords are random in a render
+without the cluster (helm template, a first install), and hashing them would roll the pods once for nothing. */}}
+checksum/secret: {{ list .Values.auth .Values.postgresql.auth .Values.redis.auth .Values.externalRedis .Values.externalDatabase | toJson | sha256sum }}
+checksum/config: {{ include "taskproc.commonEnv" . | sha256sum }}
+{{- end }}
+
+{{/* Name of the migration Job: a hash of its pod template (image, appVersion, settings), so an upgrade that
+changes any of them creates a new Job (Job templates are immutable) and an unchanged render keeps the old one. */}}
+{{- define "taskproc.migrateJobName" -}}
+{{- $seed := printf "%s|%s|%s" (include "taskproc.image" .) .Chart.AppVersion (include "taskproc.migratePodSpec" . ) }}
+{{- printf "%s-migrate-%s" (include "taskproc.fullname" .) (sha256sum $seed | trunc 8) }}
+{{- end }}
+
+{{/* Env of the migration containers (the Job and the init containers that wait for the schema). */}}
+{{- define "taskproc.migrateEnv" -}}
+{{- if and (eq .Values.migrations.hook "helm") (not .Values.postgresql.enabled) .Values.externalDatabase.url }}
+- name: TASKPROC_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "taskproc.fullname" . }}-migrate
+      key: database-url
+{{- else }}
+{{ include "taskproc.databaseEnv" . | trim }}
+{{- end }}
+{{- range $key, $value := .Values.config }}
+{{- if and (has $key (list "log_format" "log_level" "db_timeout_s")) (ne (toString $value) "") }}
+- name: {{ printf "TASKPROC_%s" (upper $key) }}
+  value: {{ include "taskproc.scalar" $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The init container of API and worker pods: start only once the schema is at this image's head revision
+(the migration Job may still run, or run after these pods are created). It never migrates. */}}
+{{- define "taskproc.waitForSchema" -}}
+- name: wait-for-schema
+  image: {{ include "taskproc.image" . | quote }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args: ["migrate", "--wait-for-schema", "--timeout", {{ include "taskproc.scalar" .Values.migrations.waitTimeoutSeconds | quote }}]
+  env:
+    {{- include "taskproc.databaseEnv" . | trim | nindent 4 }}
+    {{- range $key, $value := .Values.config }}
+    {{- if and (has $key (list "log_format" "log_level" "db_timeout_s")) (ne (toString $value) "") }}
+    - name: {{ printf "TASKPROC_%s" (upper $key) }}
+      value: {{ include "taskproc.scalar" $value | quote }}
+    {{- end }}
+    {{- end }}
+  resources:
+    {{- toYaml .Values.migrations.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+{{- end }}
+
 {{- define "taskproc.componentSelector" -}}
 {{ include "taskproc.selectorLabels" .ctx }}
 app.kubernetes.io/component: {{ .component }}
@@ -82,6 +153,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "taskproc.image" -}}
+{{- if not .Values.image.repository }}
+{{- fail "image.repository is empty: no public registry serves a taskproc image. Build it (`make image`), then either load it into your cluster (kind: `kind load docker-image taskproc:<version>`, and --set image.repository=taskproc,image.pullPolicy=Never) or push it to a registry (--set image.repository=registry.example.com/taskproc); see the chart README" }}
+{{- end }}
 {{- include "taskproc.imageRef" (dict "image" .Values.image "default" .Chart.AppVersion) }}
 {{- end }}
 
@@ -184,7 +258,7 @@ tls: {{ eq $u.scheme "rediss" }}
 {{- $userinfo := splitList ":" (default "" $u.userinfo) }}
 passwordSecret: {{ include "taskproc.secretName" . }}
 passwordKey: {{ if gt (len $userinfo) 1 }}redis-password{{ end }}
-username: {{ first $userinfo | quote }}
+username: {{ include "taskproc.urlDecode" (first $userinfo) | quote }}
 fromUrl: true
 {{- else if .Values.externalRedis.host }}
 host: {{ .Values.externalRedis.host }}
@@ -243,7 +317,7 @@ fromUrl: false
       key: {{ .Values.auth.existingSecretKey }}
 {{- end }}
 {{- range $key, $value := .Values.config }}
-{{- if ne (toString $value) "" }}
+{{- if and (ne (toString $value) "") (ne $key "maxShutdownRequeues") }}
 - name: {{ printf "TASKPROC_%s" (upper $key) }}
   value: {{ include "taskproc.scalar" $value | quote }}
 {{- end }}
@@ -255,8 +329,16 @@ fromUrl: false
 
 {{/* Checks run by every render ------------------------------------------------------------------- */}}
 {{- define "taskproc.validate" -}}
-{{- if le (float64 .Values.worker.terminationGracePeriodSeconds) (float64 .Values.worker.shutdownGraceSeconds) }}
-{{- fail (printf "worker.terminationGracePeriodSeconds (%v) must be greater than worker.shutdownGraceSeconds (%v), or Kubernetes kills running tasks before the worker can requeue them" .Values.worker.terminationGracePeriodSeconds .Values.worker.shutdownGraceSeconds) }}
+{{- $room := include "taskproc.requeueRoom" . | float64 }}
+{{- $grace := include "taskproc.shutdownGrace" . | float64 }}
+{{- if lt (include "taskproc.terminationGrace" . | float64) (addf $grace $room) }}
+{{- fail (printf "worker.terminationGracePeriodSeconds (%v) must be at least worker.shutdownGraceSeconds (%v) + %v s (2 x config.db_timeout_s + 5 s for the requeue writes), or Kubernetes kills running tasks before the worker can requeue them" .Values.worker.terminationGracePeriodSeconds $grace $room) }}
+{{- end }}
+{{- if lt (int .Values.api.terminationGracePeriodSeconds) (add (int .Values.api.preStopSleepSeconds) 10 | int) }}
+{{- fail "api.terminationGracePeriodSeconds must be at least api.preStopSleepSeconds + 10 (uvicorn's graceful shutdown)" }}
+{{- end }}
+{{- if and (eq .Values.migrations.hook "helm") .Values.postgresql.enabled }}
+{{- fail "migrations.hook=helm needs an external database: with the bundled Postgres a pre-install hook runs before Postgres exists and a post-install hook after `helm install --wait` gave up waiting for pods that need the schema; keep migrations.hook empty (an ordinary Job)" }}
 {{- end }}
 {{- if and .Values.keda.enabled .Values.worker.hpa.enabled }}
 {{- fail "keda.enabled and worker.hpa.enabled both scale the workers: enable one of them" }}
@@ -283,4 +365,117 @@ fromUrl: false
 
 {{- define "taskproc.prometheusRuleActive" -}}
 {{- if and .Values.monitoring.enabled .Values.monitoring.prometheusRule.enabled (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PrometheusRule") }}true{{ end }}
+{{- end }}
+
+{{/* Pod template of the migration Job (also hashed into its name). */}}
+{{- define "taskproc.migratePodSpec" -}}
+metadata:
+  labels:
+    {{- include "taskproc.podLabels" (dict "ctx" . "component" "migrate") | nindent 4 }}
+spec:
+  restartPolicy: Never
+  # The Job needs no Kubernetes API access: it runs as the namespace's default ServiceAccount without a token
+  # (the chart's ServiceAccount may not exist yet when it runs as a pre-install hook).
+  automountServiceAccountToken: false
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  containers:
+    - name: migrate
+      image: {{ include "taskproc.image" . | quote }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      args: ["migrate", "--wait", {{ include "taskproc.scalar" .Values.migrations.activeDeadlineSeconds | quote }}]
+      env:
+        {{- include "taskproc.migrateEnv" . | trim | nindent 8 }}
+      resources:
+        {{- toYaml .Values.migrations.resources | nindent 8 }}
+      securityContext:
+        {{- toYaml .Values.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+  volumes:
+    - name: tmp
+      emptyDir:
+        sizeLimit: 64Mi
+{{- end }}
+
+{{/* Worker shutdown grace: worker.shutdownGraceSeconds, else the task timeout (a running task may finish). */}}
+{{- define "taskproc.shutdownGrace" -}}
+{{- if kindIs "invalid" .Values.worker.shutdownGraceSeconds }}
+{{- include "taskproc.scalar" .Values.config.task_timeout_s }}
+{{- else }}
+{{- include "taskproc.scalar" .Values.worker.shutdownGraceSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* Seconds after the shutdown grace for the requeue writes (Postgres and Redis): 2 x db timeout + 5 s. */}}
+{{- define "taskproc.requeueRoom" -}}
+{{- include "taskproc.scalar" (addf (mulf 2 (float64 .Values.config.db_timeout_s)) 5) }}
+{{- end }}
+
+{{/* Worker terminationGracePeriodSeconds: the value, else shutdown grace + requeue room (rounded up). */}}
+{{- define "taskproc.terminationGrace" -}}
+{{- if kindIs "invalid" .Values.worker.terminationGracePeriodSeconds }}
+{{- addf (include "taskproc.shutdownGrace" . | float64) (include "taskproc.requeueRoom" . | float64) | ceil | int64 }}
+{{- else }}
+{{- include "taskproc.scalar" .Values.worker.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* Redis maxmemory in bytes: redis.maxmemory, else redis.maxmemoryPercent of the container's memory limit. */}}
+{{- define "taskproc.redisMaxmemory" -}}
+{{- if .Values.redis.maxmemory }}
+{{- .Values.redis.maxmemory }}
+{{- else }}
+{{- $limit := toString (dig "limits" "memory" "" .Values.redis.resources) }}
+{{- $m := regexFindAll "^([0-9]+)(Ki|Mi|Gi|Ti|K|M|G|T)?$" $limit -1 }}
+{{- if not $m }}
+{{- fail (printf "set redis.maxmemory: the Redis memory limit %q is not a plain quantity the chart can take a share of" $limit) }}
+{{- end }}
+{{- $num := regexReplaceAll "[^0-9]" $limit "" | float64 }}
+{{- $unit := regexReplaceAll "^[0-9]+" $limit "" }}
+{{- $mult := get (dict "" 1.0 "K" 1000.0 "M" 1000000.0 "G" 1000000000.0 "T" 1000000000000.0 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0) $unit }}
+{{- mulf $num $mult (divf (float64 .Values.redis.maxmemoryPercent) 100) | floor | int64 }}
+{{- end }}
+{{- end }}
+
+{{/* Percent-decoding of a URL's userinfo part (ASCII escapes; anything else is refused). */}}
+{{- define "taskproc.urlDecode" -}}
+{{- $chars := dict }}
+{{- range $i := until 128 }}
+{{- $_ := set $chars (printf "%02X" $i) (printf "%c" $i) }}
+{{- end }}
+{{- $parts := splitList "%" . }}
+{{- first $parts }}
+{{- range $p := rest $parts }}
+{{- $code := upper (substr 0 2 $p) }}
+{{- if not (hasKey $chars $code) }}
+{{- fail (printf "externalRedis.url: cannot decode the escape %%%s in its credentials (ASCII escapes only)" (substr 0 2 $p)) }}
+{{- end }}
+{{- get $chars $code }}{{ substr 2 (len $p) $p }}
+{{- end }}
+{{- end }}
+
+{{/*
+Postgres max_connections for the bundled server, from the connection budget of the processes (see
+src/taskproc/config.py): an API process holds at most 2 x db_pool_size + 1, a worker 2 x min(db_pool_size,
+concurrency + 4) + 3; each Deployment counted at its maximum replicas plus the one pod a rollout adds (maxSurge),
+plus 2 for the migration Job and 10 spare (psql, monitoring, superuser_reserved_connections).
+*/}}
+{{- define "taskproc.postgresMaxConnections" -}}
+{{- if .Values.postgresql.maxConnections }}
+{{- .Values.postgresql.maxConnections }}
+{{- else }}
+{{- $pool := int .Values.config.db_pool_size }}
+{{- $api := add (mul 2 $pool) 1 }}
+{{- $worker := add (mul 2 (min $pool (add (int .Values.worker.concurrency) 4))) 3 }}
+{{- $workers := int .Values.worker.replicaCount }}
+{{- if .Values.keda.enabled }}{{ $workers = max $workers (int .Values.keda.maxReplicaCount) }}{{ end }}
+{{- if .Values.worker.hpa.enabled }}{{ $workers = int .Values.worker.hpa.maxReplicas }}{{ end }}
+{{- add (mul (add (int .Values.api.replicaCount) 1) $api) (mul (add $workers 1) $worker) 2 10 }}
+{{- end }}
 {{- end }}

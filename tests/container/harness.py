@@ -35,7 +35,6 @@ FAST_VALUES = (
     "config.reconcile_s=2",
     "config.retry_base_s=0.2",
     "worker.shutdownGraceSeconds=2",
-    "worker.terminationGracePeriodSeconds=10",
 )
 _names = itertools.count()
 
@@ -80,7 +79,10 @@ def helm() -> str:
 
 def render(*sets: str) -> list[Doc]:
     """`helm template` of the chart (default values plus `sets`), as a list of manifests."""
+    # The chart refuses to render without an image repository (there is no public image to default to).
+    repository, _, tag = IMAGE.rpartition(":")
     args = [helm(), "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    args += ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}"]
     for s in sets:
         args += ["--set", s]
     proc = subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)

@@ -89,7 +89,8 @@ def test_sigkilled_worker_container_loses_nothing(runner: Runner, target: Target
 
 def test_podman_stop_requeues_without_spending_an_attempt(runner: Runner, target: Target) -> None:
     api, worker = start_stack(runner)
-    assert worker.grace_s == 10  # the chart's terminationGracePeriodSeconds, used as the stop timeout
+    # The chart's terminationGracePeriodSeconds (the 2 s grace plus room for the requeue writes) is the stop timeout.
+    assert worker.grace_s == 13
     with api_client(api) as client:
         task_id = submit(client, "sleep", {"duration_ms": 120_000})
         assert wait_status(client, task_id, "running", timeout=30)["attempts"] == 1

@@ -49,7 +49,7 @@ signal.signal(signal.SIGTERM, on_term)
 (out / "pid.tmp").write_text(str(os.getpid()))
 (out / "pid.tmp").rename(out / "pid")
 while True:
-    time.sleep(1)
+    signal.pause()
 """
 
 STUBBORN = """
@@ -60,7 +60,7 @@ out = Path(sys.argv[1])
 (out / "pid.tmp").write_text(str(os.getpid()))
 (out / "pid.tmp").rename(out / "pid")
 while True:
-    time.sleep(1)
+    signal.pause()
 """
 
 DRIVER = """
@@ -186,11 +186,11 @@ def test_child_env_is_added_to_the_supervisor_environment(
 ) -> None:
     out = tmp_path / "env.json"
     code = py(f"""
-        import json, os, time
+        import json, os, signal
         with open({str(out) + ".tmp"!r}, "w") as fh:
             json.dump({{"x": os.environ.get("TASKPROC_X"), "path": os.environ.get("PATH")}}, fh)
         os.rename({str(out) + ".tmp"!r}, {str(out)!r})
-        time.sleep(60)
+        signal.pause()
     """)
     running = run_in_thread(Supervisor([ChildSpec("envy", code, env={"TASKPROC_X": "1"})]))
     wait_for(out.exists, what="child env dump")
@@ -297,7 +297,6 @@ def test_second_signal_skips_the_grace(tmp_path: Path, driver: Callable[..., sub
     assert "after a second stop signal" in (tmp_path / "supervisor.log").read_text()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 def test_children_get_sigterm_when_the_supervisor_is_sigkilled(
     tmp_path: Path, driver: Callable[..., subprocess.Popen[bytes]]
 ) -> None:

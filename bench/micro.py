@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from taskproc.config import Settings
 from taskproc.db import create_engine, create_sessionmaker
-from taskproc.embedded import EmbeddedPostgres, EmbeddedRedis
+from taskproc.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from taskproc.migrate import migrate
 from taskproc.services.tasks import TASK_COLUMNS, transition
 

@@ -49,7 +49,7 @@ import httpx
 import psycopg
 import redis
 
-from taskproc.embedded import free_port
+from taskproc.dev.embedded import free_port
 
 # The network namespace helpers live with the tests that use them, in tests/support.py.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

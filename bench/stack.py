@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 
-from taskproc.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from taskproc.supervisor import taskproc_argv
+from taskproc.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from taskproc.dev.supervisor import taskproc_argv
 
 from bench.procs import Monitor, Proc, wait_until
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from taskproc.embedded import EmbeddedPostgres, EmbeddedRedis
+from taskproc.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 
 from support import Servers, Stack, make_stack
 

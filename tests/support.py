@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 
-from taskproc.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from taskproc.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKPROC = str(Path(sys.executable).parent / "taskproc")

@@ -109,9 +109,16 @@ def up(
     ] = None,
 ) -> None:
     """Run the whole stack locally: embedded Postgres and Redis, migrations, the API and workers."""
-    from taskproc.stack import run_stack
+    # Imported here: taskproc.dev is developer tooling that the api/worker/migrate roles never load.
+    from taskproc.dev import EmbeddedExtraMissingError
+    from taskproc.dev.stack import run_stack
 
-    raise typer.Exit(run_stack(host=host, port=port, workers=workers, data_dir=data_dir, api_key=api_key))
+    try:
+        code = run_stack(host=host, port=port, workers=workers, data_dir=data_dir, api_key=api_key)
+    except EmbeddedExtraMissingError as exc:
+        typer.echo(f"taskproc up: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
 
 
 def _register_client_commands() -> None:

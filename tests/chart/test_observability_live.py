@@ -11,7 +11,7 @@ import httpx
 import promql_parser
 from prometheus_client.parser import text_string_to_metric_families
 
-from taskproc.embedded import free_port
+from taskproc.dev.embedded import free_port
 
 from .conftest import CHART, Helm, Renders, find
 from conftest import StackFactory

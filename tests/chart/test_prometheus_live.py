@@ -28,7 +28,7 @@ import promql_parser
 import pytest
 import yaml
 
-from taskproc.embedded import free_port
+from taskproc.dev.embedded import free_port
 
 from .conftest import CHART, Helm, Renders
 from conftest import StackFactory

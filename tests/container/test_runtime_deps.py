@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from taskproc.embedded import free_port
+from taskproc.dev.embedded import free_port
 
 from .harness import Target
 from support import ROOT, Proc, wait_for

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from taskproc.embedded import free_port
+from taskproc.dev.embedded import free_port
 
 from conftest import StackFactory
 from support import TASKPROC, Stack, wait_for

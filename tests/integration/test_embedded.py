@@ -18,13 +18,13 @@ import psycopg
 import pytest
 import redis
 
-import taskproc.embedded
-from taskproc.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
-from taskproc.supervisor import Supervisor
+import taskproc.dev.embedded
+from taskproc.dev.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
+from taskproc.dev.supervisor import Supervisor
 
 from support import pid_alive, wait_for
 
-PACKAGE_ROOT = str(Path(taskproc.embedded.__file__).resolve().parents[1])
+PACKAGE_ROOT = str(Path(taskproc.dev.embedded.__file__).resolve().parents[2])
 
 
 @pytest.fixture
@@ -253,7 +253,7 @@ def test_redis_start_failure_names_the_cause(data_dir: Path) -> None:
 DRIVER = """
 import sys
 from pathlib import Path
-from taskproc.embedded import EmbeddedPostgres, EmbeddedRedis
+from taskproc.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 data = Path(sys.argv[1])
 pg = EmbeddedPostgres(data, fast=True)
 pg.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from taskproc.embedded import free_port
+from taskproc.dev.embedded import free_port
 
 from conftest import StackFactory
 from support import TASKPROC, Proc, wait_for

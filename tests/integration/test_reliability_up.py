@@ -17,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 
-from taskproc.embedded import free_port
+from taskproc.dev.embedded import free_port
 
 from support import TASKPROC, Servers, wait_for
 

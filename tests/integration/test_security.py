@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from taskproc.embedded import free_port
+from taskproc.dev.embedded import free_port
 
 from conftest import StackFactory
 from support import TASKPROC, Proc, Servers, Stack, wait_for

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-import taskproc.supervisor
-from taskproc.supervisor import Backoff, ChildSpec, Supervisor, taskproc_argv
+import taskproc.dev.supervisor
+from taskproc.dev.supervisor import Backoff, ChildSpec, Supervisor, taskproc_argv
 
 from support import pid_alive, wait_for
 
-PACKAGE_ROOT = str(Path(taskproc.supervisor.__file__).resolve().parents[1])
+PACKAGE_ROOT = str(Path(taskproc.dev.supervisor.__file__).resolve().parents[2])
 
 
 def py(code: str) -> list[str]:
@@ -65,7 +65,7 @@ while True:
 
 DRIVER = """
 import json, logging, sys
-from taskproc.supervisor import ChildSpec, Supervisor
+from taskproc.dev.supervisor import ChildSpec, Supervisor
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
 cfg = json.loads(sys.argv[1])
 children = [ChildSpec(name, argv) for name, argv in cfg["children"]]
@@ -142,7 +142,7 @@ def test_crashing_child_is_restarted_with_growing_delays(
         backoff=backoff,
         poll_interval=0.02,
     )
-    caplog.set_level(logging.INFO, logger="taskproc.supervisor")
+    caplog.set_level(logging.INFO, logger="taskproc.dev.supervisor")
     running = run_in_thread(supervisor)
     wait_for(lambda: len(lines(starts)) >= 5, what="5 starts of the crashing child")
     steady_pid = supervisor.pids()["steady"]
@@ -168,7 +168,7 @@ def test_crashing_child_is_restarted_with_growing_delays(
 def test_child_killed_by_a_signal_is_restarted(
     tmp_path: Path, run_in_thread: Callable[[Supervisor], RunningSupervisor], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="taskproc.supervisor")
+    caplog.set_level(logging.INFO, logger="taskproc.dev.supervisor")
     supervisor = Supervisor([ChildSpec("victim", [*py(GRACEFUL), str(tmp_path)])], poll_interval=0.02)
     running = run_in_thread(supervisor)
     wait_for(lambda: (tmp_path / "pid").exists(), what="child start")

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from taskproc.embedded import free_port
+from taskproc.dev.embedded import free_port
 
 from support import TASKPROC, wait_for
 

@@ -107,7 +107,7 @@ def upgrade_db(servers: Servers) -> Iterator[tuple[str, str]]:
 
 
 def _free_port() -> int:
-    from taskproc.embedded import free_port
+    from taskproc.dev.embedded import free_port
 
     return free_port()
 

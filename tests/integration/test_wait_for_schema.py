@@ -12,7 +12,7 @@ import psycopg
 from alembic import command
 
 from taskproc.config import Settings
-from taskproc.embedded import free_port
+from taskproc.dev.embedded import free_port
 from taskproc.migrate import alembic_config, migrate, schema_heads
 
 from support import TASKPROC, Servers, wait_for

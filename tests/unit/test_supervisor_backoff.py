@@ -2,7 +2,7 @@
 
 import pytest
 
-from taskproc.supervisor import Backoff, backoff_delay
+from taskproc.dev.supervisor import Backoff, backoff_delay
 
 
 def test_default_schedule_doubles_from_half_a_second_to_a_30s_cap() -> None:

@@ -23,7 +23,7 @@ Redis runs as the calling user.
 
 The servers are spawned in their own session (a terminal's Ctrl-C goes to `taskproc up`, which stops the
 API and workers before the database) and, on Linux, with PR_SET_PDEATHSIG so they shut down if the process
-that started them is SIGKILLed (see `taskproc.supervisor.die_with_parent` for the main-thread caveat).
+that started them is SIGKILLed (see `taskproc.dev.supervisor.die_with_parent` for the main-thread caveat).
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from taskproc.supervisor import die_with_parent
+from taskproc.dev.supervisor import die_with_parent
 
 __all__ = ["EmbeddedPostgres", "EmbeddedRedis", "EmbeddedServerError", "free_port"]
 
-logger = logging.getLogger("taskproc.embedded")
+logger = logging.getLogger("taskproc.dev.embedded")
 
 _PG_RUN_USER = "embedded_postgres"
 _NOLOGIN = "/usr/sbin/nologin"

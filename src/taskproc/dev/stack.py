@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from taskproc.config import Settings
-from taskproc.supervisor import ChildSpec, Restartable, Supervisor, taskproc_argv
+from taskproc.dev import require_embedded
+from taskproc.dev.supervisor import ChildSpec, Restartable, Supervisor, taskproc_argv
 
 log = logging.getLogger("taskproc.up")
 
@@ -18,7 +19,14 @@ def _say(line: str) -> None:
 
 
 def run_stack(*, host: str, port: int, workers: int, data_dir: Path, api_key: str | None) -> int:
-    """Start embedded servers unless TASKPROC_DATABASE_URL / TASKPROC_REDIS_URL are set, then supervise."""
+    """Start embedded servers unless TASKPROC_DATABASE_URL / TASKPROC_REDIS_URL are set, then supervise.
+
+    Raises `EmbeddedExtraMissingError` before starting anything if an embedded server is needed and the
+    `[embedded]` extra is not installed.
+    """
+    require_embedded(
+        postgres=not os.environ.get("TASKPROC_DATABASE_URL"), redis=not os.environ.get("TASKPROC_REDIS_URL")
+    )
     from taskproc.logging import configure_logging
     from taskproc.migrate import migrate
 
@@ -35,7 +43,7 @@ def run_stack(*, host: str, port: int, workers: int, data_dir: Path, api_key: st
     if os.environ.get("TASKPROC_DATABASE_URL"):
         _say("postgres: using TASKPROC_DATABASE_URL")
     else:
-        from taskproc.embedded import EmbeddedPostgres
+        from taskproc.dev.embedded import EmbeddedPostgres
 
         data_dir.mkdir(parents=True, exist_ok=True)
         pg = EmbeddedPostgres(data_dir, port=_saved_port(data_dir, "postgres"))
@@ -49,7 +57,7 @@ def run_stack(*, host: str, port: int, workers: int, data_dir: Path, api_key: st
     if os.environ.get("TASKPROC_REDIS_URL"):
         _say("redis:    using TASKPROC_REDIS_URL")
     else:
-        from taskproc.embedded import EmbeddedRedis
+        from taskproc.dev.embedded import EmbeddedRedis
 
         data_dir.mkdir(parents=True, exist_ok=True)
         redis = EmbeddedRedis(data_dir, port=_saved_port(data_dir, "redis"))

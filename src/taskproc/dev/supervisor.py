@@ -38,7 +38,7 @@ __all__ = [
     "taskproc_argv",
 ]
 
-logger = logging.getLogger("taskproc.supervisor")
+logger = logging.getLogger("taskproc.dev.supervisor")
 
 _PR_SET_PDEATHSIG = 1
 

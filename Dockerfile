@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # taskproc image: one image runs `taskproc api`, `taskproc worker` and `taskproc migrate`.
 #   docker build -t taskproc:dev .
-# Stage 1 builds the wheels and installs them into a virtualenv; stage 2 copies only that virtualenv onto a
-# slim Python base: no compiler, no pip cache, no sources. Runs as a numeric non-root user and writes only to
+# Stage 1 installs the locked dependencies and taskproc into a virtualenv; stage 2 copies only that virtualenv
+# onto a slim Python base: no compiler, no pip cache, no sources. Runs as a numeric non-root user and writes only to
 # /tmp, so it works with readOnlyRootFilesystem.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -16,12 +16,16 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# The locked runtime dependencies (requirements/runtime.txt, `make lock`), hash-checked, in their own layer that
+# only a lock change rebuilds; then taskproc itself without dependencies and without extras, so the image holds
+# exactly the versions the suite ran and none of the embedded servers. pip check: the lock covers pyproject.toml.
+COPY requirements/runtime.txt ./requirements/
+RUN python -m venv /opt/taskproc \
+ && /opt/taskproc/bin/pip install --prefer-binary --require-hashes -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY src ./src
-# Wheels for taskproc and every dependency, then a virtualenv installed from those wheels only.
-RUN python -m pip wheel --prefer-binary --wheel-dir /wheels . \
- && python -m venv /opt/taskproc \
- && /opt/taskproc/bin/pip install --no-index --find-links /wheels taskproc \
+RUN /opt/taskproc/bin/pip install --no-deps . \
+ && /opt/taskproc/bin/pip check \
  && /opt/taskproc/bin/python -m compileall -q /opt/taskproc/lib
 
 FROM ${PYTHON_IMAGE}

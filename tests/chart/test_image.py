@@ -1,5 +1,6 @@
 """The Dockerfile: hadolint-clean, multi-stage, non-root numeric user matching the chart, `taskproc` entrypoint;
-the build context (.dockerignore) holds what `pip wheel .` needs; the wheel carries the migrations."""
+installs the runtime lock and then the package without extras; the build context (.dockerignore) holds what the
+build stage installs; the wheel carries the migrations."""
 
 from __future__ import annotations
 
@@ -89,7 +90,27 @@ def test_dockerignore_allows_only_the_build_inputs() -> None:
     for word, args in instructions():
         if word == "COPY" and not args.startswith("--from"):
             copied |= {a.rstrip("/") for a in args.split()[:-1]}
-    assert copied == allowed == {"pyproject.toml", "README.md", "src"}
+    assert copied == allowed == {"pyproject.toml", "README.md", "src", "requirements/runtime.txt"}
+
+
+def test_build_installs_the_runtime_lock_then_the_package_without_dependencies_or_extras() -> None:
+    """Reproducible: the pinned, hash-checked versions of requirements/runtime.txt, and taskproc itself with
+    --no-deps, so pip resolves nothing on its own; no extras, so the embedded servers stay out."""
+    ins = instructions()
+    final_from = max(i for i, (w, _) in enumerate(ins) if w == "FROM")
+    installs = [
+        cmd.strip()
+        for w, a in ins[:final_from]
+        if w == "RUN"
+        for cmd in a.split("&&")
+        if re.search(r"\bpip install\b", cmd)
+    ]
+    assert len(installs) == 2, installs
+    lock, package = installs
+    assert "--require-hashes" in lock.split()
+    assert lock.endswith("-r requirements/runtime.txt")
+    assert package.split()[-2:] == ["--no-deps", "."]
+    assert not any("[" in cmd for cmd in installs), installs
 
 
 @pytest.mark.slow

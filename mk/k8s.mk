@@ -13,7 +13,7 @@ CHECKOV_VERSION ?= 3.3.30
 K8S_DIR ?= k8s
 K8S_VALUES := charts/taskproc/ci/k8s-manifests-values.yaml
 
-.PHONY: tools checkov-venv k8s-manifests chart-lint checkov e2e
+.PHONY: tools checkov-venv k8s-manifests values-docs chart-lint checkov e2e
 
 # `make test` needs the chart tools and checkov's venv (see the main Makefile's TEST_DEPS).
 TEST_DEPS += tools checkov-venv
@@ -45,6 +45,9 @@ k8s-manifests: tools  ## regenerate k8s/taskproc.yaml (plain manifests) from the
 	     --values $(K8S_VALUES); } > $(K8S_DIR)/taskproc.yaml.tmp
 	@mv $(K8S_DIR)/taskproc.yaml.tmp $(K8S_DIR)/taskproc.yaml
 	@echo "wrote $(K8S_DIR)/taskproc.yaml"
+
+values-docs: $(STAMP)  ## values.schema.json descriptions and the values tables, from the comments of values.yaml
+	$(PY) scripts/values_docs.py
 
 chart-lint: tools checkov-venv  ## chart checks only: lint/template with helm 3 and 4, schemas, checkov, k8s/ freshness
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest tests/chart -m 'not e2e' --deselect tests/chart/test_contract.py -q

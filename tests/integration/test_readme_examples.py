@@ -1,28 +1,45 @@
-"""The README's curl examples, run as printed (with the port of a test stack)."""
+"""The documentation's curl examples, run as printed (with the port of a test stack): the README's first task
+and the API page's examples (docs/api.md, "By example")."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
 from support import ROOT, Stack
 
 
-def _api_examples() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## The API by example", 1)[1]
+def _first_bash_block(page: str, heading: str) -> str:
+    text = (ROOT / page).read_text()
+    section = text.split(heading, 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert block is not None
+    assert block is not None, f"{page} has no bash block under {heading!r}"
     return block.group(1)
 
 
-def test_readme_curl_examples_work_as_printed(stack: Stack) -> None:
-    script = _api_examples().replace("http://127.0.0.1:8000", stack.url)
+def _run(script: str, stack: Stack) -> str:
     proc = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60, check=False
+        ["bash", "-euo", "pipefail", "-c", script.replace("http://127.0.0.1:8000", stack.url)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+    return proc.stdout
+
+
+def test_readme_first_task_works_as_printed(stack: Stack) -> None:
+    out = _run(_first_bash_block("README.md", "## A first task"), stack)
+    *_, task_line, events_line = out.strip().splitlines()
+    task = json.loads(task_line)
+    assert task["status"] == "completed" and task["result"] == {"sum": 5}, task
+    assert [e["status"] for e in json.loads(events_line)] == ["pending", "running", "completed"], events_line
+
+
+def test_api_page_curl_examples_work_as_printed(stack: Stack) -> None:
+    out = _run(_first_bash_block("docs/api.md", "## By example"), stack)
     assert "HTTP/1.1 201 Created" in out and "location: /api/v1/tasks/" in out.lower()
     # curl -w prints the code right after the previous command's body, which has no trailing newline.
     assert re.search(r"(^|[}\]])200$", out, re.M), "a repeated idempotency key answers 200"

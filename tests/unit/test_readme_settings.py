@@ -1,4 +1,4 @@
-"""The README's settings table is the code's settings, with the same defaults."""
+"""The settings table of docs/configuration.md is the code's settings, with the same defaults."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from taskproc.config import Settings
 
 from support import ROOT
 
+SETTINGS_PAGE = ROOT / "docs" / "configuration.md"
 
-def _readme_settings() -> dict[str, str]:
-    rows = re.findall(r"^\| `(TASKPROC_[A-Z_]+)` \| (.+?) \| .+ \|$", (ROOT / "README.md").read_text(), re.M)
+
+def _documented_settings() -> dict[str, str]:
+    rows = re.findall(r"^\| `(TASKPROC_[A-Z_]+)` \| (.+?) \| .+ \|$", SETTINGS_PAGE.read_text(), re.M)
     return dict(rows)
 
 
 def test_every_setting_is_documented_with_its_default() -> None:
-    documented = _readme_settings()
+    documented = _documented_settings()
     expected: dict[str, str] = {}
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)

@@ -21,7 +21,7 @@ def create_engine(
     return create_async_engine(
         settings.sqlalchemy_url,
         pool_size=pool_size or settings.db_pool_size,
-        # As many again on demand: the "2 x" of the connection budget (README, "Postgres connections").
+        # As many again on demand: the "2 x" of the connection budget (docs/configuration.md, "Postgres connections").
         max_overflow=(pool_size or settings.db_pool_size) if max_overflow is None else max_overflow,
         pool_timeout=timeout,
         pool_pre_ping=pre_ping,

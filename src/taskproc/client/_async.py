@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -213,7 +213,7 @@ class AsyncTaskprocClient:
         last_event_id: int | None = None,
         reconnect: bool = True,
         read_timeout: float = _base.STREAM_READ_TIMEOUT_S,
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Task state changes as they happen (GET /api/v1/events), as `TaskChange`, `Ready` and `Reset`.
 
         With `last_event_id`, the events after it are replayed first. With `reconnect` (the default) a broken

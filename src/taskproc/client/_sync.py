@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -211,7 +211,7 @@ class TaskprocClient:
         last_event_id: int | None = None,
         reconnect: bool = True,
         read_timeout: float = _base.STREAM_READ_TIMEOUT_S,
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         """Task state changes as they happen (GET /api/v1/events), as `TaskChange`, `Ready` and `Reset`.
 
         With `last_event_id`, the events after it are replayed first. With `reconnect` (the default) a broken

@@ -42,6 +42,8 @@ class WaitTimeoutError(TaskprocClientError, TimeoutError):
 class APIStatusError(TaskprocClientError):
     """The API answered with an error status; `status_code`, the server's `detail`, and the `response`."""
 
+    detail: Any  # a message (str), or a list of validation errors (dicts with loc, msg, type)
+
     def __init__(self, response: httpx.Response, detail: Any) -> None:
         super().__init__(detail)
         self.detail = detail

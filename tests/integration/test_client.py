@@ -4,13 +4,15 @@ streams, waiting and disconnects (ASGITransport buffers whole responses, so it c
 
 from __future__ import annotations
 
+import io
+import re
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing, asynccontextmanager, redirect_stdout
 from dataclasses import dataclass
 
 import httpx
@@ -41,7 +43,7 @@ from taskproc.embedded import free_port
 from taskproc.errors import TaskprocError
 
 from conftest import StackFactory
-from support import Servers, Stack, wait_for
+from support import ROOT, Servers, Stack, wait_for
 
 # ---- in process ---------------------------------------------------------------------------------------------
 
@@ -432,3 +434,31 @@ async def test_async_wait_and_events(stack: Stack) -> None:
             await client.wait(slow.id, timeout=1)
         await client.cancel(slow.id)
         assert (await client.wait(slow.id, timeout=10)).status is TaskStatus.canceled
+
+
+# ---- docs/client.md ------------------------------------------------------------------------------------------
+
+
+def test_docs_examples_run_as_printed(stack: Stack) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "client.md").read_text(), re.S)
+    assert len(blocks) >= 8
+    printed = io.StringIO()
+    for number, block in enumerate(blocks, 1):
+        code = compile(block.replace("http://127.0.0.1:8000", stack.url), f"docs/client.md block {number}", "exec")
+        with redirect_stdout(printed):
+            exec(code, {"__name__": f"docs_client_{number}"})
+    out = printed.getvalue()
+    # What the comments next to the prints say.
+    for expected in (
+        "pending\ncompleted {'sum': 3}\n",
+        "True\n['add', 'sleep']\n",
+        "{'sum': 7}\n['pending', 'running', 'completed']\n",
+        "high\ncanceled\n409 task ",
+        "\npending\ncompleted\n",
+        "pending\nrunning\ncompleted\n['pending', 'running', 'completed']\n",
+        "[0, 2, 4]\nTrue\nreplayed up to completed\n",
+        "[['body', 'payload', 'b']]\n404\n",
+        "2 True\n",
+    ):
+        assert expected in out, (expected, out)
+    assert "already canceled" in out

@@ -4,6 +4,7 @@ streams, waiting and disconnects (ASGITransport buffers whole responses, so it c
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, asynccontextmanager, redirect_stdout
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from taskproc.client import (
     TaskPublic,
     TaskStatus,
     UnauthorizedError,
+    UnavailableError,
     WaitTimeoutError,
 )
 from taskproc.config import Settings
@@ -54,7 +56,8 @@ class Db:
     redis_url: str
 
     def settings(self, **overrides: object) -> Settings:
-        return Settings(database_url=self.db_url, redis_url=self.redis_url, api_maintenance=False, **overrides)  # type: ignore[arg-type]
+        fields: dict[str, object] = {"database_url": self.db_url, "redis_url": self.redis_url, "api_maintenance": False}
+        return Settings(**{**fields, **overrides})  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -219,6 +222,77 @@ async def test_async_api_key(db: Db) -> None:
         assert (await keyed.stats()).tasks.total == 0
 
 
+class CountingAsync(httpx.AsyncBaseTransport):
+    """Passes requests on, noting each one: how many attempts a call made."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.sent: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(f"{request.method} {request.url.path}")
+        return await self.inner.handle_async_request(request)
+
+
+async def test_async_503_is_retried_for_calls_safe_to_repeat_only(db: Db) -> None:
+    # A real 503: the API in this process, with its database on a port where nothing listens.
+    settings = db.settings(database_url=f"postgresql+psycopg://taskproc@127.0.0.1:{free_port()}/nowhere")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = CountingAsync(httpx.ASGITransport(app=app))
+        async with AsyncTaskprocClient("http://api", transport=transport, retries=1) as client:
+            started = time.monotonic()
+            with pytest.raises(UnavailableError) as unavailable:
+                await client.stats()
+            assert transport.sent == ["GET /api/v1/stats"] * 2
+            assert time.monotonic() - started >= 2, "the retry waited for Retry-After"
+            assert unavailable.value.status_code == 503 and "database unavailable" in str(unavailable.value)
+
+            one = {"a": 1, "b": 1}
+            not_safe = [
+                client.submit("add", {"a": 1, "b": 1}),
+                client.cancel(uuid.uuid4()),
+                client.retry(uuid.uuid4()),
+                client.delete(uuid.uuid4()),
+                client.submit_many(
+                    [{"type": "add", "payload": one}, {"type": "add", "payload": one, "idempotency_key": "k"}]
+                ),
+            ]
+            for call in not_safe:
+                transport.sent.clear()
+                with pytest.raises(UnavailableError):
+                    await call
+                assert len(transport.sent) == 1, transport.sent
+
+            transport.sent.clear()
+            with pytest.raises(UnavailableError):
+                await client.submit("add", {"a": 1, "b": 1}, idempotency_key="safe")
+            assert transport.sent == ["POST /api/v1/tasks"] * 2, "with a key, a submit is safe to repeat"
+
+
+class CountingSync(httpx.BaseTransport):
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.sent = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent += 1
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_sync_connection_refused_is_retried_even_for_cancel() -> None:
+    transport = CountingSync()
+    with (
+        TaskprocClient(f"http://127.0.0.1:{free_port()}", retries=2, transport=transport) as client,
+        pytest.raises(APIConnectionError, match="cannot reach the API"),
+    ):
+        client.cancel(uuid.uuid4())
+    assert transport.sent == 3, "refused: nothing was sent, so even a cancel is safe to repeat"
+
+
 # ---- against a running API and workers ----------------------------------------------------------------------
 
 
@@ -373,43 +447,65 @@ def test_sync_events_replay_and_live(client: TaskprocClient, stack: Stack) -> No
     assert statuses == ["pending", "running", "completed"]
 
 
-def test_sync_events_resume_after_the_api_restarts(stack_factory: StackFactory) -> None:
+def test_events_resume_after_the_api_restarts_sync_and_async(stack_factory: StackFactory) -> None:
     with stack_factory(workers=1) as stack, TaskprocClient(stack.url) as client:
-        received: list[StreamEvent] = []
+        received: dict[str, list[StreamEvent]] = {"sync": [], "async": []}
         failed: list[BaseException] = []
         stop = threading.Event()
 
-        def consume() -> None:
-            try:
-                for event in client.events(last_event_id=0):
-                    received.append(event)
+        def consume_sync() -> None:
+            with TaskprocClient(stack.url) as mine:
+                for event in mine.events(last_event_id=0):
+                    received["sync"].append(event)
                     if stop.is_set():
                         return
+
+        async def consume_async() -> None:
+            async with AsyncTaskprocClient(stack.url) as mine, aclosing(mine.events(last_event_id=0)) as events:
+                async for event in events:
+                    received["async"].append(event)
+                    if stop.is_set():
+                        return
+
+        def run(target: Callable[[], object]) -> None:
+            try:
+                target()
             except BaseException as exc:  # the test reports it
                 failed.append(exc)
 
-        reader = threading.Thread(target=consume, daemon=True)
+        readers = [
+            threading.Thread(target=run, args=(consume_sync,), daemon=True),
+            threading.Thread(target=run, args=(lambda: asyncio.run(consume_async()),), daemon=True),
+        ]
         task = client.submit("sleep", {"duration_ms": 2500})
-        reader.start()
+        for reader in readers:
+            reader.start()
 
-        def changes() -> list[str]:
+        def changes(kind: str) -> list[str]:
             assert not failed, failed
-            return [e.status for e in received if isinstance(e, TaskChange) and e.task_id == task.id]
+            return [e.status for e in received[kind] if isinstance(e, TaskChange) and e.task_id == task.id]
 
-        wait_for(lambda: changes() == ["pending", "running"], what="pending and running on the stream")
+        for kind in received:
+            wait_for(lambda: changes(kind) == ["pending", "running"], what=f"pending and running ({kind})")  # noqa: B023
         assert stack.api is not None
         stack.api.stop()
         # The task completes while no API runs: its event is in the database only.
         wait_for(lambda: stack.sql("SELECT status FROM task WHERE id = %s", (task.id,)) == [("completed",)])
         stack.start_api()
         stack.wait_ready()
-        wait_for(lambda: changes() == ["pending", "running", "completed"], what="the missed event after resuming")
-        ids = [e.id for e in received if isinstance(e, TaskChange)]
-        assert ids == sorted(set(ids)), "nothing twice, in order"
+        for kind in received:
+            wait_for(
+                lambda: changes(kind) == ["pending", "running", "completed"],  # noqa: B023
+                what=f"the missed event after resuming ({kind})",
+            )
+            ids = [e.id for e in received[kind] if isinstance(e, TaskChange)]
+            assert ids == sorted(set(ids)), f"nothing twice, in order ({kind})"
         stop.set()
-        client.submit("add", {"a": 1, "b": 1})  # one more event, so the reader sees `stop`
-        reader.join(timeout=30)
-        assert not reader.is_alive() and not failed, failed
+        client.submit("add", {"a": 1, "b": 1})  # one more event, so the readers see `stop`
+        for reader in readers:
+            reader.join(timeout=30)
+            assert not reader.is_alive()
+        assert not failed, failed
 
 
 async def test_async_wait_and_events(stack: Stack) -> None:

@@ -532,7 +532,8 @@ def watch(
     api_key: ApiKey = None,
     json_out: JsonOut = False,
 ) -> None:
-    """A live table of stats and the newest tasks; with --json, every task event as one JSON line. Ctrl-C ends."""
+    """A live table of stats and the newest tasks (piped: each refresh printed in turn); with --json, every task
+    event as one JSON line. Ctrl-C ends."""
     # SIGTERM ends it as cleanly as Ctrl-C (exit 0), e.g. under `timeout` or a process supervisor.
     signal.signal(signal.SIGTERM, _interrupt)
     with client_for(api_url, api_key) as client:

@@ -1,7 +1,8 @@
 """Client commands of `taskproc`: submit, get, list, cancel, retry, delete, stats and watch, over the REST API.
 
-They talk to a running API (`--api-url`, env TASKPROC_API_URL) with httpx, optionally with a key (`--api-key`,
-env TASKPROC_API_KEY), and print for people with rich, or JSON for scripts with `--json`.
+A thin layer over the SDK (`taskproc.client`): they talk to a running API (`--api-url`, env TASKPROC_API_URL),
+optionally with a key (`--api-key`, env TASKPROC_API_KEY), and print for people with rich, or JSON for scripts
+with `--json` (the API's own JSON: the SDK's models dumped as they came).
 
 Exit codes: 0 success (with `--wait`: the task completed), 1 the task failed or was canceled, 2 bad usage,
 3 the API answered with an error, 4 the API could not be reached, 5 `--wait-timeout` expired.
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from pydantic import BaseModel
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
@@ -34,6 +36,19 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from taskproc.client import (
+    APIConnectionError,
+    APIStatusError,
+    Reset,
+    Stats,
+    TaskChange,
+    TaskEventPublic,
+    TaskprocClient,
+    TaskprocClientError,
+    TaskPublic,
+    TaskTypePublic,
+    WaitTimeoutError,
+)
 from taskproc.models import Priority, TaskStatus
 
 EXIT_OK = 0
@@ -42,7 +57,6 @@ EXIT_API = 3
 EXIT_CONNECT = 4
 EXIT_TIMEOUT = 5
 
-TERMINAL = frozenset({"completed", "failed", "canceled"})
 STATUS_STYLE = {
     "pending": "grey62",
     "running": "bold blue",
@@ -91,129 +105,44 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+# ---- the SDK, with errors as exit codes -----------------------------------------------------------------------
+
+
 class CliError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
 
 
-# ---- HTTP ---------------------------------------------------------------------------------------------------
+def cli_error(exc: TaskprocClientError) -> CliError:
+    """The message and exit code for an SDK error."""
+    if isinstance(exc, APIStatusError):
+        hint = " (pass --api-key or set TASKPROC_API_KEY)" if exc.status_code == 401 else ""
+        return CliError(f"{exc}{hint}", EXIT_API)
+    if isinstance(exc, APIConnectionError):
+        return CliError(str(exc), EXIT_CONNECT)
+    return CliError(str(exc), EXIT_API)
 
 
-def _api_error(response: httpx.Response) -> CliError:
+def make_client(api_url: str, api_key: str | None) -> TaskprocClient:
     try:
-        detail: Any = response.json().get("detail")
-    except (ValueError, AttributeError):
-        detail = response.text[:300] or None
-    if isinstance(detail, list):
-        lines = []
-        for item in detail:
-            loc = [str(p) for p in item.get("loc", []) if p not in ("body", "query")]
-            lines.append(f"  {'.'.join(loc)}: {item.get('msg', '')}" if loc else f"  {item.get('msg', '')}")
-        message = "invalid input:\n" + "\n".join(lines)
-    else:
-        message = str(detail) if detail else response.reason_phrase
-    if response.status_code == 401:
-        message += " (pass --api-key or set TASKPROC_API_KEY)"
-    return CliError(f"{response.status_code} {response.reason_phrase}: {message}", EXIT_API)
-
-
-class Client:
-    """A thin httpx client for /api/v1 that turns every failure into a CliError with the right exit code."""
-
-    def __init__(self, url: str, key: str | None, *, timeout: float = 15.0) -> None:
-        self.url = url.rstrip("/")
-        self.key = key
-        headers = {"Accept": "application/json", "User-Agent": "taskproc-cli"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        try:
-            self.http = httpx.Client(base_url=self.url + "/api/v1", headers=headers, timeout=timeout)
-        except (httpx.InvalidURL, ValueError) as exc:
-            raise CliError(f"invalid --api-url {url!r}: {exc}", 2) from None
-
-    def close(self) -> None:
-        self.http.close()
-
-    def _connect_error(self, exc: Exception) -> CliError:
-        if isinstance(exc, httpx.TimeoutException):
-            return CliError(f"the API at {self.url} did not answer in time", EXIT_CONNECT)
-        reason = str(exc) or type(exc).__name__
-        return CliError(f"cannot reach the API at {self.url}: {reason}", EXIT_CONNECT)
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except (httpx.TransportError, httpx.InvalidURL) as exc:
-            raise self._connect_error(exc) from None
-        if response.status_code >= 400:
-            raise _api_error(response)
-        if response.status_code == 204 or not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError:
-            raise CliError(
-                f"the server at {self.url} did not answer with JSON; is --api-url right?", EXIT_API
-            ) from None
-
-    def events(
-        self, *, task_id: str | None = None, last_event_id: str | None = None, read_timeout: float = 40.0
-    ) -> Iterator[tuple[str, Any, str | None]]:
-        """(event, data, id) for each Server-Sent Event of /api/v1/events; returns when the stream ends."""
-        params = {"task_id": task_id} if task_id else {}
-        headers = {"Accept": "text/event-stream"}
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = last_event_id
-        timeout = httpx.Timeout(10.0, read=read_timeout)
-        try:
-            with self.http.stream("GET", "/events", params=params, headers=headers, timeout=timeout) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise _api_error(response)
-                yield from parse_sse(response.iter_lines())
-        except (httpx.TransportError, httpx.InvalidURL) as exc:
-            raise self._connect_error(exc) from None
-
-
-def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, Any, str | None]]:
-    """The text/event-stream format: fields per line, a blank line ends a message; `data` is JSON here."""
-    data: list[str] = []
-    event = ""
-    last_id: str | None = None
-    for line in lines:
-        if line == "":
-            if data:
-                raw = "\n".join(data)
-                try:
-                    value: Any = json.loads(raw)
-                except ValueError:
-                    value = raw
-                yield event or "message", value, last_id
-            data, event = [], ""
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value_text = line.partition(":")
-        value_text = value_text.removeprefix(" ")
-        if name == "data":
-            data.append(value_text)
-        elif name == "event":
-            event = value_text
-        elif name == "id" and "\0" not in value_text:
-            last_id = value_text
+        # The key as given: an empty --api-key means none, not "fall back to the environment".
+        return TaskprocClient(api_url, api_key=api_key or "", headers={"User-Agent": "taskproc-cli"})
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise CliError(f"invalid --api-url {api_url!r}: {exc}", 2) from None
 
 
 @contextmanager
-def client_for(api_url: str, api_key: str | None) -> Iterator[Client]:
+def client_for(api_url: str, api_key: str | None) -> Iterator[TaskprocClient]:
     """A client whose errors end the command with a clean message and the matching exit code."""
-    client: Client | None = None
+    client: TaskprocClient | None = None
     try:
-        client = Client(api_url, api_key)
+        client = make_client(api_url, api_key)
         yield client
-    except CliError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(exc.code) from None
+    except (CliError, TaskprocClientError) as exc:
+        failure = exc if isinstance(exc, CliError) else cli_error(exc)
+        err.print(f"[red]error:[/red] {escape(str(failure))}")
+        raise typer.Exit(failure.code) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     finally:
@@ -230,14 +159,14 @@ def emit_json(value: Any, *, compact: bool = False) -> None:
     sys.stdout.flush()
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+def dump(value: BaseModel | Sequence[BaseModel]) -> Any:
+    """A model (or a list of them) as the API's JSON."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return [item.model_dump(mode="json") for item in value]
 
 
-def fmt_time(value: str | None) -> str:
-    at = _parse_time(value)
+def fmt_time(at: datetime | None) -> str:
     if at is None:
         return ""
     local = at.astimezone()
@@ -258,18 +187,17 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{minutes // 60} h {minutes % 60} m"
 
 
-def task_duration(task: dict[str, Any]) -> float | None:
-    started, finished = _parse_time(task.get("started_at")), _parse_time(task.get("finished_at"))
-    if started is None or finished is None:
+def task_duration(task: TaskPublic) -> float | None:
+    if task.started_at is None or task.finished_at is None:
         return None
-    return (finished - started).total_seconds()
+    return (task.finished_at - task.started_at).total_seconds()
 
 
 def status_text(status: str) -> Text:
     return Text(status, style=STATUS_STYLE.get(status, ""))
 
 
-def tasks_table(tasks: list[dict[str, Any]], *, title: str | None = None, short_ids: bool = False) -> Table:
+def tasks_table(tasks: Sequence[TaskPublic], *, title: str | None = None, short_ids: bool = False) -> Table:
     """One row per task. Below ~110 columns the timing columns give way, so full ids are never cut."""
     wide = out.width >= 110 or short_ids
     table = Table(
@@ -285,73 +213,73 @@ def tasks_table(tasks: list[dict[str, Any]], *, title: str | None = None, short_
         table.add_column("DURATION", justify="right", no_wrap=True)
     for t in tasks:
         cells: list[str | Text] = [
-            t["id"][:8] if short_ids else t["id"],
-            escape(t["type"]),
-            status_text(t["status"]),
-            Text(t["priority"], style=PRIORITY_STYLE.get(t["priority"], "")),
-            f"{t['attempts']}/{t['max_retries'] + 1}",
+            str(t.id)[:8] if short_ids else str(t.id),
+            escape(t.type),
+            status_text(t.status),
+            Text(t.priority, style=PRIORITY_STYLE.get(t.priority, "")),
+            f"{t.attempts}/{t.max_retries + 1}",
         ]
         if wide:
             cells += [
-                fmt_time(t.get("created_at")),
-                "…" if t["status"] == "running" else fmt_duration(task_duration(t)),
+                fmt_time(t.created_at),
+                "…" if t.status == "running" else fmt_duration(task_duration(t)),
             ]
         table.add_row(*cells)
     return table
 
 
-def stats_table(stats: dict[str, Any]) -> Table:
+def stats_table(stats: Stats) -> Table:
     table = Table.grid(padding=(0, 3))
     for _ in range(len(STATUSES) + 1):
         table.add_column(justify="right")
     table.add_row(*(Text(s, style=STATUS_STYLE[s]) for s in STATUSES), Text("total", style="bold"))
-    table.add_row(*(str(stats["tasks"][s]) for s in STATUSES), str(stats["tasks"]["total"]))
+    table.add_row(*(str(getattr(stats.tasks, s)) for s in STATUSES), str(stats.tasks.total))
     return table
 
 
-def stats_line(stats: dict[str, Any]) -> Text:
-    q = stats["queue"]
+def stats_line(stats: Stats) -> Text:
+    q = stats.queue
     line = Text()
     line.append("queue ", style="bold")
-    line.append(f"high {q['high']} · normal {q['normal']} · low {q['low']}")
+    line.append(f"high {q.high} · normal {q.normal} · low {q.low}")
     line.append("   workers ", style="bold")
-    line.append(str(stats["workers"]), style="red" if stats["workers"] == 0 else "green")
+    line.append(str(stats.workers), style="red" if stats.workers == 0 else "green")
     line.append("   retries scheduled ", style="bold")
-    line.append(str(stats["retried_total"]))
-    # Absent from APIs older than migration 0003.
-    if stats.get("waiting_no_worker"):
+    line.append(str(stats.retried_total))
+    # 0 also from APIs older than migration 0003, which do not send it.
+    if stats.waiting_no_worker:
         line.append("   waiting for a worker that serves their type ", style="bold")
-        line.append(str(stats["waiting_no_worker"]), style="red")
+        line.append(str(stats.waiting_no_worker), style="red")
     return line
 
 
-def show_task(task: dict[str, Any], events: list[dict[str, Any]] | None) -> None:
+def show_task(task: TaskPublic, events: Sequence[TaskEventPublic] | None) -> None:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
-    facts.add_row("id", task["id"])
-    facts.add_row("type", escape(task["type"]))
-    facts.add_row("status", status_text(task["status"]))
-    facts.add_row("priority", Text(task["priority"], style=PRIORITY_STYLE.get(task["priority"], "")))
-    facts.add_row("attempts", f"{task['attempts']} of {task['max_retries'] + 1}")
-    facts.add_row("timeout", f"{task['timeout_s']} s per attempt")
-    facts.add_row("created", fmt_time(task["created_at"]))
-    if task.get("started_at"):
-        facts.add_row("started", fmt_time(task["started_at"]))
-    if task.get("finished_at"):
-        facts.add_row("finished", fmt_time(task["finished_at"]))
+    facts.add_row("id", str(task.id))
+    facts.add_row("type", escape(task.type))
+    facts.add_row("status", status_text(task.status))
+    facts.add_row("priority", Text(task.priority, style=PRIORITY_STYLE.get(task.priority, "")))
+    facts.add_row("attempts", f"{task.attempts} of {task.max_retries + 1}")
+    facts.add_row("timeout", f"{task.timeout_s} s per attempt")
+    facts.add_row("created", fmt_time(task.created_at))
+    if task.started_at:
+        facts.add_row("started", fmt_time(task.started_at))
+    if task.finished_at:
+        facts.add_row("finished", fmt_time(task.finished_at))
         facts.add_row("duration", fmt_duration(task_duration(task)))
-    if task.get("idempotency_key"):
-        facts.add_row("idempotency key", escape(task["idempotency_key"]))
+    if task.idempotency_key:
+        facts.add_row("idempotency key", escape(task.idempotency_key))
     out.print(facts)
     out.print(Text("payload", style="bold"))
-    out.print(Syntax(json.dumps(task["payload"], indent=2), "json", background_color="default"))
-    if task.get("result") is not None:
+    out.print(Syntax(json.dumps(task.payload, indent=2), "json", background_color="default"))
+    if task.result is not None:
         out.print(Text("result", style="bold green"))
-        out.print(Syntax(json.dumps(task["result"], indent=2), "json", background_color="default"))
-    if task.get("error"):
+        out.print(Syntax(json.dumps(task.result, indent=2), "json", background_color="default"))
+    if task.error:
         out.print(Text("error", style="bold red"))
-        out.print(Text(task["error"], style="red"))
+        out.print(Text(task.error, style="red"))
     if events:
         timeline = Table(
             title="events",
@@ -366,9 +294,7 @@ def show_task(task: dict[str, Any], events: list[dict[str, Any]] | None) -> None
         timeline.add_column("ATTEMPT", justify="right")
         timeline.add_column("DETAIL")
         for ev in events:
-            timeline.add_row(
-                fmt_time(ev["at"]), status_text(ev["status"]), str(ev["attempt"]), escape(ev["detail"] or "")
-            )
+            timeline.add_row(fmt_time(ev.at), status_text(ev.status), str(ev.attempt), escape(ev.detail or ""))
         out.print(timeline)
 
 
@@ -392,54 +318,6 @@ def read_payload(value: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise typer.BadParameter("must be a JSON object, e.g. '{\"a\": 1}'", param_hint="--payload")
     return payload
-
-
-# ---- waiting for a task -------------------------------------------------------------------------------------
-
-
-class WaitTimeoutError(Exception):
-    def __init__(self, task: dict[str, Any]) -> None:
-        super().__init__(task["status"])
-        self.task = task
-
-
-def wait_for_task(
-    client: Client, task_id: str, *, timeout_s: float | None, on_update: Callable[[dict[str, Any]], None]
-) -> dict[str, Any]:
-    """Follow the task's events until it ends; the final task. Falls back to polling if the stream breaks."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    task: dict[str, Any] = client.request("GET", f"/tasks/{task_id}")
-    on_update(task)
-
-    def remaining() -> float:
-        return 40.0 if deadline is None else max(0.0, deadline - time.monotonic())
-
-    while task["status"] not in TERMINAL:
-        if remaining() <= 0:
-            raise WaitTimeoutError(task)
-        try:
-            # Subscribed once `ready` arrives: read the state then, so nothing can slip in between.
-            for event, data, _ in client.events(task_id=task_id, read_timeout=min(20.0, remaining()) + 0.5):
-                if event == "ready" or (event == "task" and isinstance(data, dict)):
-                    if event == "task" and data.get("task_status") not in TERMINAL:
-                        task = {**task, "status": data["task_status"], "attempts": data["task_attempts"]}
-                    else:
-                        task = client.request("GET", f"/tasks/{task_id}")
-                    on_update(task)
-                    if task["status"] in TERMINAL:
-                        return task
-                if remaining() <= 0:
-                    raise WaitTimeoutError(task)
-        except CliError as exc:
-            if exc.code != EXIT_CONNECT:
-                raise
-            if remaining() <= 0:
-                raise WaitTimeoutError(task) from None
-        # The stream ended or timed out (server restart, long silence): look, then listen again.
-        time.sleep(min(0.5, remaining()))
-        task = client.request("GET", f"/tasks/{task_id}")
-        on_update(task)
-    return task
 
 
 # ---- commands -----------------------------------------------------------------------------------------------
@@ -466,31 +344,34 @@ def submit(
     json_out: JsonOut = False,
 ) -> None:
     """Submit a task; with --wait, follow it live until it ends."""
-    body: dict[str, Any] = {"type": type_, "priority": priority.value, "payload": read_payload(payload)}
-    for name, value in (("max_retries", max_retries), ("timeout_s", timeout), ("delay_s", delay)):
-        if value is not None:
-            body[name] = value
-    if idempotency_key is not None:
-        body["idempotency_key"] = idempotency_key
+    body = read_payload(payload)
     with client_for(api_url, api_key) as client:
-        task: dict[str, Any] = client.request("POST", "/tasks", json=body)
+        task = client.submit(
+            type_,
+            body,
+            priority=priority,
+            max_retries=max_retries,
+            timeout_s=timeout,
+            delay_s=delay,
+            idempotency_key=idempotency_key,
+        )
         if not wait:
             if json_out:
-                emit_json(task)
+                emit_json(dump(task))
             else:
                 out.print(
-                    f"[green]✓[/green] submitted [bold]{escape(task['type'])}[/bold] {task['id']} "
-                    f"(priority {task['priority']}, {task['status']})"
+                    f"[green]✓[/green] submitted [bold]{escape(task.type)}[/bold] {task.id} "
+                    f"(priority {task.priority}, {task.status})"
                 )
             return
         if not json_out:
-            err.print(f"submitted [bold]{escape(task['type'])}[/bold] {task['id']}")
+            err.print(f"submitted [bold]{escape(task.type)}[/bold] {task.id}")
         final = _wait_with_display(client, task, timeout_s=wait_timeout, show=not json_out and err.is_terminal)
         _report_final(final, json_out)
 
 
-def _wait_with_display(client: Client, task: dict[str, Any], *, timeout_s: float | None, show: bool) -> dict[str, Any]:
-    label = f"{escape(task['type'])} {task['id'][:8]}"
+def _wait_with_display(client: TaskprocClient, task: TaskPublic, *, timeout_s: float | None, show: bool) -> TaskPublic:
+    label = f"{escape(task.type)} {str(task.id)[:8]}"
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -500,42 +381,35 @@ def _wait_with_display(client: Client, task: dict[str, Any], *, timeout_s: float
         disable=not show,
     )
 
-    def describe(t: dict[str, Any]) -> str:
-        style = STATUS_STYLE.get(t["status"], "")
-        attempt = f" · attempt {t['attempts']}/{t['max_retries'] + 1}" if t["attempts"] else ""
-        return f"{label} [{style}]{t['status']}[/]{attempt}"
+    def describe(t: TaskPublic) -> str:
+        style = STATUS_STYLE.get(t.status, "")
+        attempt = f" · attempt {t.attempts}/{t.max_retries + 1}" if t.attempts else ""
+        return f"{label} [{style}]{t.status}[/]{attempt}"
 
     with progress:
         bar = progress.add_task(describe(task), total=None)
         try:
-            return wait_for_task(
-                client,
-                task["id"],
-                timeout_s=timeout_s,
-                on_update=lambda t: progress.update(bar, description=describe(t)),
-            )
+            return client.wait(task.id, timeout_s, on_update=lambda t: progress.update(bar, description=describe(t)))
         except WaitTimeoutError as exc:
             progress.stop()
-            err.print(f"[red]error:[/red] task {task['id']} is still {exc.task['status']} after {timeout_s} s")
+            err.print(f"[red]error:[/red] task {task.id} is still {exc.task.status} after {timeout_s} s")
             raise typer.Exit(EXIT_TIMEOUT) from None
 
 
-def _report_final(task: dict[str, Any], json_out: bool) -> None:
+def _report_final(task: TaskPublic, json_out: bool) -> None:
     if json_out:
-        emit_json(task)
-    elif task["status"] == "completed":
+        emit_json(dump(task))
+    elif task.status == "completed":
         out.print(
-            f"[green]✓ completed[/green] {escape(task['type'])} {task['id']} "
-            f"in {fmt_duration(task_duration(task))} (attempt {task['attempts']})"
+            f"[green]✓ completed[/green] {escape(task.type)} {task.id} "
+            f"in {fmt_duration(task_duration(task))} (attempt {task.attempts})"
         )
-        out.print(Syntax(json.dumps(task["result"], indent=2), "json", background_color="default"))
+        out.print(Syntax(json.dumps(task.result, indent=2), "json", background_color="default"))
     else:
-        out.print(
-            f"[red]✗ {task['status']}[/red] {escape(task['type'])} {task['id']} after {task['attempts']} attempt(s)"
-        )
-        if task.get("error"):
-            out.print(Text(task["error"], style="red"))
-    if task["status"] != "completed":
+        out.print(f"[red]✗ {task.status}[/red] {escape(task.type)} {task.id} after {task.attempts} attempt(s)")
+        if task.error:
+            out.print(Text(task.error, style="red"))
+    if task.status != "completed":
         raise typer.Exit(EXIT_TASK)
 
 
@@ -548,12 +422,12 @@ def get(
 ) -> None:
     """Show a task: state, payload, result or error, and its event timeline."""
     with client_for(api_url, api_key) as client:
-        task: dict[str, Any] = client.request("GET", f"/tasks/{task_id}")
-        history: list[dict[str, Any]] | None = None
+        task = client.get(task_id)
+        history: list[TaskEventPublic] | None = None
         if events or not json_out:
-            history = client.request("GET", f"/tasks/{task_id}/events")
+            history = client.history(task_id)
         if json_out:
-            emit_json({**task, "events": history} if events else task)
+            emit_json({**dump(task), "events": dump(history or [])} if events else dump(task))
         else:
             show_task(task, history)
 
@@ -570,26 +444,18 @@ def list_(
     json_out: JsonOut = False,
 ) -> None:
     """List tasks, newest first (one page, or every page with --all)."""
-    params: dict[str, Any] = {"limit": limit}
-    if status:
-        params["status"] = status.value
-    if type_:
-        params["type"] = type_
-    if priority:
-        params["priority"] = priority.value
     with client_for(api_url, api_key) as client:
-        items: list[dict[str, Any]] = []
+        items: list[TaskPublic] = []
         next_cursor = cursor
+        # Page by page rather than client.list(): the last cursor is part of the output.
         while True:
-            page = client.request(
-                "GET", "/tasks", params={**params, **({"cursor": next_cursor} if next_cursor else {})}
-            )
-            items.extend(page["items"])
-            next_cursor = page["next_cursor"]
+            page = client.page(status=status, type=type_, priority=priority, limit=limit, cursor=next_cursor)
+            items.extend(page.items)
+            next_cursor = page.next_cursor
             if not all_ or not next_cursor:
                 break
         if json_out:
-            emit_json({"items": items, "next_cursor": next_cursor})
+            emit_json({"items": dump(items), "next_cursor": next_cursor})
             return
         if not items:
             out.print("no tasks")
@@ -599,7 +465,7 @@ def list_(
             err.print(f"[dim]more: --cursor {next_cursor}  (or --all)[/dim]")
 
 
-def _action(method: str, path: str, verb: str) -> Callable[..., None]:
+def _action(call: Callable[[TaskprocClient, str], TaskPublic | None], verb: str) -> Callable[..., None]:
     def command(
         task_id: TaskIdArg,
         api_url: ApiUrl = DEFAULT_URL,
@@ -607,18 +473,18 @@ def _action(method: str, path: str, verb: str) -> Callable[..., None]:
         json_out: JsonOut = False,
     ) -> None:
         with client_for(api_url, api_key) as client:
-            task = client.request(method, path.format(id=task_id))
+            task = call(client, task_id)
         if json_out:
-            emit_json(task if task is not None else {"id": task_id, "deleted": True})
+            emit_json(dump(task) if task is not None else {"id": task_id, "deleted": True})
         elif task is None:
             out.print(f"[green]✓[/green] {verb} {task_id}")
         else:
             shown, note = verb, ""
-            if task["status"] == "canceled":
+            if task.status == "canceled":
                 shown = "canceled"
-            elif verb == "cancel requested for" and task["status"] == "running":
+            elif verb == "cancel requested for" and task.status == "running":
                 note = " (it is running; its worker stops it within about a second)"
-            out.print(f"[green]✓[/green] {shown} {task['id']}: now {task['status']}{note}")
+            out.print(f"[green]✓[/green] {shown} {task.id}: now {task.status}{note}")
 
     return command
 
@@ -626,9 +492,9 @@ def _action(method: str, path: str, verb: str) -> Callable[..., None]:
 def stats(api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
     """Counts by status, waiting tasks by priority, live workers."""
     with client_for(api_url, api_key) as client:
-        data = client.request("GET", "/stats")
+        data = client.stats()
     if json_out:
-        emit_json(data)
+        emit_json(dump(data))
         return
     out.print(stats_table(data))
     out.print(stats_line(data))
@@ -637,19 +503,19 @@ def stats(api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonO
 def types(api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
     """The task types the server can run, with their payload fields."""
     with client_for(api_url, api_key) as client:
-        data: list[dict[str, Any]] = client.request("GET", "/task-types")
+        data: list[TaskTypePublic] = client.types()
     if json_out:
-        emit_json(data)
+        emit_json(dump(data))
         return
     table = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     table.add_column("TYPE", style="bold")
     table.add_column("PAYLOAD")
     table.add_column("DESCRIPTION")
     for t in data:
-        schema = t["payload_schema"]
+        schema = t.payload_schema
         required = set(schema.get("required", []))
         fields = ", ".join(f"{name}{'' if name in required else '?'}" for name in schema.get("properties", {}))
-        table.add_row(escape(t["name"]), escape(fields), escape(t["description"]))
+        table.add_row(escape(t.name), escape(fields), escape(t.description))
     out.print(table)
 
 
@@ -660,20 +526,23 @@ def watch(
     limit: Annotated[int, typer.Option(min=1, max=200, help="Rows in the table.")] = 15,
     interval: Annotated[float, typer.Option(min=0.2, help="Refresh at least this often (seconds).")] = 2.0,
     since: Annotated[
-        str | None, typer.Option(help="With --json: replay events after this event id first (Last-Event-ID).")
+        int | None, typer.Option(min=0, help="With --json: replay events after this event id first (Last-Event-ID).")
     ] = None,
     api_url: ApiUrl = DEFAULT_URL,
     api_key: ApiKey = None,
     json_out: JsonOut = False,
 ) -> None:
-    """A live table of stats and the newest tasks; with --json, every task event as one JSON line. Ctrl-C ends."""
+    """A live table of stats and the newest tasks (piped: each refresh printed in turn); with --json, every task
+    event as one JSON line. Ctrl-C ends."""
     # SIGTERM ends it as cleanly as Ctrl-C (exit 0), e.g. under `timeout` or a process supervisor.
     signal.signal(signal.SIGTERM, _interrupt)
     with client_for(api_url, api_key) as client:
         if json_out:
             _watch_events(client, status=status, type_=type_, priority=priority, since=since)
         else:
-            _watch_table(client, status=status, type_=type_, priority=priority, limit=limit, interval=interval)
+            _watch_table(
+                client, api_url, api_key, status=status, type_=type_, priority=priority, limit=limit, interval=interval
+            )
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -681,33 +550,33 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _watch_events(
-    client: Client,
+    client: TaskprocClient,
     *,
     status: StatusChoice | None,
     type_: str | None,
     priority: PriorityChoice | None,
-    since: str | None,
+    since: int | None,
 ) -> None:
     last_id = since
     failures = 0
     try:
         while True:
             try:
-                for event, data, event_id in client.events(last_event_id=last_id):
-                    last_id = event_id if event_id is not None else last_id
+                # The reconnecting is done here rather than by the SDK, to say once that the API is gone.
+                for event in client.events(last_event_id=last_id, reconnect=False):
                     failures = 0
-                    if event == "reset":
-                        err.print(f"[yellow]warning:[/yellow] {escape(str(data.get('reason', 'events were missed')))}")
-                    if event != "task" or not isinstance(data, dict):
+                    if isinstance(event, Reset):
+                        err.print(f"[yellow]warning:[/yellow] {escape(event.reason)}")
                         continue
-                    if (status and data["status"] != status.value) or (type_ and data["type"] != type_):
+                    last_id = event.id
+                    if not isinstance(event, TaskChange):
                         continue
-                    if priority and data["priority"] != priority.value:
+                    if (status and event.status != status) or (type_ and event.type != type_):
                         continue
-                    emit_json(data, compact=True)
-            except CliError as exc:
-                if exc.code != EXIT_CONNECT:
-                    raise
+                    if priority and event.priority != priority:
+                        continue
+                    emit_json(event.model_dump(mode="json", exclude={"kind"}), compact=True)
+            except APIConnectionError as exc:
                 failures += 1
                 if failures == 1:
                     err.print(f"[yellow]warning:[/yellow] {escape(str(exc))}; reconnecting")
@@ -717,7 +586,9 @@ def _watch_events(
 
 
 def _watch_table(
-    client: Client,
+    client: TaskprocClient,
+    api_url: str,
+    api_key: str | None,
     *,
     status: StatusChoice | None,
     type_: str | None,
@@ -725,76 +596,76 @@ def _watch_table(
     limit: int,
     interval: float,
 ) -> None:
-    params: dict[str, Any] = {"limit": limit}
-    if status:
-        params["status"] = status.value
-    if type_:
-        params["type"] = type_
-    if priority:
-        params["priority"] = priority.value
+    filters = {"status": status, "type": type_, "priority": priority}
     changed = threading.Event()
     live_state = {"stream": "connecting"}
     stop = threading.Event()
 
     def listen() -> None:
         # A separate client: httpx clients are not meant to be shared across threads.
-        listener = Client(client.url, client.key)
-        last_id: str | None = None
-        try:
+        with make_client(api_url, api_key) as listener:
+            last_id: int | None = None
             while not stop.is_set():
                 try:
-                    for event, _, event_id in listener.events(last_event_id=last_id):
-                        last_id = event_id if event_id is not None else last_id
+                    for event in listener.events(last_event_id=last_id, reconnect=False):
+                        last_id = event.id if not isinstance(event, Reset) else last_id
                         live_state["stream"] = "live"
-                        if event in ("task", "reset", "ready"):
-                            changed.set()
+                        changed.set()
                         if stop.is_set():
                             return
-                except CliError:
+                except TaskprocClientError:
                     pass
                 live_state["stream"] = "reconnecting"
                 stop.wait(2.0)
-        finally:
-            listener.close()
 
     def render() -> Group:
-        data = client.request("GET", "/stats")
-        page = client.request("GET", "/tasks", params=params)
-        filters = " ".join(f"{k}={v}" for k, v in params.items() if k != "limit")
+        data = client.stats()
+        page = client.page(status=status, type=type_, priority=priority, limit=limit)
+        shown = " ".join(f"{k}={v}" for k, v in filters.items() if v)
         header = Text()
         header.append("taskproc ", style="bold")
-        header.append(client.url, style="dim")
+        header.append(client.base_url, style="dim")
         header.append(f"   {live_state['stream']}", style="green" if live_state["stream"] == "live" else "yellow")
         header.append(f"   {datetime.now().strftime('%H:%M:%S')}", style="dim")
-        title = f"newest {limit} tasks" + (f" ({filters})" if filters else "")
+        title = f"newest {limit} tasks" + (f" ({shown})" if shown else "")
         return Group(
             header,
             Panel(stats_table(data), expand=False),
             stats_line(data),
-            tasks_table(page["items"], title=title, short_ids=out.width < 120),
+            tasks_table(page.items, title=title, short_ids=out.width < 120),
         )
 
     thread = threading.Thread(target=listen, name="taskproc-watch-events", daemon=True)
     thread.start()
     try:
-        last_refresh = time.monotonic()
-        with Live(render(), console=out, auto_refresh=False, redirect_stderr=False) as live:
-            while True:
-                changed.wait(interval)
-                # At most one refresh a second, however many events arrive.
-                time.sleep(max(0.0, last_refresh + 1.0 - time.monotonic()) if changed.is_set() else 0.0)
-                changed.clear()
-                last_refresh = time.monotonic()
-                try:
-                    live.update(render(), refresh=True)
-                except CliError as exc:
-                    if exc.code != EXIT_CONNECT:
-                        raise
-                    live_state["stream"] = "API unreachable"
+        if out.is_terminal:
+            with Live(render(), console=out, auto_refresh=False, redirect_stderr=False) as live:
+                _refresh_loop(lambda: live.update(render(), refresh=True), changed, interval, live_state)
+        else:
+            # Live draws in place on a terminal only; elsewhere it would print once, at exit. Piped, each refresh
+            # is printed in full, one after the other, so a reader sees the state as it changes.
+            out.print(render())
+            _refresh_loop(lambda: out.print(render()), changed, interval, live_state)
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
+
+
+def _refresh_loop(
+    refresh: Callable[[], None], changed: threading.Event, interval: float, live_state: dict[str, str]
+) -> None:
+    last_refresh = time.monotonic()
+    while True:
+        changed.wait(interval)
+        # At most one refresh a second, however many events arrive.
+        time.sleep(max(0.0, last_refresh + 1.0 - time.monotonic()) if changed.is_set() else 0.0)
+        changed.clear()
+        last_refresh = time.monotonic()
+        try:
+            refresh()
+        except APIConnectionError:
+            live_state["stream"] = "API unreachable"
 
 
 def register(app: typer.Typer) -> None:
@@ -804,13 +675,13 @@ def register(app: typer.Typer) -> None:
     app.command(rich_help_panel=panel)(get)
     app.command("list", rich_help_panel=panel)(list_)
     app.command("cancel", rich_help_panel=panel, help="Cancel a task (a running one is stopped by its worker).")(
-        _action("POST", "/tasks/{id}/cancel", "cancel requested for")
+        _action(TaskprocClient.cancel, "cancel requested for")
     )
     app.command("retry", rich_help_panel=panel, help="Run a failed or canceled task again.")(
-        _action("POST", "/tasks/{id}/retry", "retried")
+        _action(TaskprocClient.retry, "retried")
     )
     app.command("delete", rich_help_panel=panel, help="Delete a finished task and its history.")(
-        _action("DELETE", "/tasks/{id}", "deleted")
+        _action(TaskprocClient.delete, "deleted")
     )
     app.command(rich_help_panel=panel)(stats)
     app.command(rich_help_panel=panel)(types)

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -201,10 +202,27 @@ def test_watch_table(stack: Stack) -> None:
     task = stack.submit("add", {"a": 1, "b": 1})
     stack.wait_status(task["id"], "completed")
     proc = start_watch(stack, "--interval", "0.5", "--limit", "5")
-    time.sleep(3)
+    lines: list[str] = []
+    stdout = proc.stdout
+    assert stdout is not None
+    # Piped, watch prints every refresh in full: read them as they come.
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")), daemon=True)
+    reader.start()
+
+    def refreshed_with_the_task() -> bool:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        rows = [line for line in list(lines) if task["id"] in line]
+        return any("completed" in row for row in rows)
+
+    wait_for(refreshed_with_the_task, timeout=30, what="a refresh showing the completed task")
+    # A second refresh, while the first one is on screen: not only the first frame is printed.
+    frames = sum("newest 5 tasks" in line for line in list(lines))
+    wait_for(lambda: sum("newest 5 tasks" in line for line in list(lines)) > frames, timeout=30, what="a refresh")
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=15)
+    _, err = proc.communicate(timeout=15)
+    reader.join(timeout=15)
     assert proc.returncode == 0, err
+    out = "".join(lines)
     assert task["id"] in out and "completed" in out and "workers" in out and "newest 5 tasks" in out
 
 

@@ -1,0 +1,313 @@
+"""`AsyncTaskprocClient`: the asyncio client (httpx.AsyncClient), method for method like `TaskprocClient`."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+import tenacity
+from httpx_sse import SSEError, aconnect_sse
+from pydantic import TypeAdapter
+
+from taskproc.client import _base
+from taskproc.client._base import TaskId
+from taskproc.client.errors import (
+    APIConnectionError,
+    APIStatusError,
+    InvalidResponseError,
+    WaitTimeoutError,
+    transport_error,
+)
+from taskproc.client.stream import Reset, StreamEvent, TaskChange, parse
+from taskproc.models import (
+    TERMINAL,
+    Priority,
+    Stats,
+    TaskBatchPublic,
+    TaskCreate,
+    TaskEventPublic,
+    TaskList,
+    TaskPublic,
+    TaskStatus,
+    TaskTypePublic,
+)
+
+T = TypeVar("T")
+
+_TASK = TypeAdapter(TaskPublic)
+_TASKS = TypeAdapter(TaskBatchPublic)
+_PAGE = TypeAdapter(TaskList)
+_HISTORY = TypeAdapter(builtins.list[TaskEventPublic])
+_STATS = TypeAdapter(Stats)
+_TYPES = TypeAdapter(builtins.list[TaskTypePublic])
+
+
+class AsyncTaskprocClient:
+    """The taskproc REST API from asyncio code. Every method returns the API's own models.
+
+    `base_url` defaults to $TASKPROC_API_URL, then http://127.0.0.1:8000; `api_key` to $TASKPROC_API_KEY.
+    Calls that are safe to repeat are retried `retries` times on 503 and broken connections; the others only
+    when the request never left (connection refused). Use it with `async with`, or call `aclose()`.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = _base.DEFAULT_TIMEOUT_S,
+        retries: int = _base.DEFAULT_RETRIES,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = _base.resolve_base_url(base_url)
+        self.retries = retries
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url + "/api/v1",
+            headers=_base.client_headers(_base.resolve_api_key(api_key), headers),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ---- plumbing ----
+
+    async def _send(self, call: _base.Call) -> httpx.Response:
+        try:
+            async for attempt in tenacity.AsyncRetrying(**_base.retry_policy(self.retries, call.idempotent)):
+                with attempt:
+                    response = await self._http.request(
+                        call.method, call.path, params=call.params, json=call.json, headers=call.headers
+                    )
+                    if response.status_code == 503:
+                        _base.check(response)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.base_url) from exc
+        return response
+
+    async def _call(self, call: _base.Call, adapter: TypeAdapter[T]) -> T:
+        return _base.decode(await self._send(call), adapter)
+
+    # ---- tasks ----
+
+    async def submit(
+        self,
+        task_type: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        priority: Priority | str | None = None,
+        max_retries: int | None = None,
+        timeout_s: float | None = None,
+        delay_s: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> TaskPublic:
+        """Submit one task. With an `idempotency_key`, a repeat returns the task created first (and is retried)."""
+        body = _base.submit_body(
+            task_type,
+            payload,
+            priority=priority,
+            max_retries=max_retries,
+            timeout_s=timeout_s,
+            delay_s=delay_s,
+            idempotency_key=idempotency_key,
+        )
+        return await self._call(_base.Call("POST", "/tasks", idempotency_key is not None, json=body), _TASK)
+
+    async def submit_many(self, tasks: Iterable[TaskCreate | Mapping[str, Any]]) -> builtins.list[TaskPublic]:
+        """Submit up to 1000 tasks in one request, all or none; retried only if every item has a key."""
+        items = _base.batch_items(tasks)
+        idempotent = bool(items) and all(item.get("idempotency_key") for item in items)
+        call = _base.Call("POST", "/tasks/batch", idempotent, json={"tasks": items})
+        return (await self._call(call, _TASKS)).items
+
+    async def get(self, task_id: TaskId) -> TaskPublic:
+        """One task."""
+        return await self._call(_base.Call("GET", _base.task_path(task_id), True), _TASK)
+
+    async def history(self, task_id: TaskId) -> builtins.list[TaskEventPublic]:
+        """A task's state changes, oldest first."""
+        return await self._call(_base.Call("GET", _base.task_path(task_id, "/events"), True), _HISTORY)
+
+    async def page(
+        self,
+        *,
+        status: TaskStatus | str | None = None,
+        type: str | None = None,
+        priority: Priority | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskList:
+        """One page of tasks, newest first; pass its `next_cursor` as `cursor` for the next one."""
+        params = {**_base.filters(status, type, priority), "limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        return await self._call(_base.Call("GET", "/tasks", True, params=params), _PAGE)
+
+    async def list(
+        self,
+        *,
+        status: TaskStatus | str | None = None,
+        type: str | None = None,
+        priority: Priority | str | None = None,
+        page_size: int = 50,
+        cursor: str | None = None,
+    ) -> AsyncIterator[TaskPublic]:
+        """Every matching task, newest first, fetching pages of `page_size` as the iteration reaches them."""
+        while True:
+            page = await self.page(status=status, type=type, priority=priority, limit=page_size, cursor=cursor)
+            for task in page.items:
+                yield task
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    async def set_priority(self, task_id: TaskId, priority: Priority | str) -> TaskPublic:
+        """Change a pending task's priority (ConflictError once it has started)."""
+        call = _base.Call("PATCH", _base.task_path(task_id), True, json={"priority": str(priority)})
+        return await self._call(call, _TASK)
+
+    async def cancel(self, task_id: TaskId) -> TaskPublic:
+        """Cancel a task; a running one is still `running` in the answer and `canceled` about a second later."""
+        return await self._call(_base.Call("POST", _base.task_path(task_id, "/cancel"), False), _TASK)
+
+    async def retry(self, task_id: TaskId) -> TaskPublic:
+        """Run a failed or canceled task again, with fresh attempts."""
+        return await self._call(_base.Call("POST", _base.task_path(task_id, "/retry"), False), _TASK)
+
+    async def delete(self, task_id: TaskId) -> None:
+        """Delete a finished task and its history."""
+        # Not repeated on 503: a delete that went through would then answer 404.
+        _base.check(await self._send(_base.Call("DELETE", _base.task_path(task_id), False)))
+
+    # ---- service ----
+
+    async def stats(self) -> Stats:
+        """Counts by status, the queue by priority, retries and live workers."""
+        return await self._call(_base.Call("GET", "/stats", True), _STATS)
+
+    async def types(self) -> builtins.list[TaskTypePublic]:
+        """The task types the deployment runs, with each payload's JSON schema."""
+        return await self._call(_base.Call("GET", "/task-types", True), _TYPES)
+
+    # ---- following tasks ----
+
+    async def events(
+        self,
+        *,
+        task_id: TaskId | None = None,
+        last_event_id: int | None = None,
+        reconnect: bool = True,
+        read_timeout: float = _base.STREAM_READ_TIMEOUT_S,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Task state changes as they happen (GET /api/v1/events), as `TaskChange`, `Ready` and `Reset`.
+
+        With `last_event_id`, the events after it are replayed first. With `reconnect` (the default) a broken
+        or ended stream is resumed from the last id received, after the server's suggested delay, so no event
+        is missed or repeated; without it the iteration ends with the stream, or raises APIConnectionError.
+        """
+        params = {"task_id": str(task_id)} if task_id is not None else {}
+        failures = 0
+        hint_ms: int | None = None
+        while True:
+            headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+            try:
+                timeout = httpx.Timeout(self._http.timeout.connect, read=read_timeout)
+                async with aconnect_sse(
+                    self._http, "GET", "/events", params=params, headers=headers, timeout=timeout
+                ) as source:
+                    if source.response.status_code >= 400:
+                        await source.response.aread()
+                        _base.check(source.response)
+                    failures = 0
+                    async for sse in source.aiter_sse():
+                        hint_ms = sse.retry if sse.retry is not None else hint_ms
+                        event = parse(sse)
+                        if event is None:
+                            continue
+                        if not isinstance(event, Reset):
+                            last_event_id = event.id
+                        yield event
+            except SSEError as exc:
+                raise InvalidResponseError(
+                    f"the server at {self.base_url} did not answer with an event stream"
+                ) from exc
+            except httpx.HTTPError as exc:
+                if not reconnect:
+                    raise transport_error(exc, self.base_url) from exc
+                failures += 1
+            except APIStatusError as exc:
+                if not reconnect or exc.status_code != 503:
+                    raise
+                failures += 1
+            if not reconnect:
+                return
+            await asyncio.sleep(_base.reconnect_delay(hint_ms, failures))
+
+    async def wait(
+        self,
+        task_id: TaskId,
+        timeout: float | None = None,  # noqa: ASYNC109 (as in TaskprocClient.wait; it also bounds stream reads)
+        *,
+        on_update: Callable[[TaskPublic], None] | None = None,
+        poll_interval: float = 1.0,
+    ) -> TaskPublic:
+        """Return once the task has ended (completed, failed or canceled) and return it.
+
+        Follows the task's events; while the stream is unavailable it looks every `poll_interval` seconds.
+        Raises WaitTimeoutError (a TimeoutError) after `timeout` seconds. `on_update` sees every state met.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        notify = on_update or (lambda _: None)
+
+        def remaining() -> float:
+            return 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
+
+        task = await self.get(task_id)
+        notify(task)
+        streaming = True
+        while task.status not in TERMINAL:
+            if remaining() <= 0:
+                raise WaitTimeoutError(task, timeout or 0.0)
+            if streaming:
+                try:
+                    read_timeout = min(20.0, remaining()) + 0.5
+                    # Subscribed once `ready` arrives: reading the task then, nothing can slip in between.
+                    async for event in self.events(task_id=task.id, reconnect=False, read_timeout=read_timeout):
+                        if isinstance(event, TaskChange) and event.task_status not in TERMINAL:
+                            task = task.model_copy(
+                                update={"status": event.task_status, "attempts": event.task_attempts}
+                            )
+                        else:
+                            task = await self.get(task_id)
+                        notify(task)
+                        if task.status in TERMINAL:
+                            return task
+                        if remaining() <= 0:
+                            raise WaitTimeoutError(task, timeout or 0.0)
+                except APIConnectionError:
+                    pass
+                except APIStatusError as exc:
+                    # A proxy that does not pass the stream (404, 405, 502...): look instead of listening.
+                    if exc.status_code in (401, 403):
+                        raise
+                    streaming = exc.status_code == 503
+            # The stream ended, broke or timed out: look, then listen again.
+            await asyncio.sleep(min(0.5 if streaming else poll_interval, remaining()))
+            task = await self.get(task_id)
+            notify(task)
+        return task

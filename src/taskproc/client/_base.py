@@ -1,0 +1,150 @@
+"""What the sync and async clients share: configuration, request shapes, decoding, the retry policy."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+import tenacity
+from pydantic import TypeAdapter, ValidationError
+
+from taskproc import __version__
+from taskproc.client.errors import APIStatusError, InvalidResponseError, UnavailableError, status_error
+from taskproc.models import Priority, TaskCreate, TaskStatus
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT_S = 15.0
+DEFAULT_RETRIES = 2
+# The stream sends a comment every 15 s when idle: a read that waits much longer means a dead connection.
+STREAM_READ_TIMEOUT_S = 40.0
+RETRY_AFTER_MAX_S = 10.0
+
+TaskId = uuid.UUID | str
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One API request; `idempotent` says whether repeating it after an unknown outcome is harmless."""
+
+    method: str
+    path: str
+    idempotent: bool
+    params: dict[str, Any] | None = None
+    json: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    return (base_url or os.environ.get("TASKPROC_API_URL") or DEFAULT_BASE_URL).rstrip("/")
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    return api_key if api_key is not None else os.environ.get("TASKPROC_API_KEY") or None
+
+
+def client_headers(api_key: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    headers = {"Accept": "application/json", "User-Agent": f"taskproc-client/{__version__}"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    headers.update(extra or {})
+    return headers
+
+
+def task_path(task_id: TaskId, suffix: str = "") -> str:
+    # A UUID in the path, never arbitrary text: a malformed id fails here, not as a request to another route.
+    return f"/tasks/{uuid.UUID(str(task_id))}{suffix}"
+
+
+def filters(status: TaskStatus | str | None, type: str | None, priority: Priority | str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if status is not None:
+        params["status"] = str(status)
+    if type is not None:
+        params["type"] = type
+    if priority is not None:
+        params["priority"] = str(priority)
+    return params
+
+
+def submit_body(
+    task_type: str,
+    payload: Mapping[str, Any] | None,
+    *,
+    priority: Priority | str | None,
+    max_retries: int | None,
+    timeout_s: float | None,
+    delay_s: float | None,
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": task_type, "payload": dict(payload or {})}
+    optional = {
+        "priority": None if priority is None else str(priority),
+        "max_retries": max_retries,
+        "timeout_s": timeout_s,
+        "delay_s": delay_s,
+        "idempotency_key": idempotency_key,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    return body
+
+
+def batch_items(tasks: Iterable[TaskCreate | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [t.model_dump(mode="json", exclude_unset=True) if isinstance(t, TaskCreate) else dict(t) for t in tasks]
+
+
+def decode(response: httpx.Response, adapter: TypeAdapter[T]) -> T:
+    """The answer as the API's model, or the error it stands for."""
+    check(response)
+    try:
+        return adapter.validate_json(response.content)
+    except ValidationError as exc:
+        raise InvalidResponseError(
+            f"the server at {response.url.scheme}://{response.url.netloc.decode()} did not answer as the "
+            f"taskproc API does ({exc.error_count()} error(s), first: {exc.errors()[0]['msg']}); is the base URL "
+            "right?"
+        ) from None
+
+
+def check(response: httpx.Response) -> None:
+    if response.status_code >= 400:
+        raise status_error(response)
+
+
+def retryable(exc: BaseException, idempotent: bool) -> bool:
+    """Connection failures before anything was sent are always safe to repeat; the rest only if idempotent."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return True
+    return idempotent and isinstance(exc, UnavailableError | httpx.TransportError)
+
+
+def _wait(state: tenacity.RetryCallState) -> float:
+    backoff = tenacity.wait_random_exponential(multiplier=0.25, max=4.0)(state)
+    exc = state.outcome.exception() if state.outcome is not None else None
+    if isinstance(exc, APIStatusError):
+        try:
+            return min(RETRY_AFTER_MAX_S, max(backoff, float(exc.response.headers.get("Retry-After", 0))))
+        except ValueError:
+            pass
+    return backoff
+
+
+def retry_policy(retries: int, idempotent: bool) -> dict[str, Any]:
+    """tenacity's arguments for one call (Retrying or AsyncRetrying); the last failure is re-raised as is."""
+    return {
+        "retry": tenacity.retry_if_exception(lambda exc: retryable(exc, idempotent)),
+        "stop": tenacity.stop_after_attempt(retries + 1),
+        "wait": _wait,
+        "reraise": True,
+    }
+
+
+def reconnect_delay(hint_ms: int | None, failures: int) -> float:
+    """How long an event stream waits before it reconnects: the server's `retry:` hint, growing on failures."""
+    base = (hint_ms if hint_ms is not None else 2000) / 1000
+    return float(min(30.0, base * 2 ** max(0, failures - 1)))

@@ -35,10 +35,10 @@ def test_statuses_headers_and_bodies() -> None:
     assert status == 422
     assert detail == [{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "invalid_cursor"}]
 
-    class Unmapped(TaskprocError):
+    class UnmappedError(TaskprocError):
         """Some error nobody mapped."""
 
-    assert http_error(Unmapped())[0] == 500, "a subclass answers as its nearest mapped ancestor"
+    assert http_error(UnmappedError())[0] == 500, "a subclass answers as its nearest mapped ancestor"
     assert status_of(ValueError()) == 500
 
 

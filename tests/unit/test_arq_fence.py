@@ -119,3 +119,13 @@ async def test_fenced_worker_runs_jobs_where_arqs_shutdown_finds_them() -> None:
     stuck.cancel()
     await w.close()  # no pool was ever made: arq's close returns early, ours must not raise
     assert w.tasks == {}
+
+
+def test_our_redis_keys_are_still_arqs() -> None:
+    """queue.py names arq's keys itself (so the API does not import arq); they must stay the ones arq uses."""
+    from arq import constants
+
+    from taskproc import queue
+
+    assert constants.default_queue_name == queue.QUEUE_KEY, f"{ARQ}: default queue is {constants.default_queue_name}"
+    assert constants.abort_jobs_ss == queue.ABORT_KEY, f"{ARQ}: abort set is {constants.abort_jobs_ss}"

@@ -30,7 +30,6 @@ def test_with_no_workers_the_api_alone_makes_stranded_and_due_tasks_visible_in_a
             # Redis restarted empty (an OOM kill, a node drain): this test's db index flushed.
             r.flushdb()
             assert r.zcard("arq:queue") == 0
-
             # The key KEDA reads: the ready ones come back via the API's reconciler, the delayed one once the
             # API promotes it when it falls due.
             # The delayed one may already be due when the first pass runs, so the ready ones are checked by

@@ -55,7 +55,7 @@ def api(
 def worker() -> None:
     """Run a worker process (arq): takes tasks from Redis, records their state in Postgres."""
     from taskproc.logging import configure_logging
-    from taskproc.tasks.registry import load_task_modules
+    from taskproc.tasks import load_task_modules
     from taskproc.worker.main import run_worker
 
     settings = get_settings()

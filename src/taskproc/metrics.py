@@ -72,7 +72,8 @@ TASKS_WAITING_NO_WORKER = Gauge(
 )
 API_OPERATIONS = Counter(
     "taskproc_api_operations_total",
-    "API operations on tasks by outcome (ok, created, existing, not_found, conflict, invalid, unavailable).",
+    "Calls of each API route (operation = the route's name, e.g. create_task) by outcome (ok, invalid, "
+    "unauthorized, not_found, conflict, unavailable, error, abandoned).",
     ["operation", "outcome"],
 )
 

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
+import tenacity
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -14,6 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from taskproc import retry
 from taskproc.config import Settings
 
 log = logging.getLogger("taskproc.migrate")
@@ -28,22 +29,17 @@ def alembic_config(settings: Settings) -> Config:
 
 
 def wait_for_database(settings: Settings, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    delay = 0.2
-    while True:
-        engine = create_engine(settings.sqlalchemy_url, connect_args={"connect_timeout": 3})
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            return
-        except OperationalError as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("database not reachable yet (%s); retrying", type(exc.orig).__name__)
-            time.sleep(delay)
-            delay = min(5.0, delay * 2)
-        finally:
-            engine.dispose()
+    """Return once Postgres accepts a connection; its last OperationalError after `timeout_s` seconds."""
+    for attempt in retry.retrying_sync(
+        "database not reachable yet", on=OperationalError, give_up_after_s=timeout_s, logger=log
+    ):
+        with attempt:
+            engine = create_engine(settings.sqlalchemy_url, connect_args={"connect_timeout": 3})
+            try:
+                with engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+            finally:
+                engine.dispose()
 
 
 def migrate(settings: Settings, *, wait_s: float = 60.0) -> None:
@@ -81,27 +77,36 @@ def wait_for_schema(settings: Settings, timeout_s: float, *, poll_s: float = 1.0
     # alembic logs its dialect choice at INFO on every connection: noise once a second in the pod's log
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     heads = schema_heads(settings)
-    deadline = time.monotonic() + timeout_s
-    last: set[str] | None = None
-    while True:
-        current = current_revisions(settings)
-        if current == heads:
-            log.info("database schema is at %s", ",".join(sorted(heads)))
-            return
-        if current != last:
-            if current is None:
-                log.warning("database not reachable yet; waiting")
-            else:
-                log.warning(
-                    "database schema is at %s, waiting for %s",
-                    ",".join(sorted(current)) or "nothing",
-                    ",".join(sorted(heads)),
-                )
-            last = current
-        if time.monotonic() >= deadline:
-            raise SchemaNotReadyError(
-                f"database schema is at {','.join(sorted(current or ())) or 'nothing'}"
-                f"{' (database unreachable)' if current is None else ''}, not {','.join(sorted(heads))},"
-                f" after {timeout_s:g}s: has the migration Job (taskproc migrate) run?"
+    last: list[set[str] | None] = []
+
+    def report(state: tenacity.RetryCallState) -> None:
+        current = state.outcome.result() if state.outcome is not None else None
+        if last and current == last[0]:
+            return  # said once per change, not once a second
+        last[:] = [current]
+        if current is None:
+            log.warning("database not reachable yet; waiting")
+        elif current != heads:
+            log.warning(
+                "database schema is at %s, waiting for %s",
+                ",".join(sorted(current)) or "nothing",
+                ",".join(sorted(heads)),
             )
-        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+    # Polled at a fixed interval (a migration Job is expected soon, there is nothing to back off from); the
+    # last look is at most poll_s after the deadline.
+    poller = tenacity.Retrying(
+        retry=tenacity.retry_if_result(lambda current: current != heads),
+        wait=tenacity.wait_fixed(poll_s),
+        stop=tenacity.stop_after_delay(timeout_s),
+        after=report,
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome is not None else None,
+    )
+    current = poller(current_revisions, settings)
+    if current != heads:
+        raise SchemaNotReadyError(
+            f"database schema is at {','.join(sorted(current or ())) or 'nothing'}"
+            f"{' (database unreachable)' if current is None else ''}, not {','.join(sorted(heads))},"
+            f" after {timeout_s:g}s: has the migration Job (taskproc migrate) run?"
+        )
+    log.info("database schema is at %s", ",".join(sorted(heads)))

@@ -21,21 +21,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from arq.constants import abort_jobs_ss
 from redis.asyncio import Redis
 
-from taskproc.models import MAX_TIMEOUT_S, Priority
+from taskproc.models import Priority
 
+# arq's default queue and abort set (arq.constants); tests/unit/test_arq_fence.py checks that they still are.
 QUEUE_KEY = "arq:queue"
 DEFERRED_KEY = "taskproc:deferred"
 # Jobs a worker has taken off the queue, scored by when: a job stays here while its task is claimed, runs and
 # has its outcome written, so queue + deferred + running is the whole backlog (KEDA scales on all three).
 RUNNING_KEY = "taskproc:running"
-ABORT_KEY = abort_jobs_ss
+ABORT_KEY = "arq:abort"
 WAKE_CHANNEL = "taskproc:wake"
 JOB_FUNCTION = "run_task"
-# arq's timeout for its one registered job function; the task's own timeout is enforced by the worker.
-JOB_TIMEOUT_S = MAX_TIMEOUT_S + 60
 # An abort request nobody acted on within this long is dropped (the task finished or was never ours).
 ABORT_MAX_AGE_MS = 60_000
 

@@ -36,7 +36,7 @@ def test_task_metrics_from_api_and_worker(stack_factory: StackFactory) -> None:
         assert value(m, "taskproc_tasks_submitted_total", type="sleep", priority="normal") == 1
         assert value(m, "taskproc_queue_depth", priority="high") == 3
         assert value(m, "taskproc_queue_depth", priority="normal") == 1
-        assert value(m, "taskproc_api_operations_total", operation="create", outcome="ok") == 4
+        assert value(m, "taskproc_api_operations_total", operation="create_task", outcome="ok") == 4
 
         port = free_port()
         stack.start_worker(metrics_port=port)

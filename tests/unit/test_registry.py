@@ -8,6 +8,7 @@ import uuid
 import pytest
 from pydantic import BaseModel
 
+from taskproc.api.errors import problem_items
 from taskproc.errors import InvalidInputError
 from taskproc.tasks import builtin
 from taskproc.tasks.registry import TaskContext, TaskRegistry, registry
@@ -54,17 +55,20 @@ def test_sync_handlers_and_duplicates_are_refused() -> None:
 
 def test_validate_payload_errors_have_locations() -> None:
     with pytest.raises(InvalidInputError) as exc:
-        registry.validate_payload("add", {"a": 1}, loc=("body", "tasks", 3))
-    assert exc.value.detail[0]["loc"] == ["body", "tasks", 3, "payload", "b"]
+        registry.validate_payload("add", {"a": 1}, at=("tasks", 3))
+    assert exc.value.problems[0].field == ("tasks", 3, "payload", "b")
+    # The API answers it in FastAPI's shape, under the body.
+    assert problem_items(exc.value.problems)[0]["loc"] == ["body", "tasks", 3, "payload", "b"]
     with pytest.raises(InvalidInputError) as exc:
-        registry.validate_payload("nope", {}, loc=("body",))
-    assert exc.value.detail[0]["loc"] == ["body", "type"]
-    assert "add" in exc.value.detail[0]["msg"]
+        registry.validate_payload("nope", {})
+    assert exc.value.problems[0].field == ("type",)
+    assert problem_items(exc.value.problems)[0]["loc"] == ["body", "type"]
+    assert "add" in exc.value.problems[0].msg
 
 
 def test_validate_rejects_non_finite_numbers() -> None:
     with pytest.raises(InvalidInputError):
-        registry.validate_payload("add", {"a": float("nan"), "b": 1}, loc=("body",))
+        registry.validate_payload("add", {"a": float("nan"), "b": 1})
 
 
 def test_builtins() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taskproc.services.tasks import MAX_REPORTED_ERRORS, cap_errors
+from taskproc.api.errors import MAX_REPORTED_ERRORS, cap_errors
 
 
 def test_validation_errors_are_capped() -> None:

@@ -26,7 +26,7 @@ from taskproc.api.routing import DocstringRoute
 from taskproc.config import Settings, get_settings
 from taskproc.db import create_engine, create_sessionmaker
 from taskproc.maintenance import run_in_api
-from taskproc.tasks.registry import load_task_modules, registry
+from taskproc.tasks import load_task_modules, registry
 
 log = logging.getLogger("taskproc.api")
 

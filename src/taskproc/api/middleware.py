@@ -9,17 +9,19 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from taskproc.api.deps import check_bearer
-from taskproc.errors import UnauthorizedError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from taskproc.api.deps import check_bearer
+from taskproc.api.errors import http_error
+from taskproc.errors import (
+    PayloadTooLargeError,
+    TaskprocError,
+    UnauthorizedError,
+    UnavailableError,
+    UnsupportedMediaTypeError,
+)
 
 DEFAULT_DEADLINE_S = 4.5
 
@@ -27,7 +29,7 @@ _JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;.*)?$", re.IGNO
 _REQUEST_ID = re.compile(r"^[\w.:@/+=-]{1,128}$")
 
 
-async def _reply(send: Send, status: int, detail: str, extra_headers: list[tuple[bytes, bytes]]) -> None:
+async def _reply(send: Send, status: int, detail: Any, extra_headers: list[tuple[bytes, bytes]]) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send(
         {
@@ -42,6 +44,12 @@ async def _reply(send: Send, status: int, detail: str, extra_headers: list[tuple
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _reply_error(send: Send, exc: TaskprocError) -> None:
+    """The error's answer from api/errors.py's table, sent before FastAPI (and its exception handlers) runs."""
+    status, headers, detail = http_error(exc)
+    await _reply(send, status, detail, [(k.lower().encode(), v.encode()) for k, v in headers.items()])
 
 
 class BodyLimitMiddleware:
@@ -68,7 +76,9 @@ class BodyLimitMiddleware:
                 await _reply(send, 400, "invalid Content-Length", [])
                 return
             if declared > self.max_body_bytes:
-                await _reply(send, 413, f"request body over the {self.max_body_bytes} byte limit", [])
+                await _reply_error(
+                    send, PayloadTooLargeError(f"request body over the {self.max_body_bytes} byte limit")
+                )
                 return
         chunks: list[bytes] = []
         size = 0
@@ -80,7 +90,9 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                await _reply(send, 413, f"request body over the {self.max_body_bytes} byte limit", [])
+                await _reply_error(
+                    send, PayloadTooLargeError(f"request body over the {self.max_body_bytes} byte limit")
+                )
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -88,7 +100,9 @@ class BodyLimitMiddleware:
         if body.strip():
             ctype = headers.get(b"content-type", b"").decode("latin-1")
             if not _JSON_TYPE.match(ctype):
-                await _reply(send, 415, "request body must be JSON (Content-Type: application/json)", [])
+                await _reply_error(
+                    send, UnsupportedMediaTypeError("request body must be JSON (Content-Type: application/json)")
+                )
                 return
         replayed = False
 
@@ -142,12 +156,12 @@ class DeadlineMiddleware:
                 return
             timed_out = True
             reply = loop.create_task(
-                _reply(
+                _reply_error(
                     send,
-                    503,
-                    "timed out: a backing service (Postgres or Redis) is slow or unreachable; the request may "
-                    "have taken effect: retry shortly (a submit with the same Idempotency-Key is safe to retry)",
-                    [(b"retry-after", b"2")],
+                    UnavailableError(
+                        "timed out: a backing service (Postgres or Redis) is slow or unreachable; the request may "
+                        "have taken effect: retry shortly (a submit with the same Idempotency-Key is safe to retry)"
+                    ),
                 )
             )
             self._replies.add(reply)
@@ -266,7 +280,6 @@ class ApiKeyMiddleware:
             try:
                 check_bearer(header, self.keys)
             except UnauthorizedError as exc:
-                extra = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
-                await _reply(send, exc.status_code, str(exc.detail), extra)
+                await _reply_error(send, exc)
                 return
         await self.app(scope, receive, send)

@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from redis.asyncio import Redis
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskproc import queue, testhooks
 from taskproc.config import Settings
-from taskproc.errors import ConflictError, InvalidInputError, NotFoundError
+from taskproc.errors import ConflictError, FieldPath, InvalidInputError, NotFoundError, Problem
 from taskproc.models import (
     TERMINAL,
     Priority,
@@ -46,17 +46,6 @@ TASK_COLUMNS = (
     "id, type, priority, payload, status, attempts, max_retries, timeout_s, result, error, idempotency_key, "
     "generation, run_at, worker_id, cancel_requested, created_at, started_at, finished_at, updated_at"
 )
-
-
-MAX_REPORTED_ERRORS = 100
-
-
-def cap_errors(errors: list[dict[str, Any]], limit: int = MAX_REPORTED_ERRORS) -> list[dict[str, Any]]:
-    """At most `limit` validation errors, so a 1 MiB body with 60 000 bad keys can't make a 6 MB answer."""
-    if len(errors) <= limit:
-        return errors
-    more = {"loc": ["body"], "msg": f"{len(errors) - limit} more errors not shown", "type": "too_many_errors"}
-    return [*errors[:limit], more]
 
 
 _INSERT_TASKS = sa.text(
@@ -142,7 +131,6 @@ async def create_tasks(
     tasks_in: Sequence[TaskCreate],
     settings: Settings,
     registry: TaskRegistry,
-    loc_prefix: tuple[str | int, ...] = ("body",),
     batch: bool = False,
 ) -> list[tuple[TaskPublic, bool]]:
     """Validate every payload, then insert all tasks in one transaction; (task, created) per input, in order.
@@ -150,29 +138,29 @@ async def create_tasks(
     A task whose idempotency key already exists is returned as it is, not created again, even when concurrent
     requests race on the same key (the unique index decides, ON CONFLICT DO NOTHING yields to the winner).
     """
-    errors: list[dict[str, Any]] = []
+    problems: list[Problem] = []
     payloads: list[dict[str, Any]] = []
     seen_keys: dict[str, int] = {}
     for index, task_in in enumerate(tasks_in):
-        loc = (*loc_prefix, "tasks", index) if batch else loc_prefix
+        at: FieldPath = ("tasks", index) if batch else ()
         try:
-            payloads.append(registry.validate_payload(task_in.type, task_in.payload, loc=loc))
+            payloads.append(registry.validate_payload(task_in.type, task_in.payload, at=at))
         except InvalidInputError as exc:
-            errors.extend(cast(list[dict[str, Any]], exc.detail))
+            problems.extend(exc.problems)
             payloads.append({})
         key = task_in.idempotency_key
         if key is not None:
             if key in seen_keys:
-                errors.append(
-                    {
-                        "loc": [*loc, "idempotency_key"],
-                        "msg": f"duplicate idempotency_key, also used at index {seen_keys[key]}",
-                        "type": "duplicate_idempotency_key",
-                    }
+                problems.append(
+                    Problem(
+                        field=(*at, "idempotency_key"),
+                        msg=f"duplicate idempotency_key, also used at index {seen_keys[key]}",
+                        type="duplicate_idempotency_key",
+                    )
                 )
             seen_keys.setdefault(key, index)
-    if errors:
-        raise InvalidInputError(cap_errors(errors))
+    if problems:
+        raise InvalidInputError(problems)
 
     # No times from this process's clock: created_at and run_at are Postgres's now() (+ the delay), the one clock
     # every worker's claim and lease compare with.
@@ -284,9 +272,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
             raise ValueError("naive time")
         return created, uuid.UUID(tid)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInputError(
-            [{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "invalid_cursor"}]
-        ) from None
+        raise InvalidInputError(field=("cursor",), msg="invalid cursor", type="invalid_cursor") from None
 
 
 async def list_tasks(

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from taskproc.tasks.registry import TaskContext, task_type
+from taskproc.tasks import TaskContext, task_type
 
 Number = Annotated[float | int, Field(allow_inf_nan=False)]
 

@@ -1,19 +1,21 @@
-"""The task-type registry: a decorator names a type, its payload model and its handler."""
+"""The task-type registry: a decorator names a type, its payload model and its handler.
+
+It knows no task type of its own: the built-in ones (taskproc.tasks.builtin) register themselves on import
+like any user module named in TASKPROC_TASK_MODULES (see taskproc.tasks.load_task_modules)."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from taskproc.errors import InvalidInputError
+from taskproc.errors import FieldPath, InvalidInputError, Problem
 
 
 @dataclass(frozen=True)
@@ -83,38 +85,24 @@ class TaskRegistry:
         """What a worker tells the others it serves (its `worker.task_types`): type name -> schema fingerprint."""
         return {t.name: t.fingerprint() for t in self.all()}
 
-    def validate_payload(self, name: str, payload: dict[str, Any], *, loc: tuple[str | int, ...]) -> dict[str, Any]:
-        """The payload normalised by the type's model; InvalidInputError in FastAPI's error shape otherwise."""
+    def validate_payload(self, name: str, payload: dict[str, Any], *, at: FieldPath = ()) -> dict[str, Any]:
+        """The payload normalised by the type's model; InvalidInputError otherwise, its fields under `at` (the
+        path of this task inside the operation's input)."""
         task_type = self._types.get(name)
         if task_type is None:
             known = ", ".join(sorted(self._types))
             raise InvalidInputError(
-                [
-                    {
-                        "loc": [*loc, "type"],
-                        "msg": f"unknown task type {name!r}; known types: {known}",
-                        "type": "unknown_task_type",
-                    }
-                ]
+                field=(*at, "type"), msg=f"unknown task type {name!r}; known types: {known}", type="unknown_task_type"
             )
         try:
             model = task_type.payload_model.model_validate(payload)
         except ValidationError as exc:
             raise InvalidInputError(
-                [
-                    {"loc": [*loc, "payload", *err["loc"]], "msg": err["msg"], "type": err["type"]}
-                    for err in exc.errors(include_url=False, include_context=False, include_input=False)
-                ]
+                Problem(field=(*at, "payload", *err["loc"]), msg=err["msg"], type=err["type"])
+                for err in exc.errors(include_url=False, include_context=False, include_input=False)
             ) from None
         return model.model_dump(mode="json")
 
 
 registry = TaskRegistry()
 task_type = registry.register
-
-
-def load_task_modules(modules: Iterable[str]) -> None:
-    """Import the built-in types and the user's modules, which register theirs on import."""
-    importlib.import_module("taskproc.tasks.builtin")
-    for module in modules:
-        importlib.import_module(module)

@@ -11,23 +11,21 @@ import asyncio
 import contextlib
 import gc
 import logging
-import signal
 import time
-from functools import partial
 from typing import Any
 
 import psycopg
-from arq.connections import RedisSettings
-from arq.worker import Worker, func
+from arq.worker import func
 from redis.exceptions import RedisError
 
-from taskproc import queue
+from taskproc import queue, retry
 from taskproc.config import Settings
 from taskproc.db import create_engine, create_sessionmaker
 from taskproc.logging import bind
 from taskproc.maintenance import TRANSIENT, every
-from taskproc.metrics import render_latest
 from taskproc.tasks.registry import registry
+from taskproc.worker.arq_fence import FencedWorker, redis_settings
+from taskproc.worker.httpserver import WorkerHttpServer, health_app
 from taskproc.worker.podcost import PodDeletionCost
 from taskproc.worker.runtime import WorkerRuntime
 
@@ -47,10 +45,9 @@ async def run_task(ctx: dict[str, Any], *, task_id: str, generation: int) -> Non
         await runtime.execute(claimed)
 
 
-class TaskprocWorker(Worker):
+class TaskprocWorker(FencedWorker):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
-        self._redis_failures = 0
         super().__init__(**kwargs)
 
     @property
@@ -58,53 +55,27 @@ class TaskprocWorker(Worker):
         runtime: WorkerRuntime = self.ctx["runtime"]
         return runtime
 
-    def handle_sig(self, signum: signal.Signals) -> None:
-        if "runtime" in self.ctx:
-            self.runtime.shutting_down = True
-        super().handle_sig(signum)
-
-    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
+    def on_stop_requested(self, *, graceful: bool) -> None:
         if "runtime" in self.ctx:
             self.runtime.shutting_down = True
             self.runtime.wake.set()
-        log.info(
-            "shutdown requested: no new tasks; running ones get %.0fs to finish, then go back to the queue",
-            self.settings.shutdown_grace_s,
-        )
-        super().handle_sig_wait_for_completion(signum)
+        if graceful:
+            log.info(
+                "shutdown requested: no new tasks; running ones get %.0fs to finish, then go back to the queue",
+                self.settings.shutdown_grace_s,
+            )
 
-    async def _poll_iteration(self) -> None:
+    async def iterate(self) -> None:
         """One round trip to Redis (TICK_SCRIPT) takes as many jobs as there are free slots, one statement
-        claims them all, and each claimed attempt runs in its own asyncio task, kept in arq's `self.tasks` so
-        arq's shutdown (wait up to the grace period, then cancel) applies to them."""
+        claims them all, and each claimed attempt runs in its own asyncio task, started with start_job so that
+        arq's shutdown (wait up to the grace period, then cancel) applies to them. While Redis is unreachable
+        the round trip is retried with backoff."""
         runtime = self.runtime
-        runtime.last_loop_at = time.monotonic()
         runtime.wake.clear()
-        next_due: int | None = None
-        want = 0
-        taken = 0
-        try:
-            if self.allow_pick_jobs and not runtime.shutting_down:
-                want = max(0, self.max_jobs - len(self.tasks))
-            tick = await runtime.ticker.tick(want)
-            next_due = tick.next_due_in_ms
-            taken = len(tick.taken)
-            if tick.aborts:
-                await self._abort(tick.aborts)
-            if tick.taken:
-                for claimed in await runtime.claim(tick.taken):
-                    jid = queue.job_id(claimed.id, claimed.generation)
-                    task = asyncio.create_task(runtime.execute(claimed))
-                    self.tasks[jid] = task
-                    task.add_done_callback(partial(self._job_done, jid))
-            await self.heart_beat()
-            self._redis_failures = 0
-        except (RedisError, OSError) as exc:
-            self._redis_failures += 1
-            delay = min(5.0, 0.1 * 2**self._redis_failures)
-            log.warning("redis unavailable (%s), retrying in %.1fs", type(exc).__name__, delay)
-            await asyncio.sleep(delay)
-            return
+        async for attempt in retry.retrying("redis unavailable", on=(RedisError, OSError), logger=log):
+            with attempt:
+                runtime.last_loop_at = time.monotonic()
+                want, taken, next_due = await self._tick()
         if want and taken == want:
             return  # every slot filled: more may be waiting, look again as soon as one frees up
         timeout = self.settings.worker_poll_s
@@ -113,91 +84,57 @@ class TaskprocWorker(Worker):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(runtime.wake.wait(), timeout)
 
-    async def close(self) -> None:
-        # A job task cancelled by the shutdown ends in CancelledError (after handing its attempt back), which
-        # arq's close() would re-raise from its gather.
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        self.tasks.clear()
-        await super().close()
-
-    def _job_done(self, jid: str, task: asyncio.Task[None]) -> None:
-        if self.tasks.get(jid) is task:
-            del self.tasks[jid]
-        if not task.cancelled() and task.exception() is not None:
-            log.error("job %s crashed: %r", jid, task.exception())
+    async def _tick(self) -> tuple[int, int, int | None]:
+        """(slots asked for, jobs taken, ms until the next deferred job falls due)."""
+        runtime = self.runtime
+        want = 0
+        if self.picking_allowed and not runtime.shutting_down:
+            want = max(0, self.settings.worker_concurrency - self.running_jobs())
+        tick = await runtime.ticker.tick(want)
+        if tick.aborts:
+            await self._abort(tick.aborts)
+        if tick.taken:
+            for claimed in await runtime.claim(tick.taken):
+                self.start_job(queue.job_id(claimed.id, claimed.generation), runtime.execute(claimed))
+        await self.beat()
+        return want, len(tick.taken), tick.next_due_in_ms
 
     async def _abort(self, jids: list[str]) -> None:
         """Cancel the tasks a user canceled while they ran here; requests for jobs not here are left to age out
         (another worker runs the job, or our claim of it is still in flight)."""
         aborted = []
         for jid in jids:
-            task = self.tasks.get(jid)
+            task = self.job(jid)
             if task is not None and not task.done():
                 task.cancel()
                 aborted.append(jid)
-        await queue.forget_aborts(self.pool, aborted)
+        await queue.forget_aborts(self.runtime.redis, aborted)
 
 
 async def _listen_for_wakeups(runtime: WorkerRuntime) -> None:
-    failures = 0
+    """Relay wake-up messages to the loop; after a lost connection, subscribe again (with backoff while Redis
+    stays unreachable)."""
     while True:
         pubsub = runtime.redis.pubsub()
         try:
-            await pubsub.subscribe(queue.WAKE_CHANNEL)
-            failures = 0
-            while True:
-                msg = await pubsub.get_message(timeout=5.0)
-                if msg is None:
-                    continue
-                # Also on the confirmation of a (re)subscription: a job enqueued while we were not listening
-                # woke nobody, so look at the queue now rather than at the next fallback poll.
-                runtime.wake.set()
-                if msg.get("type") == "subscribe":
-                    runtime.listening.set()
-        except asyncio.CancelledError:
-            raise
-        except (RedisError, OSError):
-            failures += 1
-            await asyncio.sleep(min(5.0, 0.2 * 2**failures))
+            async for attempt in retry.retrying("wake-up channel unavailable", on=(RedisError, OSError), logger=log):
+                with attempt:
+                    await pubsub.subscribe(queue.WAKE_CHANNEL)
+            try:
+                while True:
+                    msg = await pubsub.get_message(timeout=5.0)
+                    if msg is None:
+                        continue
+                    # Also on the confirmation of a (re)subscription: a job enqueued while we were not listening
+                    # woke nobody, so look at the queue now rather than at the next fallback poll.
+                    runtime.wake.set()
+                    if msg.get("type") == "subscribe":
+                        runtime.listening.set()
+            except (RedisError, OSError) as exc:
+                log.warning("wake-up channel lost (%s); subscribing again", type(exc).__name__)
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
-
-
-async def _serve_metrics(runtime: WorkerRuntime, port: int) -> asyncio.Server:
-    """A minimal HTTP endpoint for /metrics and /healthz on the event loop itself.
-
-    It runs on the loop on purpose: if the loop is stuck, /healthz stops answering and the kubelet restarts us.
-    """
-    stale_after = max(30.0, runtime.settings.worker_poll_s * 20)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            path = request.split(b" ", 2)[1].split(b"?")[0] if request.count(b" ") >= 2 else b"/"
-            if path == b"/metrics":
-                body, ctype = render_latest()
-                status = "200 OK"
-            elif path in (b"/healthz", b"/"):
-                alive = time.monotonic() - runtime.last_loop_at < stale_after
-                status = "200 OK" if alive else "503 Service Unavailable"
-                body, ctype = (b'{"status":"ok"}' if alive else b'{"detail":"worker loop stalled"}'), "application/json"
-            else:
-                status, body, ctype = "404 Not Found", b'{"detail":"not found"}', "application/json"
-            head = (
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + body)
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    return await asyncio.start_server(handle, host="0.0.0.0", port=port)  # noqa: S104
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
@@ -217,7 +154,10 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     # Serving before anything touches Postgres: liveness must not depend on the schema or the database being
     # there yet (an init container may still be waiting for the migrations), only on this process's loop.
     if settings.worker_metrics_port:
-        ctx["metrics_server"] = await _serve_metrics(runtime, settings.worker_metrics_port)
+        ctx["metrics_server"] = await WorkerHttpServer.start(
+            health_app(lambda: runtime.last_loop_at, stale_after_s=max(30.0, settings.worker_poll_s * 20)),
+            port=settings.worker_metrics_port,
+        )
     # Listening before registering: a worker that shows up as live is one that a submit wakes at once.
     listener = asyncio.create_task(_listen_for_wakeups(runtime))
     with contextlib.suppress(TimeoutError):
@@ -226,16 +166,10 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     gc.collect()
     gc.freeze()
     # Register before taking any job, so the reaper never mistakes our first task for an orphan.
-    delay = 0.2
-    while True:
-        runtime.last_loop_at = time.monotonic()
-        try:
+    async for attempt in retry.retrying("postgres unavailable at startup", on=_STARTUP_RETRY, logger=log):
+        with attempt:
+            runtime.last_loop_at = time.monotonic()
             await runtime.heartbeat()
-            break
-        except _STARTUP_RETRY as exc:
-            log.warning("postgres unavailable at startup (%s), retrying in %.1fs", type(exc).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(5.0, delay * 2)
     # Heartbeat three times per lease, so one slow round trip never lets a live worker's lease lapse. The
     # reaper looks twice as often, so a dead worker's task is picked up at most a sixth of a lease after its
     # lease ran out (which is 2/3 to 1 lease after the kill).
@@ -278,10 +212,9 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     for task in ctx.get("background", []):
         task.cancel()
     await asyncio.gather(*ctx.get("background", []), return_exceptions=True)
-    server: asyncio.Server | None = ctx.get("metrics_server")
+    server: WorkerHttpServer | None = ctx.get("metrics_server")
     if server is not None:
-        server.close()
-        await server.wait_closed()
+        await server.stop()
     if runtime is not None:
         with contextlib.suppress(*TRANSIENT):
             await runtime.unregister()
@@ -293,30 +226,16 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
 
 
 def build_worker(settings: Settings) -> TaskprocWorker:
-    redis_settings = RedisSettings.from_dsn(settings.redis_url.get_secret_value())
-    redis_settings.conn_timeout = 2
-    redis_settings.conn_retries = 30
-    redis_settings.conn_retry_delay = 1
+    # Only what differs from arq's defaults, or what it requires (a function, though the loop never runs it).
     return TaskprocWorker(
         settings,
-        functions=[func(run_task, name=queue.JOB_FUNCTION, timeout=queue.JOB_TIMEOUT_S, max_tries=1_000_000)],
-        redis_settings=redis_settings,
-        queue_name=queue.QUEUE_KEY,
-        max_jobs=settings.worker_concurrency,
-        queue_read_limit=max(500, settings.worker_concurrency * 20),
-        poll_delay=0,
-        keep_result=0,
-        retry_jobs=True,
-        max_tries=1_000_000,
-        allow_abort_jobs=True,
+        functions=[func(run_task, name=queue.JOB_FUNCTION)],
+        redis_settings=redis_settings(settings.redis_url.get_secret_value()),
+        poll_delay=0,  # the iteration waits on its own (wake-ups, the next due job, worker_poll_s)
         job_completion_wait=settings.shutdown_grace_s,
-        job_serializer=queue.json_serializer,
-        job_deserializer=queue.json_deserializer,
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         ctx={"settings": settings},
-        health_check_interval=60,
-        handle_signals=True,
     )
 
 

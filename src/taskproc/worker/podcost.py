@@ -9,7 +9,6 @@ a hint, and every patch is a write to the API server).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import ssl
@@ -19,6 +18,7 @@ from collections.abc import Callable
 import httpx
 
 from taskproc.config import Settings
+from taskproc.maintenance import every
 
 log = logging.getLogger("taskproc.worker")
 
@@ -76,7 +76,5 @@ class PodDeletionCost:
         return True
 
     async def run(self) -> None:
-        """Forever, as a background duty of the worker."""
-        while True:
-            await self.sync()
-            await asyncio.sleep(self._interval_s)
+        """Forever, as a background duty of the worker: a failed patch is tried again at the next look."""
+        await every(self._interval_s, self.sync, "pod-deletion-cost", jitter=0.0)

@@ -39,6 +39,7 @@ from taskproc.maintenance import every as every
 from taskproc.maintenance import is_transient as is_transient
 from taskproc.models import Priority
 from taskproc.services.tasks import TASK_COLUMNS, enqueue_item, transition
+from taskproc.tasks.outcomes import PermanentFailure, RetryAfter
 from taskproc.tasks.registry import TaskContext, TaskRegistry
 from taskproc.worker import batch
 from taskproc.worker.backoff import backoff_s
@@ -278,7 +279,12 @@ class WorkerRuntime:
             metrics.TASK_DURATION.labels(label).observe(elapsed)
             metrics.TASK_ATTEMPTS.labels(label, "error").inc()
             error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-            await self._record(key, lambda: self._finish_failed(key, label, error))
+            # The handler may choose the outcome: no retry at all, or a retry after a delay of its choosing.
+            permanent = isinstance(exc, PermanentFailure)
+            delay_s = exc.delay_s if isinstance(exc, RetryAfter) else None
+            await self._record(
+                key, lambda: self._finish_failed(key, label, error, permanent=permanent, delay_s=delay_s)
+            )
         else:
             elapsed = time.perf_counter() - t0
             metrics.TASK_DURATION.labels(label).observe(elapsed)
@@ -399,13 +405,24 @@ class WorkerRuntime:
         return list((await session.execute(sql, {**params, **values})).fetchall())
 
     async def _finish_failed(
-        self, key: tuple[uuid.UUID, int, int], label: str, error: str, *, permanent: bool = False
+        self,
+        key: tuple[uuid.UUID, int, int],
+        label: str,
+        error: str,
+        *,
+        permanent: bool = False,
+        delay_s: float | None = None,
     ) -> None:
-        """A failed attempt: canceled if a cancel was requested, else retrying while retries are left, else failed."""
+        """A failed attempt: canceled if a cancel was requested, else retrying while retries are left (after
+        `delay_s`, or the backoff when None), else failed. `permanent`: failed now, whatever retries are left."""
         task_id, generation, attempt = key
         label = label or "other"
         error = storable(error)
-        delay = backoff_s(attempt, base_s=self.settings.retry_base_s, cap_s=self.settings.retry_max_s)
+        delay = (
+            backoff_s(attempt, base_s=self.settings.retry_base_s, cap_s=self.settings.retry_max_s)
+            if delay_s is None
+            else delay_s
+        )
         retry = "(NOT cancel_requested AND NOT CAST(:permanent AS boolean) AND attempts < max_retries + 1)"
         await testhooks.point("finish_failed.decide")
         async with self.sessions() as session:
@@ -430,7 +447,8 @@ class WorkerRuntime:
                 details={
                     "canceled": "canceled while running",
                     "retrying": f"attempt {attempt} failed: {error[:500]}; retry in {delay:.2f}s",
-                    "failed": f"attempt {attempt} failed: {error[:500]}; no retries left",
+                    "failed": f"attempt {attempt} failed: {error[:500]}; "
+                    + ("not retried (permanent failure)" if permanent else "no retries left"),
                 },
             )
             await session.commit()

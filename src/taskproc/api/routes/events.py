@@ -33,12 +33,12 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from taskproc.api.routing import DocstringRoute
 from taskproc.api.schemas import ERROR_RESPONSES
-from taskproc.errors import InvalidInputError
 
 log = logging.getLogger("taskproc.api.events")
 
@@ -370,10 +370,10 @@ def _parse_last_event_id(header: str, query: int | None) -> int | None:
         return query  # an empty header is no id yet
     value = header.strip()
     if not _EVENT_ID.fullmatch(value):
-        raise InvalidInputError(
+        raise RequestValidationError(
             [
                 {
-                    "loc": ["header", "Last-Event-ID"],
+                    "loc": ("header", "Last-Event-ID"),
                     "msg": "must be an event id: at most 18 ASCII digits",
                     "type": "invalid_last_event_id",
                 }

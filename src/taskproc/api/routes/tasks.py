@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 
 from taskproc import metrics, testhooks
 from taskproc.api.deps import RedisDep, RegistryDep, SessionDep, SettingsDep
 from taskproc.api.routing import DocstringRoute
 from taskproc.api.schemas import ERROR_RESPONSES, SUBMIT_503
-from taskproc.errors import ConflictError, InvalidInputError, NotFoundError, TaskprocError
 from taskproc.models import (
     Priority,
     TaskBatchCreate,
@@ -30,31 +28,6 @@ from taskproc.services import tasks as service
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=ERROR_RESPONSES, route_class=DocstringRoute)
 
 TaskId = Annotated[uuid.UUID, "task id"]
-
-
-@contextmanager
-def operation(name: str) -> Iterator[None]:
-    """Count the operation by outcome; the outcome is derived from how it ended."""
-    outcome = "ok"
-    try:
-        yield
-    except NotFoundError:
-        outcome = "not_found"
-        raise
-    except ConflictError:
-        outcome = "conflict"
-        raise
-    except InvalidInputError:
-        outcome = "invalid"
-        raise
-    except TaskprocError:
-        outcome = "rejected"
-        raise
-    except Exception:
-        outcome = "error"
-        raise
-    finally:
-        metrics.API_OPERATIONS.labels(name, outcome).inc()
 
 
 @router.post(
@@ -81,24 +54,23 @@ async def create_task(
     header) that was used before, returns the existing task with 200 and creates nothing. A 503 does not say
     whether the task was created: retry with the same key (safe), never without one.
     """
-    with operation("create"):
-        if idempotency_key is not None:
-            if task_in.idempotency_key not in (None, idempotency_key):
-                raise InvalidInputError(
-                    [
-                        {
-                            "loc": ["header", "Idempotency-Key"],
-                            "msg": "differs from the body's idempotency_key",
-                            "type": "idempotency_key_mismatch",
-                        }
-                    ]
-                )
-            task_in = task_in.model_copy(update={"idempotency_key": idempotency_key})
-        [(task, created)] = await service.create_tasks(
-            session=session, redis=redis, tasks_in=[task_in], settings=settings, registry=registry
-        )
-        # Committed, not answered yet: a deadline striking here gives the client a 503 for a task that exists.
-        await testhooks.point("api.create.committed")
+    if idempotency_key is not None:
+        if task_in.idempotency_key not in (None, idempotency_key):
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("header", "Idempotency-Key"),
+                        "msg": "differs from the body's idempotency_key",
+                        "type": "idempotency_key_mismatch",
+                    }
+                ]
+            )
+        task_in = task_in.model_copy(update={"idempotency_key": idempotency_key})
+    [(task, created)] = await service.create_tasks(
+        session=session, redis=redis, tasks_in=[task_in], settings=settings, registry=registry
+    )
+    # Committed, not answered yet: a deadline striking here gives the client a 503 for a task that exists.
+    await testhooks.point("api.create.committed")
     if created:
         metrics.TASKS_SUBMITTED.labels(metrics.type_label(task.type), task.priority.value).inc()
     # Serialised here, once: returning the model would have FastAPI validate it against response_model again,
@@ -124,16 +96,15 @@ async def create_tasks_batch(
     Validated as a whole: if any item is invalid the answer is 422 naming its index, and nothing is created.
     Items whose idempotency key already exists come back as the existing task.
     """
-    with operation("create"):
-        results = await service.create_tasks(
-            session=session,
-            redis=redis,
-            tasks_in=batch.tasks,
-            settings=settings,
-            registry=registry,
-            batch=True,
-        )
-        await testhooks.point("api.create.committed")
+    results = await service.create_tasks(
+        session=session,
+        redis=redis,
+        tasks_in=batch.tasks,
+        settings=settings,
+        registry=registry,
+        batch=True,
+    )
+    await testhooks.point("api.create.committed")
     for task, created in results:
         if created:
             metrics.TASKS_SUBMITTED.labels(metrics.type_label(task.type), task.priority.value).inc()
@@ -154,24 +125,21 @@ async def list_tasks(
     Keyset pagination: follow `next_cursor` until it is null; tasks created while paging never make a page
     repeat or skip an older task.
     """
-    with operation("list"):
-        return await service.list_tasks(
-            session=session, status=status_, type_=type_, priority=priority, limit=limit, cursor=cursor
-        )
+    return await service.list_tasks(
+        session=session, status=status_, type_=type_, priority=priority, limit=limit, cursor=cursor
+    )
 
 
 @router.get("/{task_id}", response_model=TaskPublic)
 async def get_task(task_id: uuid.UUID, session: SessionDep) -> TaskPublic:
     """Get one task."""
-    with operation("get"):
-        return await service.get_task(session=session, task_id=task_id)
+    return await service.get_task(session=session, task_id=task_id)
 
 
 @router.patch("/{task_id}", response_model=TaskPublic)
 async def update_task(task_id: uuid.UUID, task_in: TaskUpdate, session: SessionDep, redis: RedisDep) -> TaskPublic:
     """Change a pending task's priority (409 once it has started)."""
-    with operation("update"):
-        return await service.update_task(session=session, redis=redis, task_id=task_id, task_in=task_in)
+    return await service.update_task(session=session, redis=redis, task_id=task_id, task_in=task_in)
 
 
 @router.post("/{task_id}/cancel", response_model=TaskPublic)
@@ -181,27 +149,23 @@ async def cancel_task(task_id: uuid.UUID, session: SessionDep, redis: RedisDep) 
     A waiting task is canceled at once and never runs. A running task is aborted by its worker and becomes
     `canceled` within about a second (the response shows it still running). A finished task: 409.
     """
-    with operation("cancel"):
-        return await service.cancel_task(session=session, redis=redis, task_id=task_id)
+    return await service.cancel_task(session=session, redis=redis, task_id=task_id)
 
 
 @router.post("/{task_id}/retry", response_model=TaskPublic)
 async def retry_task(task_id: uuid.UUID, session: SessionDep, redis: RedisDep) -> TaskPublic:
     """Run a failed or canceled task again, with fresh attempts (409 otherwise)."""
-    with operation("retry"):
-        return await service.retry_task(session=session, redis=redis, task_id=task_id)
+    return await service.retry_task(session=session, redis=redis, task_id=task_id)
 
 
 @router.delete("/{task_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
 async def delete_task(task_id: uuid.UUID, session: SessionDep) -> Response:
     """Delete a finished task and its history (409 while it is not finished)."""
-    with operation("delete"):
-        await service.delete_task(session=session, task_id=task_id)
+    await service.delete_task(session=session, task_id=task_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{task_id}/events", response_model=list[TaskEventPublic])
 async def list_task_events(task_id: uuid.UUID, session: SessionDep) -> list[TaskEventPublic]:
     """A task's history: every state change in order."""
-    with operation("get"):
-        return await service.list_events(session=session, task_id=task_id)
+    return await service.list_events(session=session, task_id=task_id)

@@ -282,11 +282,14 @@ class Completion(Protocol):
 _EVENT_INSERT = "INSERT INTO task_event (task_id, at, status, attempt, detail)"
 
 
-def _transition(*, sets: str, where: str, detail: str, from_: str = "", event_where: str = "") -> sa.TextClause:
+def _transition(
+    *, sets: str, where: str, detail: str, from_: str = "", event_where: str = "", with_: str = ""
+) -> sa.TextClause:
     """UPDATE task SET <sets> WHERE <where>, returning the changed rows, plus one task_event per changed row
-    whose detail is the SQL expression `detail` (over the updated row), all in one statement."""
+    whose detail is the SQL expression `detail` (over the updated row), all in one statement (`with_`: CTEs
+    the WHERE may use)."""
     return sa.text(
-        f"WITH t AS (UPDATE task SET {sets}, updated_at = now() {from_} WHERE {where} "  # noqa: S608 - constant SQL
+        f"WITH {with_}t AS (UPDATE task SET {sets}, updated_at = now() {from_} WHERE {where} "  # noqa: S608 - constant
         f"RETURNING {', '.join(f'task.{c}' for c in _names(TaskRow))}), "
         f"e AS ({_EVENT_INSERT} SELECT id, updated_at, status, attempts, {detail} FROM t {event_where}) "
         "SELECT * FROM t"
@@ -885,12 +888,15 @@ REAP_EXPIRED = _transition(
         "finished_at = CASE WHEN cancel_requested OR attempts >= max_retries + 1 THEN now() END, "
         "generation = generation + 1, worker_id = NULL, run_at = now()"
     ),
-    where=(
-        "id IN (SELECT t.id FROM task t WHERE t.status = :s_running "
-        "AND t.worker_id IS DISTINCT FROM :me AND NOT EXISTS "
-        "(SELECT 1 FROM worker w WHERE w.id = t.worker_id AND w.expires_at > now()) "
-        "ORDER BY t.id LIMIT :limit FOR UPDATE SKIP LOCKED) AND status = :s_running"
+    # The rows are picked once, in a materialized CTE: as an IN (subquery) the planner may rescan the locking
+    # subquery, and each rescan skips the rows this statement already changed, so LIMIT would bound nothing.
+    with_=(
+        "lost AS MATERIALIZED (SELECT l.id FROM task l WHERE l.status = :s_running "
+        "AND l.worker_id IS DISTINCT FROM :me AND NOT EXISTS "
+        "(SELECT 1 FROM worker w WHERE w.id = l.worker_id AND w.expires_at > now()) "
+        "ORDER BY l.id LIMIT :limit FOR UPDATE SKIP LOCKED), "
     ),
+    where="id IN (SELECT id FROM lost) AND status = :s_running",
     detail="'worker lost (lease expired); attempt counted'",
 )
 DELETE_DEAD_WORKERS = sa.text("DELETE FROM worker WHERE expires_at < now() - interval '1 hour'")
@@ -907,9 +913,11 @@ async def reap_expired(db: Db, worker_id: str, *, limit: int = 500) -> list[Task
 
 
 PURGE = sa.text(
-    "WITH d AS (DELETE FROM task WHERE id IN (SELECT id FROM task "
+    # Picked once, in a materialized CTE, so that `batch` bounds the rows (see REAP_EXPIRED).
+    "WITH old AS MATERIALIZED (SELECT id FROM task "
     "WHERE status = ANY(CAST(:terminal AS text[])) AND finished_at < now() - make_interval(secs => :secs) "
-    "LIMIT :batch FOR UPDATE SKIP LOCKED) RETURNING 1) SELECT count(*) FROM d"
+    "LIMIT :batch FOR UPDATE SKIP LOCKED), "
+    "d AS (DELETE FROM task WHERE id IN (SELECT id FROM old) RETURNING 1) SELECT count(*) FROM d"
 )
 
 

@@ -326,10 +326,10 @@ INSERT_TASKS = sa.text(
 
 
 async def create(db: Db, tasks: Sequence[NewTask]) -> list[TaskRow]:
-    """Insert `tasks` (pending, generation 1) with their first event; returns the rows inserted, which leaves
-    out every task whose idempotency key already exists (the unique index decides, ON CONFLICT DO NOTHING
-    yields to the winner). Insert in key order: two batches racing on the same keys then wait on each other
-    in the same order and never deadlock."""
+    """Insert `tasks` (pending, generation 1, due after their delay) with their first event, in the order
+    given; returns the rows inserted, which leaves out every task whose idempotency key already exists (the
+    unique index decides, ON CONFLICT DO NOTHING yields to the winner). Callers pass the tasks sorted by key:
+    two batches racing on the same keys then wait on each other in the same order and never deadlock."""
     params = _params(
         ids=[t.id for t in tasks],
         types=[t.type for t in tasks],

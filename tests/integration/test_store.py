@@ -4,10 +4,12 @@ test): the rows each statement returns and the state it leaves behind. No HTTP, 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import FrozenInstanceError, dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -666,3 +668,16 @@ def test_storable_escapes_what_text_refuses_and_bounds_the_length() -> None:
     assert store.storable("a\x00b") == "a\\x00b"
     assert store.storable("x\ud800y") == "x\\ud800y"
     assert store.storable("é" * 10, limit=3) == "ééé"
+
+
+def test_every_store_function_is_called_here() -> None:
+    """Each function of the store has its test in this module (a new one without one fails here)."""
+    source = Path(__file__).read_text(encoding="utf-8")
+    functions = [
+        name
+        for name, fn in inspect.getmembers(store, inspect.isfunction)
+        if not name.startswith("_") and fn.__module__ == store.__name__
+    ]
+    assert len(functions) >= 15
+    untested = [name for name in functions if f"store.{name}(" not in source]
+    assert not untested, f"store functions without a test here: {untested}"

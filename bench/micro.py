@@ -28,7 +28,7 @@ from taskproc.config import Settings
 from taskproc.db import create_engine, create_sessionmaker
 from taskproc.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from taskproc.migrate import migrate
-from taskproc.services.tasks import TASK_COLUMNS, transition
+from taskproc.store import TASK_COLUMNS
 
 from bench.procs import tree_cpu_s
 
@@ -95,21 +95,16 @@ async def _main(pg: EmbeddedPostgres, redis_port: int, timer: Timer, n: int) -> 
     engine = create_engine(settings, pool_size=4)
     sessions = create_sessionmaker(engine)
 
+    claim_text = sa.text(CLAIM_ONE_SQL)
+
     async def claim_now() -> None:
         async with sessions() as session:
-            await transition(
-                session,
-                sets=CLAIM_SETS,
-                where=CLAIM_WHERE,
-                params={"id": next(pending), "gen": 1, "worker": "w"},
-                detail="started",
-            )
+            await session.execute(claim_text, {"id": next(pending), "gen": 1, "worker": "w"})
             await session.commit()
 
     await timer.run("PG claim, now: AsyncSession + pre-ping (ping, BEGIN, CTE, COMMIT = 4 round trips)", claim_now, n)
 
     auto = create_engine(settings, pool_size=4).execution_options(isolation_level="AUTOCOMMIT")
-    claim_text = sa.text(CLAIM_ONE_SQL)
 
     async def claim_core() -> None:
         async with auto.connect() as conn:

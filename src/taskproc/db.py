@@ -1,9 +1,17 @@
-"""Async SQLAlchemy engine on psycopg 3, and the session factory used by the API and the workers."""
+"""Connections: the async SQLAlchemy engine on psycopg 3 and the session factory used by the API and the
+workers, and the workers' dedicated autocommit psycopg connections (PgWriter). The statements are in
+taskproc.store."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from taskproc.config import Settings
@@ -41,3 +49,48 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 async def session_scope(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     async with maker() as session:
         yield session
+
+
+class PgWriter:
+    """One autocommit psycopg connection, (re)opened on demand and dropped after any failure.
+
+    Every call is bounded by the database timeout plus a margin on our side too: a frozen server (SIGSTOP, a
+    dead network path) enforces no statement_timeout, and a worker must not hang on it.
+    """
+
+    def __init__(self, settings: Settings, *, name: str) -> None:
+        self._conninfo = settings.libpq_url
+        self._timeout = settings.db_timeout_s
+        self._name = name
+        self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+
+    async def _connection(self) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+        if self._conn is None or self._conn.closed:
+            ms = int(self._timeout * 1000)
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._conninfo,
+                autocommit=True,
+                connect_timeout=max(1, int(self._timeout)),
+                options=f"-c statement_timeout={ms + 2000} -c lock_timeout={ms}",
+                application_name=f"taskproc-worker-{self._name}",
+            )
+        return self._conn
+
+    async def fetch(self, query: sql.SQL, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Run one prepared statement; its rows by column name."""
+        try:
+            async with asyncio.timeout(self._timeout + 3):
+                conn = await self._connection()
+                async with conn.cursor(row_factory=dict_row) as cur:
+                    await cur.execute(query, params, prepare=True)
+                    return await cur.fetchall()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await conn.close()

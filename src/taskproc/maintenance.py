@@ -18,23 +18,20 @@ import asyncio
 import contextlib
 import logging
 import random
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
-import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from taskproc import queue
+from taskproc import queue, store
 from taskproc.config import Settings
-from taskproc.models import Priority
-from taskproc.services.tasks import enqueue_item
+from taskproc.models import WAITING, TaskStatus
 
 log = logging.getLogger("taskproc.maintenance")
 
@@ -59,13 +56,13 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
-RECONCILE_LOCK = 7314250001
+RECONCILE_LOCK = store.RECONCILE_LOCK
 # The reconciler scans (a bounded part of) the waiting tasks on a process's first pass and then on every such
 # pass (about every 2 minutes with the default 15 s), besides whenever the counts disagree.
 FULL_SCAN_EVERY = 8
 # API processes promote due deferred jobs this often: KEDA polls every 30 s by default, so this is plenty.
 PROMOTE_EVERY_S = 1.0
-_ZERO = uuid.UUID(int=0)
+_ZERO = store.NIL_ID
 
 
 async def every(interval_s: float, fn: Any, name: str, *, jitter: float = 0.1) -> None:
@@ -113,10 +110,7 @@ class Maintenance:
         full = self._passes % FULL_SCAN_EVERY == 1
         enqueued = 0
         async with self.sessions() as session:
-            got = (
-                await session.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": RECONCILE_LOCK})
-            ).scalar_one()
-            if not got:
+            if not await store.try_reconcile_lock(session):
                 return 0
             requeued = await self._sweep_running(session, self.settings.lease_s * 1000)
             if full or await self._redis_short(session):
@@ -127,54 +121,33 @@ class Maintenance:
         return enqueued + requeued
 
     async def _scan_waiting(self, session: AsyncSession, *, batch_size: int, max_rows: int) -> int:
-        start = (
-            await session.execute(sa.text("SELECT last_id FROM reconcile_cursor WHERE name = 'waiting'"))
-        ).scalar_one_or_none() or _ZERO
+        start = await store.reconcile_cursor(session)
         last, wrapped, scanned, enqueued = start, False, 0, 0
         while scanned < max_rows:
             limit = min(batch_size, max_rows - scanned)
             # After wrapping around, only up to where this pass began: each row at most once per pass.
-            rows = (
-                await session.execute(
-                    sa.text(
-                        "SELECT id, generation, priority, run_at, clock_timestamp() AS db_now FROM task "
-                        "WHERE status IN ('pending', 'retrying') AND id > :last AND (NOT :wrapped OR id <= :start) "
-                        "AND updated_at < now() - interval '2 seconds' ORDER BY id LIMIT :limit"
-                    ),
-                    {"last": last, "wrapped": wrapped, "start": start, "limit": limit},
-                )
-            ).fetchall()
+            rows = await store.reconcile_page(session, after=last, limit=limit, wrapped=wrapped, start=start)
             if rows:
                 scanned += len(rows)
                 last = rows[-1].id
-                states = await queue.job_states(self.redis, [(r.id, r.generation, Priority(r.priority)) for r in rows])
+                states = await queue.job_states(self.redis, [(r.id, r.generation, r.priority) for r in rows])
                 missing = [
                     r for r, state in zip(rows, states, strict=True) if not state.queued and state.taken_ms_ago is None
                 ]
                 if missing:
-                    await queue.enqueue(self.redis, [enqueue_item(r, r.db_now) for r in missing])
+                    await queue.enqueue(self.redis, [queue.entry(r, r.db_now) for r in missing])
                     enqueued += len(missing)
             if len(rows) < limit:
                 if wrapped or start == _ZERO:
                     last = _ZERO  # a full circle: the next pass starts at the beginning
                     break
                 wrapped, last = True, _ZERO
-        await session.execute(
-            sa.text(
-                "INSERT INTO reconcile_cursor (name, last_id, updated_at) VALUES ('waiting', :last, now()) "
-                "ON CONFLICT (name) DO UPDATE SET last_id = EXCLUDED.last_id, updated_at = EXCLUDED.updated_at"
-            ),
-            {"last": last},
-        )
+        await store.save_reconcile_cursor(session, last)
         return enqueued
 
     async def _redis_short(self, session: AsyncSession) -> bool:
         """True when Redis holds fewer jobs than Postgres has tasks waiting or running (counters, not a scan)."""
-        expected = (
-            await session.execute(
-                sa.text("SELECT coalesce(sum(n), 0) FROM task_count WHERE status IN ('pending', 'retrying', 'running')")
-            )
-        ).scalar_one()
+        expected = await store.live_count(session)
         ready, deferred, running = await queue.queue_sizes(self.redis)
         return bool(ready + deferred + running < expected)
 
@@ -188,23 +161,15 @@ class Maintenance:
             if not jobs:
                 break
             seen += len(jobs)
-            rows = (
-                await session.execute(
-                    sa.text(
-                        "SELECT id, generation, status, priority, run_at, clock_timestamp() AS db_now FROM task "
-                        "WHERE id = ANY(:ids)"
-                    ),
-                    {"ids": [task_id for task_id, _ in jobs]},
-                )
-            ).fetchall()
+            rows = await store.job_states(session, [task_id for task_id, _ in jobs])
             current = {r.id: r for r in rows}
             for task_id, generation in jobs:
                 row = current.get(task_id)
                 if row is not None and row.generation == generation:
-                    if row.status in ("pending", "retrying"):
-                        requeue.append(enqueue_item(row, row.db_now))
+                    if row.status in WAITING:
+                        requeue.append(queue.entry(row, row.db_now))
                         continue
-                    if row.status == "running":
+                    if row.status == TaskStatus.running:
                         # A live worker's long task, or the reaper's business once that worker's lease runs out.
                         continue
                 # The task is gone, finished, or on a newer generation: this job will never do anything.

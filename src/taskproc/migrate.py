@@ -9,12 +9,11 @@ from pathlib import Path
 import tenacity
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from taskproc import retry
+from taskproc import retry, store
 from taskproc.config import Settings
 
 log = logging.getLogger("taskproc.migrate")
@@ -37,7 +36,7 @@ def wait_for_database(settings: Settings, timeout_s: float) -> None:
             engine = create_engine(settings.sqlalchemy_url, connect_args={"connect_timeout": 3})
             try:
                 with engine.connect() as conn:
-                    conn.execute(text("SELECT 1"))
+                    store.ping_sync(conn)
             finally:
                 engine.dispose()
 
@@ -63,7 +62,7 @@ def current_revisions(settings: Settings) -> set[str] | None:
     engine = create_engine(settings.sqlalchemy_url, connect_args={"connect_timeout": 3})
     try:
         with engine.connect() as conn:
-            return set(MigrationContext.configure(conn).get_current_heads())
+            return store.schema_revisions(conn)
     except SQLAlchemyError:
         return None
     finally:

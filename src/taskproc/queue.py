@@ -19,7 +19,8 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
@@ -92,6 +93,31 @@ class Enqueue:
     generation: int
     priority: Priority
     delay_ms: int
+
+
+class Queueable(Protocol):
+    """A task row that can be put on the queue (store.TaskRow, store.WaitingJob, store.JobState)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def priority(self) -> Priority: ...
+    @property
+    def run_at(self) -> datetime: ...
+
+
+def entry(row: Queueable, now: datetime) -> Enqueue:
+    """The queue entry of a task row, its delay computed on Postgres's clock alone: `now` is Postgres's now()
+    when the row was read, or the row's `updated_at`, which every statement that writes a row to enqueue
+    (insert, transitions) sets to now() itself."""
+    return Enqueue(
+        task_id=row.id,
+        generation=row.generation,
+        priority=row.priority,
+        delay_ms=int((row.run_at - now).total_seconds() * 1000),
+    )
 
 
 def _deferred_member(priority: Priority, jid: str) -> str:

@@ -22,10 +22,10 @@ import httpx
 import psycopg
 import pytest
 
-from taskproc.api.routes import events
-from taskproc.api.routes.events import BUFFER_MAX, Event, Subscription
+from taskproc import events
 from taskproc.config import Settings
 from taskproc.db import create_engine, create_sessionmaker
+from taskproc.events import BUFFER_MAX, Event, Subscription
 
 from conftest import StackFactory
 from support import Stack

@@ -28,8 +28,8 @@ from taskproc.db import create_engine, create_sessionmaker
 from taskproc.errors import ConflictError
 from taskproc.models import TaskCreate
 from taskproc.services import tasks as service
+from taskproc.store import Claimed
 from taskproc.tasks.registry import TaskContext, TaskRegistry
-from taskproc.worker.batch import Claimed
 from taskproc.worker.runtime import TRANSIENT, WorkerRuntime
 
 from conftest import StackFactory

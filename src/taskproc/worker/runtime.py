@@ -16,34 +16,32 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-import psycopg.sql
-import sqlalchemy as sa
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from taskproc import metrics, queue, testhooks
+from taskproc import metrics, queue, store, testhooks
 from taskproc.config import Settings
+from taskproc.db import PgWriter
 
 # TRANSIENT, is_transient and every are re-exported: they lived here before the maintenance module existed.
 from taskproc.maintenance import TRANSIENT as TRANSIENT
 from taskproc.maintenance import Maintenance
 from taskproc.maintenance import every as every
 from taskproc.maintenance import is_transient as is_transient
-from taskproc.models import Priority
-from taskproc.services.tasks import TASK_COLUMNS, enqueue_item, transition
+from taskproc.models import TaskStatus
+from taskproc.store import AttemptRef, Claimed, TaskRow
+from taskproc.store import storable as storable
 from taskproc.tasks.outcomes import PermanentFailure, RetryAfter
 from taskproc.tasks.registry import TaskContext, TaskRegistry
 from taskproc.worker import batch
 from taskproc.worker.backoff import backoff_s
-from taskproc.worker.batch import Claimed
 
 log = logging.getLogger("taskproc.worker")
 
@@ -51,23 +49,6 @@ MAX_ERROR_CHARS = 4000
 # A job of a task type this worker does not serve goes back to the queue for this long, so a worker that serves
 # it can take it and this one does not spin on it.
 HAND_BACK_DELAY_MS = 5000
-
-
-def storable(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    """`text` as a Postgres text column takes it: NUL escaped (text refuses \\x00), lone surrogates escaped (not
-    UTF-8), at most `limit` characters."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
-
-
-HEARTBEAT_SQL = psycopg.sql.SQL(
-    "INSERT INTO worker (id, hostname, pid, started_at, expires_at, task_types) "
-    "VALUES (%(id)s, %(host)s, %(pid)s, now(), now() + make_interval(secs => %(lease)s), %(types)s::jsonb) "
-    "ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, task_types = EXCLUDED.task_types "
-    "RETURNING expires_at"
-)
-UNREGISTER_SQL = psycopg.sql.SQL("DELETE FROM worker WHERE id = %(id)s RETURNING id")
 
 
 def new_worker_id() -> str:
@@ -91,9 +72,9 @@ class WorkerRuntime:
     listening: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     ticker: queue.Ticker = field(init=False)
     # The hot path's own connections: one for claims (the poll loop) and one for outcomes (the completer).
-    claims: batch.PgWriter = field(init=False)
+    claims: PgWriter = field(init=False)
     completer: batch.Completer = field(init=False)
-    liveness: batch.PgWriter = field(init=False)
+    liveness: PgWriter = field(init=False)
     _released: list[str] = field(default_factory=list, init=False)
     _release_soon: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     maintenance: Maintenance = field(init=False)
@@ -110,13 +91,13 @@ class WorkerRuntime:
 
     def __post_init__(self) -> None:
         self.ticker = queue.Ticker(self.redis)
-        self.claims = batch.PgWriter(self.settings, name="claims")
-        self.completer = batch.Completer(batch.PgWriter(self.settings, name="outcomes"))
+        self.claims = PgWriter(self.settings, name="claims")
+        self.completer = batch.Completer(PgWriter(self.settings, name="outcomes"))
         # What this worker advertises in its heartbeat: the types it serves, each with its schema fingerprint.
         self.task_types = self.registry.advertisement()
         # Liveness has a connection of its own: a pool exhausted by task writes must never let our lease lapse
         # (the reaper would hand our running tasks to another worker and they would run twice).
-        self.liveness = batch.PgWriter(self.settings, name="liveness")
+        self.liveness = PgWriter(self.settings, name="liveness")
         self.maintenance = Maintenance(settings=self.settings, sessions=self.sessions, redis=self.redis)
 
     async def close_connections(self) -> None:
@@ -146,8 +127,11 @@ class WorkerRuntime:
             self.active[task_id] += 1
         try:
             if jobs:
-                rows, unserved = await batch.claim(
-                    self.claims, jobs, worker_id=self.worker_id, types=list(self.task_types)
+                rows, unserved = await store.claim_batch(
+                    self.claims,
+                    [store.JobRef(id=task_id, generation=gen) for task_id, gen in jobs],
+                    worker_id=self.worker_id,
+                    types=list(self.task_types),
                 )
             else:
                 rows, unserved = [], []
@@ -175,7 +159,7 @@ class WorkerRuntime:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await queue.defer_again(
                     self.redis,
-                    [(queue.job_id(u.id, u.generation), Priority(u.priority)) for u in unserved],
+                    [(queue.job_id(u.id, u.generation), u.priority) for u in unserved],
                     delay_ms=HAND_BACK_DELAY_MS,
                 )
         stale = []
@@ -312,7 +296,7 @@ class WorkerRuntime:
                     "stale completion ignored"
                     if written is None
                     else "task completed"
-                    if written == "completed"
+                    if written == TaskStatus.completed
                     else "task canceled: a cancel was requested while it ran (its result is kept)",
                     extra={
                         "task_id": str(task_id),
@@ -383,27 +367,6 @@ class WorkerRuntime:
             await asyncio.sleep(delay)
             delay = min(2.0, delay * 2)
 
-    async def _decide(
-        self, session: AsyncSession, *, sets: str, where: str, params: dict[str, Any], details: dict[str, str]
-    ) -> list[Any]:
-        """One compare-and-set whose outcome Postgres decides from the row as it is when the row is written
-        (CASE in `sets`), plus its event with the detail of the status it chose.
-
-        One statement, not a sequence of attempts: an API cancel committing between two statements would be
-        missed by the second (issue 12 case 2). Under READ COMMITTED an UPDATE that waited for a concurrent one
-        evaluates its CASE on the row that one committed.
-        """
-        names = {status: f"d_{i}" for i, status in enumerate(details)}
-        cases = " ".join(f"WHEN '{status}' THEN CAST(:{name} AS text)" for status, name in names.items())
-        sql = sa.text(
-            f"WITH t AS (UPDATE task SET {sets}, updated_at = now() WHERE {where} RETURNING {TASK_COLUMNS}), "  # noqa: S608 - constant SQL
-            "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
-            f"SELECT id, updated_at, status, attempts, CASE status {cases} END FROM t) "
-            "SELECT * FROM t"
-        )
-        values = {name: details[status] for status, name in names.items()}
-        return list((await session.execute(sql, {**params, **values})).fetchall())
-
     async def _finish_failed(
         self,
         key: tuple[uuid.UUID, int, int],
@@ -413,51 +376,31 @@ class WorkerRuntime:
         permanent: bool = False,
         delay_s: float | None = None,
     ) -> None:
-        """A failed attempt: canceled if a cancel was requested, else retrying while retries are left (after
-        `delay_s`, or the backoff when None), else failed. `permanent`: failed now, whatever retries are left."""
+        """A failed attempt: canceled if a cancel was requested, else retrying while retries are left (after the
+        backoff, or `delay_s` when the handler asked for one), else failed; `permanent`: never retried."""
         task_id, generation, attempt = key
         label = label or "other"
         error = storable(error)
-        delay = (
-            backoff_s(attempt, base_s=self.settings.retry_base_s, cap_s=self.settings.retry_max_s)
-            if delay_s is None
-            else delay_s
-        )
-        retry = "(NOT cancel_requested AND NOT CAST(:permanent AS boolean) AND attempts < max_retries + 1)"
+        if delay_s is None:
+            delay = backoff_s(attempt, base_s=self.settings.retry_base_s, cap_s=self.settings.retry_max_s)
+        else:
+            delay = delay_s
         await testhooks.point("finish_failed.decide")
         async with self.sessions() as session:
-            rows = await self._decide(
+            row = await store.fail_attempt(
                 session,
-                sets=(
-                    f"status = CASE WHEN cancel_requested THEN 'canceled' WHEN {retry} THEN 'retrying' "
-                    "ELSE 'failed' END, "
-                    f"error = :error, worker_id = NULL, finished_at = CASE WHEN {retry} THEN NULL ELSE now() END, "
-                    f"generation = CASE WHEN {retry} THEN generation + 1 ELSE generation END, "
-                    f"run_at = CASE WHEN {retry} THEN now() + make_interval(secs => :delay) ELSE run_at END"
-                ),
-                where="id = :id AND generation = :gen AND status = 'running' AND attempts = :attempt",
-                params={
-                    "id": task_id,
-                    "gen": generation,
-                    "attempt": attempt,
-                    "error": error,
-                    "permanent": permanent,
-                    "delay": delay,
-                },
-                details={
-                    "canceled": "canceled while running",
-                    "retrying": f"attempt {attempt} failed: {error[:500]}; retry in {delay:.2f}s",
-                    "failed": f"attempt {attempt} failed: {error[:500]}; "
-                    + ("not retried (permanent failure)" if permanent else "no retries left"),
-                },
+                AttemptRef(id=task_id, generation=generation, attempts=attempt),
+                error=error,
+                delay_s=delay,
+                retry=not permanent,
             )
             await session.commit()
-        status = rows[0].status if rows else "stale"
-        if rows:
-            label = metrics.type_label(rows[0].type)
-            if status == "retrying":
+        status = row.status.value if row is not None else "stale"
+        if row is not None:
+            label = metrics.type_label(row.type)
+            if row.status == TaskStatus.retrying:
                 metrics.TASKS_RETRIED.labels(label).inc()
-                await self._enqueue_rows(rows)
+                await self._enqueue_rows([row])
             else:
                 metrics.TASKS_FINISHED.labels(label, status).inc()
         log.info(
@@ -473,32 +416,22 @@ class WorkerRuntime:
         """
         task_id, generation, attempt = key
         async with self.sessions() as session:
-            rows = await self._decide(
+            row = await store.hand_back(
                 session,
-                sets=(
-                    "status = CASE WHEN cancel_requested THEN 'canceled' ELSE 'pending' END, "
-                    "attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, "
-                    "generation = CASE WHEN cancel_requested THEN generation ELSE generation + 1 END, "
-                    "finished_at = CASE WHEN cancel_requested THEN now() END, "
-                    "started_at = CASE WHEN cancel_requested THEN started_at END, worker_id = NULL, "
-                    "run_at = CASE WHEN cancel_requested THEN run_at ELSE now() + make_interval(secs => :delay) END"
-                ),
-                where="id = :id AND generation = :gen AND status = 'running' AND attempts = :attempt",
-                params={"id": task_id, "gen": generation, "attempt": attempt, "delay": HAND_BACK_DELAY_MS / 1000},
-                details={
-                    "canceled": "canceled while running",
-                    "pending": storable(f"handed back by {self.worker_id}, attempt not counted: {reason}", 1000),
-                },
+                AttemptRef(id=task_id, generation=generation, attempts=attempt),
+                worker_id=self.worker_id,
+                reason=reason,
+                delay_s=HAND_BACK_DELAY_MS / 1000,
             )
             await session.commit()
-        if not rows:
+        if row is None:
             return
-        if rows[0].status == "canceled":
+        if row.status == TaskStatus.canceled:
             metrics.TASKS_FINISHED.labels(label, "canceled").inc()
             return
         metrics.TASKS_HANDED_BACK.labels(label, "payload").inc()
         log.info("task handed back to a newer worker", extra={"task_id": str(task_id), "type": label})
-        await self._enqueue_rows(rows)
+        await self._enqueue_rows([row])
 
     async def _payload_may_be_newer(self, type_: str, exc: ValidationError) -> bool:
         """Whether a payload this worker's model refuses may be one a newer version of the type accepts.
@@ -513,88 +446,48 @@ class WorkerRuntime:
         mine = self.task_types.get(type_)
         try:
             async with self.sessions() as session:
-                other = (
-                    await session.execute(
-                        sa.text(
-                            "SELECT EXISTS (SELECT 1 FROM worker WHERE expires_at > now() "
-                            "AND task_types ->> CAST(:type AS text) IS DISTINCT FROM CAST(:mine AS text) "
-                            "AND task_types ->> CAST(:type AS text) IS NOT NULL)"
-                        ),
-                        {"type": type_, "mine": mine},
-                    )
-                ).scalar_one()
+                return await store.other_schema_advertised(session, type_, mine)
         except Exception as exc2:
             if not is_transient(exc2):
                 raise
             return True  # can't tell now: handing back spends nothing and asks again later
-        return bool(other)
 
     async def _after_cancel(self, key: tuple[uuid.UUID, int, int], label: str) -> None:
         """The job's asyncio task was cancelled: a user's cancel, or this worker shutting down.
 
-        One statement decides (see _decide): canceled if a cancel was requested, else handed back. The first
+        One statement decides (store.requeue): canceled if a cancel was requested, else handed back. The first
         TASKPROC_MAX_SHUTDOWN_REQUEUES shutdown requeues give the attempt back; later ones spend it (retrying,
         or failed once none is left), so a flapping scale-down cannot restart a task forever.
         """
         task_id, generation, attempt = key
-        spend = "(NOT cancel_requested AND shutdown_requeues >= :max_requeues)"
-        final = f"(cancel_requested OR ({spend} AND attempts >= max_retries + 1))"
-        limit = self.settings.max_shutdown_requeues
-        error = (
-            f"attempt {attempt} interrupted: worker {self.worker_id} shut down, and the task was handed back by "
-            f"shutdowns more than {limit} times (TASKPROC_MAX_SHUTDOWN_REQUEUES), so the attempt counts"
-        )
         try:
             await testhooks.point("after_cancel.decide")
             async with self.sessions() as session:
-                rows = await self._decide(
+                row = await store.requeue(
                     session,
-                    sets=(
-                        f"status = CASE WHEN cancel_requested THEN 'canceled' WHEN {final} THEN 'failed' "
-                        f"WHEN {spend} THEN 'retrying' ELSE 'pending' END, "
-                        f"attempts = CASE WHEN cancel_requested OR {spend} THEN attempts ELSE attempts - 1 END, "
-                        f"generation = CASE WHEN {final} THEN generation ELSE generation + 1 END, "
-                        f"started_at = CASE WHEN cancel_requested OR {spend} THEN started_at END, "
-                        f"finished_at = CASE WHEN {final} THEN now() END, "
-                        f"run_at = CASE WHEN {final} THEN run_at ELSE now() END, "
-                        f"error = CASE WHEN {spend} THEN CAST(:error AS text) ELSE error END, "
-                        "shutdown_requeues = CASE WHEN cancel_requested THEN shutdown_requeues "
-                        "ELSE shutdown_requeues + 1 END, worker_id = NULL"
-                    ),
-                    where="id = :id AND generation = :gen AND status = 'running' AND attempts = :attempt",
-                    params={
-                        "id": task_id,
-                        "gen": generation,
-                        "attempt": attempt,
-                        "max_requeues": limit,
-                        "error": error,
-                    },
-                    details={
-                        "canceled": "aborted by its worker after a cancel request",
-                        "pending": f"requeued: worker {self.worker_id} shut down before the task finished",
-                        "retrying": error,
-                        "failed": f"{error}; no retries left",
-                    },
+                    AttemptRef(id=task_id, generation=generation, attempts=attempt),
+                    worker_id=self.worker_id,
+                    max_requeues=self.settings.max_shutdown_requeues,
                 )
                 await session.commit()
         except TRANSIENT as exc:
             # The lease will expire and the reaper will re-run it; nothing is lost.
             log.warning("could not record cancellation, the reaper will recover the task: %s", exc)
             return
-        if not rows:
+        if row is None:
             return
-        status = rows[0].status
-        if status == "canceled":
+        status = row.status
+        if status == TaskStatus.canceled:
             metrics.TASKS_FINISHED.labels(label, "canceled").inc()
             log.info("task canceled", extra={"task_id": str(task_id), "status": "canceled"})
             return
-        if status == "failed":
+        if status == TaskStatus.failed:
             metrics.TASKS_FINISHED.labels(label, "failed").inc()
         else:
-            if status == "retrying":
+            if status == TaskStatus.retrying:
                 metrics.TASKS_RETRIED.labels(label).inc()
-            await self._enqueue_rows(rows)
-        log.info("task requeued on shutdown", extra={"task_id": str(task_id), "status": status})
+            await self._enqueue_rows([row])
+        log.info("task requeued on shutdown", extra={"task_id": str(task_id), "status": status.value})
 
     async def check_cancels(self) -> int:
         """Abort the attempts running here whose task has a cancel request in Postgres (a background duty, once
@@ -602,15 +495,7 @@ class WorkerRuntime:
         if not self.running:
             return 0
         async with self.sessions() as session:
-            rows = (
-                await session.execute(
-                    sa.text(
-                        "SELECT id, generation FROM task WHERE id = ANY(:ids) AND status = 'running' "
-                        "AND cancel_requested"
-                    ),
-                    {"ids": list({task_id for task_id, _ in self.running})},
-                )
-            ).fetchall()
+            rows = await store.check_cancels(session, list({task_id for task_id, _ in self.running}))
         aborted = 0
         for r in rows:
             job = self.running.get((r.id, r.generation))
@@ -620,10 +505,10 @@ class WorkerRuntime:
                 aborted += 1
         return aborted
 
-    async def _enqueue_rows(self, rows: list[Any]) -> None:
+    async def _enqueue_rows(self, rows: Sequence[TaskRow]) -> None:
         try:
-            await queue.enqueue(self.redis, [enqueue_item(r) for r in rows])
-            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, Priority(r.priority)) for r in rows])
+            await queue.enqueue(self.redis, [queue.entry(r, r.updated_at) for r in rows])
+            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, r.priority) for r in rows])
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("redis unavailable; the reconciler will enqueue: %s", type(exc).__name__)
 
@@ -644,19 +529,17 @@ class WorkerRuntime:
             self.lease_ok_since = now
 
     async def _heartbeat(self) -> None:
-        await self.liveness.fetch(
-            HEARTBEAT_SQL,
-            {
-                "id": self.worker_id,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "lease": self.settings.lease_s,
-                "types": _json(self.task_types),
-            },
+        await store.heartbeat(
+            self.liveness,
+            self.worker_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            lease_s=self.settings.lease_s,
+            task_types=self.task_types,
         )
 
     async def unregister(self) -> None:
-        await self.liveness.fetch(UNREGISTER_SQL, {"id": self.worker_id})
+        await store.unregister_worker(self.liveness, self.worker_id)
 
     def may_reap_others(self) -> bool:
         """True once our own heartbeats have succeeded for a whole lease: by then every live worker renewed."""
@@ -678,92 +561,50 @@ class WorkerRuntime:
 
     async def _reap_orphans(self) -> int:
         async with self.sessions() as session:
-            candidates = (
-                await session.execute(
-                    sa.text(
-                        "SELECT id, generation, attempts FROM task WHERE status = 'running' AND worker_id = :worker"
-                    ),
-                    {"worker": self.worker_id},
-                )
-            ).fetchall()
+            candidates = await store.running_on(session, self.worker_id)
             # Checked after the read: a task that was being run when the row was read and is not any more has
-            # been recorded since (its row changed, so the compare-and-set below skips it).
+            # been recorded since (its row changed, so the compare-and-set skips it).
             orphans = [c for c in candidates if c.id not in self.active]
-            rows: list[Any] = []
-            for c in orphans:
-                rows += await transition(
-                    session,
-                    sets=(
-                        "status = CASE WHEN cancel_requested THEN 'canceled' ELSE 'pending' END, "
-                        "finished_at = CASE WHEN cancel_requested THEN now() END, "
-                        "attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, "
-                        "started_at = CASE WHEN cancel_requested THEN started_at END, "
-                        "generation = generation + 1, worker_id = NULL, run_at = now()"
-                    ),
-                    where=(
-                        "id = :id AND generation = :gen AND attempts = :attempts AND status = 'running' "
-                        "AND worker_id = :worker"
-                    ),
-                    params={"id": c.id, "gen": c.generation, "attempts": c.attempts, "worker": self.worker_id},
-                    detail=f"requeued: claimed by {self.worker_id} but no longer running there",
-                )
+            rows = await store.reap_orphans(session, self.worker_id, orphans)
             await session.commit()
         if not rows:
             return 0
         for r in rows:
-            log.warning("orphaned task handed back", extra={"task_id": str(r.id), "status": r.status})
-            if r.status == "canceled":
+            log.warning("orphaned task handed back", extra={"task_id": str(r.id), "status": r.status.value})
+            if r.status == TaskStatus.canceled:
                 metrics.TASKS_FINISHED.labels(metrics.type_label(r.type), "canceled").inc()
-        pending = [r for r in rows if r.status == "pending"]
+        pending = [r for r in rows if r.status == TaskStatus.pending]
         try:
             if pending:
-                await queue.enqueue(self.redis, [enqueue_item(r) for r in pending])
-            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, Priority(r.priority)) for r in rows])
+                await queue.enqueue(self.redis, [queue.entry(r, r.updated_at) for r in pending])
+            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, r.priority) for r in rows])
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("redis unavailable; the reconciler will enqueue: %s", type(exc).__name__)
         return len(rows)
 
     async def _reap_expired(self) -> int:
         async with self.sessions() as session:
-            rows = await transition(
-                session,
-                sets=(
-                    "status = CASE WHEN cancel_requested THEN 'canceled' "
-                    "WHEN attempts >= max_retries + 1 THEN 'failed' ELSE 'retrying' END, "
-                    "error = CASE WHEN cancel_requested THEN error ELSE 'worker lost: its lease expired' END, "
-                    "finished_at = CASE WHEN cancel_requested OR attempts >= max_retries + 1 THEN now() END, "
-                    "generation = generation + 1, worker_id = NULL, run_at = now()"
-                ),
-                where=(
-                    "id IN (SELECT t.id FROM task t WHERE t.status = 'running' "
-                    "AND t.worker_id IS DISTINCT FROM :me AND NOT EXISTS "
-                    "(SELECT 1 FROM worker w WHERE w.id = t.worker_id AND w.expires_at > now()) "
-                    "ORDER BY t.id LIMIT 500 FOR UPDATE SKIP LOCKED) AND status = 'running'"
-                ),
-                # Our own tasks are never "lost" to us: the ones we still run carry on, the others are orphans.
-                params={"me": self.worker_id},
-                detail="worker lost (lease expired); attempt counted",
-            )
-            await session.execute(sa.text("DELETE FROM worker WHERE expires_at < now() - interval '1 hour'"))
+            # Our own tasks are never "lost" to us: the ones we still run carry on, the others are orphans.
+            rows = await store.reap_expired(session, self.worker_id)
             await session.commit()
         if not rows:
             return 0
         for r in rows:
             label = metrics.type_label(r.type)
             metrics.TASK_ATTEMPTS.labels(label, "lost").inc()
-            if r.status == "retrying":
+            if r.status == TaskStatus.retrying:
                 metrics.TASKS_RETRIED.labels(label).inc()
             else:
-                metrics.TASKS_FINISHED.labels(label, r.status).inc()
+                metrics.TASKS_FINISHED.labels(label, r.status.value).inc()
             log.warning(
                 "task recovered from a lost worker",
-                extra={"task_id": str(r.id), "type": r.type, "attempt": r.attempts, "status": r.status},
+                extra={"task_id": str(r.id), "type": r.type, "attempt": r.attempts, "status": r.status.value},
             )
-        retry = [r for r in rows if r.status == "retrying"]
+        retry = [r for r in rows if r.status == TaskStatus.retrying]
         try:
             if retry:
-                await queue.enqueue(self.redis, [enqueue_item(r) for r in retry])
-            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, Priority(r.priority)) for r in rows])
+                await queue.enqueue(self.redis, [queue.entry(r, r.updated_at) for r in retry])
+            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, r.priority) for r in rows])
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("redis unavailable; the reconciler will enqueue: %s", type(exc).__name__)
         return len(rows)
@@ -780,17 +621,8 @@ class WorkerRuntime:
         total = 0
         while True:
             async with self.sessions() as session:
-                result = await session.execute(
-                    sa.text(
-                        "DELETE FROM task WHERE id IN (SELECT id FROM task "
-                        "WHERE status IN ('completed', 'failed', 'canceled') "
-                        "AND finished_at < now() - make_interval(secs => :secs) "
-                        "LIMIT :batch FOR UPDATE SKIP LOCKED)"
-                    ),
-                    {"secs": days * 86400, "batch": batch},
-                )
+                n = await store.purge(session, older_than_s=days * 86400, batch=batch)
                 await session.commit()
-            n: int = result.rowcount  # type: ignore[attr-defined]
             total += n
             if n < batch:
                 break

@@ -3,99 +3,36 @@
 Every row appended to `task_event` becomes one SSE message whose `id:` is the row's bigint id, so a client that
 reconnects with `Last-Event-ID` (or `?last_event_id=`) resumes exactly where it left off.
 
-How it scales: one shared poller per API process (an asyncio task, started by the first subscriber, stopping by
-itself a few seconds after the last one leaves) reads new rows with an indexed range query every 250 ms and fans
-them out to per-connection buffers. Postgres sees one cheap query per process, whatever the number of clients,
-and no trigger or NOTIFY slows down the writers. A client that does not keep up is disconnected (its buffer is
-bounded) and catches up from the database when it reconnects.
-
-Identity values are handed out before commit, so a row with a lower id may become visible after a higher one.
-The poller remembers such holes for a few seconds and fetches them when they are filled; consumers that need
-the task's latest state should use `task_status`, which is read when the event is delivered.
+How it scales: every stream of an API process is a subscription of the process's one event hub
+(taskproc.events: one shared poller of task_event, bounded per-subscriber buffers). A client that does not keep
+up is disconnected and catches up from the database when it reconnects. This module is the HTTP side only: the
+replay on reconnect, the SSE framing, heartbeats and the end of streams when the server stops.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
 import re
 import signal
 import time
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from taskproc import store
 from taskproc.api.routing import DocstringRoute
 from taskproc.api.schemas import ERROR_RESPONSES
+from taskproc.events import EventHub, render
+from taskproc.store import StreamEvent
 
-log = logging.getLogger("taskproc.api.events")
-
-POLL_S = 0.25  # how often the shared poller looks for new rows
-BATCH = 500  # rows per poll; a full batch is followed by another poll at once
 REPLAY_MAX = 1000  # at most this many missed events are replayed on reconnect; beyond: `reset`
-BUFFER_MAX = 2000  # per-connection backlog; a client this far behind is disconnected
 HEARTBEAT_S = 15.0  # comment line on an idle stream, so proxies and clients know it is alive
 RETRY_MS = 2000  # the `retry:` hint sent to EventSource clients
-LINGER_S = 5.0  # the poller keeps going this long after the last subscriber left
-GAP_TTL_S = 10.0  # how long a hole in the id sequence is waited for (a transaction still committing)
-GAP_MAX = 5000  # holes remembered at most
-STALE_S = 60.0  # a subscription whose stream has not looked for events this long is dropped
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-_COLUMNS = (
-    "e.id, e.task_id, e.at, e.status, e.attempt, e.detail, t.type, t.priority, t.status AS task_status, "
-    "t.attempts AS task_attempts"
-)
-_FROM = "FROM task_event e JOIN task t ON t.id = e.task_id"
-_NEW_SQL = sa.text(f"SELECT {_COLUMNS} {_FROM} WHERE e.id > :pos ORDER BY e.id LIMIT :limit")
-_NEW_AND_GAPS_SQL = sa.text(
-    f"(SELECT {_COLUMNS} {_FROM} WHERE e.id > :pos ORDER BY e.id LIMIT :limit) "
-    f"UNION ALL (SELECT {_COLUMNS} {_FROM} WHERE e.id = ANY(:gaps))"
-)
-_MAX_SQL = sa.text("SELECT coalesce(max(id), 0) FROM task_event")
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One task_event row, already rendered as an SSE message (rendered once, shared by every subscriber)."""
-
-    id: int
-    task_id: uuid.UUID
-    frame: str
-
-
-def render(row: Any) -> Event:
-    m = row._mapping
-    data = {
-        "id": m["id"],
-        "task_id": str(m["task_id"]),
-        "type": m["type"],
-        "priority": m["priority"],
-        "status": m["status"],
-        "attempt": m["attempt"],
-        "at": _iso(m["at"]),
-        "detail": m["detail"],
-        "task_status": m["task_status"],
-        "task_attempts": m["task_attempts"],
-    }
-    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return Event(id=m["id"], task_id=m["task_id"], frame=f"id: {m['id']}\nevent: task\ndata: {payload}\n\n")
 
 
 def control(event: str, data: dict[str, Any], *, event_id: int | None = None) -> str:
@@ -103,164 +40,10 @@ def control(event: str, data: dict[str, Any], *, event_id: int | None = None) ->
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-@dataclass(eq=False)
-class Subscription:
-    """One connected client: a bounded backlog the poller fills and the stream drains."""
-
-    task_id: uuid.UUID | None
-    start: int
-    backlog: deque[Event] = field(default_factory=deque)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    dropped: bool = False
-    active_at: float = field(default_factory=time.monotonic)
-
-    def push(self, events: Sequence[Event]) -> bool:
-        """Queue matching events; False when the client is too far behind and has been dropped."""
-        if self.dropped:
-            return False
-        wanted = events if self.task_id is None else [e for e in events if e.task_id == self.task_id]
-        if not wanted:
-            return True
-        if len(self.backlog) + len(wanted) > BUFFER_MAX:
-            self.dropped = True
-            self.backlog.clear()
-            self.wakeup.set()
-            return False
-        self.backlog.extend(wanted)
-        self.wakeup.set()
-        return True
-
-    async def next_batch(self, wait_s: float) -> list[Event]:
-        self.active_at = time.monotonic()
-        if not self.backlog and not self.dropped:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wakeup.wait(), wait_s)
-        self.wakeup.clear()
-        self.active_at = time.monotonic()
-        batch = list(self.backlog)
-        self.backlog.clear()
-        return batch
-
-
-class EventHub:
-    """The per-process poller and its subscribers."""
-
-    def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self.engine = engine
-        self.sessions = sessions
-        self.position = 0
-        self.subscribers: set[Subscription] = set()
-        self._gaps: dict[int, float] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    async def subscribe(self, task_id: uuid.UUID | None) -> Subscription:
-        async with self._lock:
-            if not self.running:
-                async with self.sessions() as session:
-                    self.position = int((await session.execute(_MAX_SQL)).scalar_one())
-                self._gaps.clear()
-                self._task = asyncio.create_task(self._run(), name="taskproc-events-poller")
-            # No await between the check above and this line: the poller can't stop in between.
-            sub = Subscription(task_id=task_id, start=self.position)
-            self.subscribers.add(sub)
-        return sub
-
-    def unsubscribe(self, sub: Subscription) -> None:
-        self.subscribers.discard(sub)
-
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        self.subscribers.clear()
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
-        conn: AsyncConnection | None = None
-        idle_since: float | None = None
-        failures = 0
-        try:
-            while True:
-                now = time.monotonic()
-                for sub in [s for s in self.subscribers if s.dropped or now - s.active_at > STALE_S]:
-                    self.subscribers.discard(sub)
-                if self.subscribers:
-                    idle_since = None
-                else:
-                    idle_since = idle_since if idle_since is not None else now
-                    if now - idle_since >= LINGER_S or server_stopping():
-                        # Forget this task now, before the awaits in `finally`: a subscriber arriving
-                        # meanwhile must start a new poller rather than join one that is leaving.
-                        if self._task is asyncio.current_task():
-                            self._task = None
-                        return
-                try:
-                    if conn is None:
-                        conn = await self.engine.connect()
-                        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    fetched = await self._poll(conn)
-                    failures = 0
-                except Exception as exc:  # the poller must outlive a database outage
-                    failures += 1
-                    log.warning("event poller: %s: %s", type(exc).__name__, str(exc)[:200])
-                    if conn is not None:
-                        with contextlib.suppress(Exception):
-                            await conn.close()
-                        conn = None
-                    await asyncio.sleep(min(5.0, 0.25 * 2**failures))
-                    continue
-                if fetched < BATCH:
-                    await asyncio.sleep(POLL_S)
-        finally:
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(conn.close())
-
-    async def _poll(self, conn: AsyncConnection) -> int:
-        """Fetch new rows (and any filled holes), fan them out; the number of new rows fetched."""
-        now = time.monotonic()
-        self._gaps = {gid: until for gid, until in self._gaps.items() if until > now}
-        params: dict[str, Any] = {"pos": self.position, "limit": BATCH}
-        if self._gaps:
-            params["gaps"] = list(self._gaps)
-            rows = (await conn.execute(_NEW_AND_GAPS_SQL, params)).fetchall()
-        else:
-            rows = (await conn.execute(_NEW_SQL, params)).fetchall()
-        events = sorted((render(r) for r in rows), key=lambda e: e.id)
-        fetched = 0
-        expected = self.position + 1
-        for ev in events:
-            if ev.id <= self.position:
-                self._gaps.pop(ev.id, None)  # a hole was filled
-                continue
-            fetched += 1
-            if ev.id > expected and ev.id - expected <= GAP_MAX:
-                for missing in range(expected, ev.id):
-                    self._gaps[missing] = now + GAP_TTL_S
-            expected = ev.id + 1
-        if fetched:
-            self.position = expected - 1
-        if len(self._gaps) > GAP_MAX:
-            for gid in sorted(self._gaps)[: len(self._gaps) - GAP_MAX]:
-                del self._gaps[gid]
-        if events:
-            for sub in list(self.subscribers):
-                if not sub.push(events):
-                    self.subscribers.discard(sub)
-                    log.info("event stream subscriber dropped: too far behind")
-        return fetched
-
-
 def get_hub(app: FastAPI) -> EventHub:
     hub: EventHub | None = getattr(app.state, "event_hub", None)
     if hub is None:
-        hub = EventHub(app.state.engine, app.state.sessions)
+        hub = EventHub(app.state.engine, app.state.sessions, stopping=server_stopping)
         app.state.event_hub = hub
     return hub
 
@@ -432,15 +215,12 @@ async def stream_events(
     replayed: set[int] = set()
     try:
         async with hub.sessions() as session:
-            newest = int((await session.execute(_MAX_SQL)).scalar_one())
-            rows: list[Any] = []
+            newest = await store.max_event_id(session)
+            rows: list[StreamEvent] = []
             if resume is not None and resume < newest:
-                where = "e.id > :after AND e.id <= :upto" + (" AND e.task_id = :task_id" if task_id else "")
-                sql = sa.text(f"SELECT {_COLUMNS} {_FROM} WHERE {where} ORDER BY e.id LIMIT :limit")
-                params: dict[str, Any] = {"after": resume, "upto": newest, "limit": REPLAY_MAX + 1}
-                if task_id:
-                    params["task_id"] = task_id
-                rows = list((await session.execute(sql, params)).fetchall())
+                rows = await store.events_between(
+                    session, after=resume, upto=newest, limit=REPLAY_MAX + 1, task_id=task_id
+                )
     except BaseException:
         hub.unsubscribe(sub)
         raise

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from taskproc import metrics, queue
+from taskproc import metrics, queue, store
 from taskproc.api.routing import DocstringRoute
 from taskproc.services.tasks import get_stats
 
@@ -51,7 +50,7 @@ async def readyz(request: Request) -> JSONResponse:
 
     async def check_db() -> str:
         async with state.engine.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+            await store.ping(conn)
         return "ok"
 
     async def check_redis() -> str:

@@ -1,0 +1,1016 @@
+"""The task store: every SQL statement on tasks, their events, workers and the trigger-kept counters.
+
+One module, like procrastinate's job manager: each function below is one atomic statement (or says which
+statements it runs in the caller's transaction), its SQL a named constant next to it, and what it returns a
+frozen row built by column name. Nothing else in taskproc writes SQL (tests/unit/test_layout.py checks);
+alembic's migrations keep their own.
+
+Conventions:
+- The first argument is what the statement runs on: an `AsyncSession` or `AsyncConnection` (`Db`), or a
+  worker's dedicated autocommit `PgWriter` for the hot path (claims, outcomes, heartbeats). Functions never
+  commit: an API session is in autocommit (every statement is its own transaction), a worker commits the
+  session it opened, and the reconciler holds one transaction (its advisory lock) across several calls.
+- Statuses are bound parameters from `TaskStatus` (`:s_running`, `status = ANY(CAST(:waiting AS text[]))`),
+  never literals in the SQL text, so renaming or adding a state is a change to the enum.
+- Every change of a task row is a compare-and-set that appends its `task_event` in the same statement; the
+  CASEs that decide an outcome read the row as it is when it is written (under READ COMMITTED an UPDATE that
+  waited for a concurrent one evaluates them on the row that one committed: issue 12 cases 2 and 14).
+- Values only ever travel as bound parameters; the f-strings here only assemble constant fragments at import.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+import sqlalchemy as sa
+from psycopg import sql
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from taskproc.db import PgWriter
+from taskproc.models import TERMINAL, WAITING, Priority, TaskStatus
+
+Db = AsyncSession | AsyncConnection
+
+MAX_TEXT_CHARS = 4000
+
+
+def storable(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """`text` as a Postgres text column takes it: NUL escaped (text refuses \\x00), lone surrogates escaped (not
+    UTF-8), at most `limit` characters."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
+
+
+# ---- status parameters ----------------------------------------------------------------------------------
+
+
+def _sorted(statuses: frozenset[TaskStatus]) -> list[str]:
+    return sorted(s.value for s in statuses)
+
+
+# Every statement gets these: one parameter per status (`:s_<name>`) and the sets the SQL tests against.
+STATUS_PARAMS: Mapping[str, str | list[str]] = {
+    **{f"s_{s.value}": s.value for s in TaskStatus},
+    "waiting": _sorted(WAITING),
+    "terminal": _sorted(TERMINAL),
+    "live": _sorted(WAITING | {TaskStatus.running}),
+    "cancelable": _sorted(WAITING | {TaskStatus.running}),
+    "retryable": _sorted(frozenset({TaskStatus.failed, TaskStatus.canceled})),
+}
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {**STATUS_PARAMS, **values}
+
+
+# ---- rows -------------------------------------------------------------------------------------------------
+
+R = TypeVar("R")
+
+
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _names(cls: type[Any]) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
+def _make(cls: type[R], m: Mapping[Any, Any]) -> R:
+    """A row class filled by column name (a SQLAlchemy row's `_mapping`, or a psycopg dict row)."""
+    return cls(**{name: m[name] for name in _names(cls)})
+
+
+def _rows(cls: type[R], result: sa.Result[Any]) -> list[R]:
+    return [_make(cls, r._mapping) for r in result]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """A `task` row as the statements below return it (every column but `shutdown_requeues`)."""
+
+    id: uuid.UUID
+    type: str
+    priority: Priority
+    payload: dict[str, Any]
+    status: TaskStatus
+    attempts: int
+    max_retries: int
+    timeout_s: float
+    result: Any  # any JSON value
+    error: str | None
+    idempotency_key: str | None
+    generation: int
+    run_at: datetime
+    worker_id: str | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", TaskStatus(self.status))
+        object.__setattr__(self, "priority", Priority(self.priority))
+
+
+TASK_COLUMNS = ", ".join(_names(TaskRow))
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """One task to insert: validated and defaulted by the caller; times are Postgres's."""
+
+    id: uuid.UUID
+    type: str
+    priority: Priority
+    payload: dict[str, Any]
+    max_retries: int
+    timeout_s: float
+    idempotency_key: str | None
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One entry of a task's history."""
+
+    at: datetime
+    status: TaskStatus
+    attempt: int
+    detail: str | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", TaskStatus(self.status))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """A `task_event` row with what the event stream sends about its task (its current status, too)."""
+
+    id: int
+    task_id: uuid.UUID
+    at: datetime
+    status: TaskStatus
+    attempt: int
+    detail: str | None
+    type: str
+    priority: Priority
+    task_status: TaskStatus
+    task_attempts: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", TaskStatus(self.status))
+        object.__setattr__(self, "task_status", TaskStatus(self.task_status))
+        object.__setattr__(self, "priority", Priority(self.priority))
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRow:
+    """The counters behind /stats: tasks by status, waiting tasks by priority, retries, live workers."""
+
+    by_status: Mapping[str, int]
+    waiting_by_priority: Mapping[str, int]
+    retried_total: int
+    workers: int
+    waiting_no_worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """One attempt this worker now owns: everything it needs to run it."""
+
+    id: uuid.UUID
+    generation: int
+    type: str
+    priority: Priority
+    payload: Any  # the JSON payload, validated by the handler's model before it runs
+    attempts: int
+    timeout_s: float
+    run_at: datetime
+    started_at: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "priority", Priority(self.priority))
+
+
+@dataclass(frozen=True, slots=True)
+class Unserved:
+    """A job this worker could have claimed but does not serve the type of."""
+
+    id: uuid.UUID
+    generation: int
+    type: str
+    priority: Priority
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "priority", Priority(self.priority))
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """A task and the generation of its job."""
+
+    id: uuid.UUID
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRef:
+    """A running attempt: the compare-and-set key of everything that records its outcome."""
+
+    id: uuid.UUID
+    generation: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingJob:
+    """A waiting task as the reconciler sees it; `db_now` is Postgres's clock when it was read."""
+
+    id: uuid.UUID
+    generation: int
+    priority: Priority
+    run_at: datetime
+    db_now: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "priority", Priority(self.priority))
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """A task's current generation and status, for a job found in the running set."""
+
+    id: uuid.UUID
+    generation: int
+    status: TaskStatus
+    priority: Priority
+    run_at: datetime
+    db_now: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", TaskStatus(self.status))
+        object.__setattr__(self, "priority", Priority(self.priority))
+
+
+class Completion(Protocol):
+    """A successful attempt to record (worker.batch.Outcome is one)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def result(self) -> str: ...  # JSON text
+    @property
+    def detail(self) -> str: ...
+
+
+# ---- shared statement shapes --------------------------------------------------------------------------------
+
+_EVENT_INSERT = "INSERT INTO task_event (task_id, at, status, attempt, detail)"
+
+
+def _transition(
+    *, sets: str, where: str, detail: str, from_: str = "", event_where: str = "", with_: str = ""
+) -> sa.TextClause:
+    """UPDATE task SET <sets> WHERE <where>, returning the changed rows, plus one task_event per changed row
+    whose detail is the SQL expression `detail` (over the updated row), all in one statement (`with_`: CTEs
+    the WHERE may use)."""
+    return sa.text(
+        f"WITH {with_}t AS (UPDATE task SET {sets}, updated_at = now() {from_} WHERE {where} "  # noqa: S608 - constant
+        f"RETURNING {', '.join(f'task.{c}' for c in _names(TaskRow))}), "
+        f"e AS ({_EVENT_INSERT} SELECT id, updated_at, status, attempts, {detail} FROM t {event_where}) "
+        "SELECT * FROM t"
+    )
+
+
+def _detail_by_status(*statuses: TaskStatus) -> str:
+    """The event detail chosen by the status the statement gave the row: `:d_<status>` for each."""
+    whens = " ".join(f"WHEN :s_{s.value} THEN CAST(:d_{s.value} AS text)" for s in statuses)
+    return f"CASE status {whens} END"
+
+
+# An attempt's compare-and-set key: the row is still the one this attempt started on.
+_THIS_ATTEMPT = "id = :id AND generation = :gen AND status = :s_running AND attempts = :attempt"
+
+
+# ---- creating and reading tasks (API) ----------------------------------------------------------------------
+
+INSERT_TASKS = sa.text(
+    # One fixed statement whatever the batch size (arrays through unnest): psycopg prepares it once.
+    "WITH input AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), "  # noqa: S608 - constant SQL
+    "CAST(:priorities AS text[]), CAST(:payloads AS text[]), CAST(:max_retries AS int[]), "
+    "CAST(:timeouts AS float8[]), CAST(:keys AS text[]), CAST(:delays AS float8[])) WITH ORDINALITY "
+    "AS i(id, type, priority, payload, max_retries, timeout_s, idempotency_key, delay_s, ord)), "
+    "ins AS (INSERT INTO task (id, type, priority, payload, status, attempts, max_retries, timeout_s, "
+    "idempotency_key, generation, run_at, cancel_requested, created_at, updated_at) "
+    "SELECT id, type, priority, CAST(payload AS jsonb), CAST(:s_pending AS text), 0, max_retries, timeout_s, "
+    "idempotency_key, 1, now() + make_interval(secs => delay_s), FALSE, now(), now() FROM input ORDER BY ord "
+    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+    f"RETURNING {TASK_COLUMNS}), "
+    f"ev AS ({_EVENT_INSERT} SELECT id, created_at, CAST(:s_pending AS text), 0, 'accepted' FROM ins) "
+    "SELECT * FROM ins"
+)
+
+
+async def create(db: Db, tasks: Sequence[NewTask]) -> list[TaskRow]:
+    """Insert `tasks` (pending, generation 1, due after their delay) with their first event, in the order
+    given; returns the rows inserted, which leaves out every task whose idempotency key already exists (the
+    unique index decides, ON CONFLICT DO NOTHING yields to the winner). Callers pass the tasks sorted by key:
+    two batches racing on the same keys then wait on each other in the same order and never deadlock."""
+    params = _params(
+        ids=[t.id for t in tasks],
+        types=[t.type for t in tasks],
+        priorities=[t.priority.value for t in tasks],
+        payloads=[json.dumps(t.payload, separators=(",", ":")) for t in tasks],
+        max_retries=[t.max_retries for t in tasks],
+        timeouts=[float(t.timeout_s) for t in tasks],
+        keys=[t.idempotency_key for t in tasks],
+        delays=[t.delay_s for t in tasks],
+    )
+    return _rows(TaskRow, await db.execute(INSERT_TASKS, params))
+
+
+BY_KEYS = sa.text(f"SELECT {TASK_COLUMNS} FROM task WHERE idempotency_key = ANY(CAST(:keys AS text[]))")  # noqa: S608
+
+
+async def by_idempotency_keys(db: Db, keys: Sequence[str]) -> list[TaskRow]:
+    """The tasks that hold these idempotency keys."""
+    return _rows(TaskRow, await db.execute(BY_KEYS, {"keys": list(keys)}))
+
+
+GET_TASK = sa.text(f"SELECT {TASK_COLUMNS} FROM task WHERE id = :id")  # noqa: S608
+
+
+async def get(db: Db, task_id: uuid.UUID) -> TaskRow | None:
+    row = (await db.execute(GET_TASK, {"id": task_id})).first()
+    return None if row is None else _make(TaskRow, row._mapping)
+
+
+STATUS_OF = sa.text("SELECT status FROM task WHERE id = :id")
+
+
+async def status_of(db: Db, task_id: uuid.UUID) -> TaskStatus | None:
+    """The task's status, None if there is no such task (for the message of a refused transition)."""
+    status = (await db.execute(STATUS_OF, {"id": task_id})).scalar_one_or_none()
+    return None if status is None else TaskStatus(status)
+
+
+# Constant fragments, one per filter: 16 statements at most, each prepared once, each able to use its index.
+_LIST_FILTERS = {
+    "status": "status = :status",
+    "type": "type = :type",
+    "priority": "priority = :priority",
+    "before": "(created_at, id) < (:c_at, :c_id)",
+}
+
+
+async def list_page(
+    db: Db,
+    *,
+    status: TaskStatus | None,
+    type_: str | None,
+    priority: Priority | None,
+    before: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[TaskRow]:
+    """Up to `limit` tasks, newest first, keyset-paginated on (created_at, id) strictly after `before`."""
+    params: dict[str, Any] = {"limit": limit}
+    where = ["TRUE"]
+    if status is not None:
+        where.append(_LIST_FILTERS["status"])
+        params["status"] = status.value
+    if type_ is not None:
+        where.append(_LIST_FILTERS["type"])
+        params["type"] = type_
+    if priority is not None:
+        where.append(_LIST_FILTERS["priority"])
+        params["priority"] = priority.value
+    if before is not None:
+        where.append(_LIST_FILTERS["before"])
+        params["c_at"], params["c_id"] = before
+    query = sa.text(
+        f"SELECT {TASK_COLUMNS} FROM task WHERE {' AND '.join(where)} "  # noqa: S608 - constant fragments
+        "ORDER BY created_at DESC, id DESC LIMIT :limit"
+    )
+    return _rows(TaskRow, await db.execute(query, params))
+
+
+LIST_EVENTS = sa.text("SELECT at, status, attempt, detail FROM task_event WHERE task_id = :id ORDER BY id")
+
+
+async def list_events(db: Db, task_id: uuid.UUID) -> list[EventRow]:
+    """A task's history in order (empty for a task that does not exist, too)."""
+    return _rows(EventRow, await db.execute(LIST_EVENTS, {"id": task_id}))
+
+
+SERVED_TYPES = sa.text("SELECT task_types FROM worker WHERE expires_at > now()")
+
+
+async def served_types(db: Db) -> frozenset[str] | None:
+    """The task types some live worker serves; None if a live worker does not say (it predates migration 0003,
+    so it may serve any)."""
+    served: set[str] = set()
+    for types in (await db.execute(SERVED_TYPES)).scalars():
+        if types is None:
+            return None
+        served.update(types)
+    return frozenset(served)
+
+
+STATS = sa.text(
+    "SELECT 's' AS kind, status AS k, sum(n)::bigint AS n FROM task_count GROUP BY status "
+    "UNION ALL SELECT 'q', priority, sum(n)::bigint FROM task_wait_count GROUP BY priority "
+    "UNION ALL SELECT 'w', '', count(*) FROM worker WHERE expires_at > now() "
+    # Per-type waiting counters (migration 0003) against what live workers advertise: rows in proportion to
+    # types x shards, never to the backlog.
+    "UNION ALL SELECT 'n', '', coalesce(sum(c.n), 0)::bigint FROM task_type_waiting c "
+    "WHERE NOT EXISTS (SELECT 1 FROM worker w WHERE w.expires_at > now() "
+    "AND (w.task_types IS NULL OR w.task_types -> c.type IS NOT NULL))"
+)
+# The pseudo-status under which the counter triggers (migration 0002) count transitions into `retrying`.
+RETRIED_KEY = "_retried"
+
+
+async def stats(db: Db) -> StatsRow:
+    """Counts by status (migration 0002), waiting tasks by priority (migration 0005), live workers and waiting
+    tasks no live worker serves, from trigger-kept counters: never a read of the task table, so the cost is the
+    same at 10 waiting tasks as at 10 million."""
+    by_status: dict[str, int] = {}
+    by_priority: dict[str, int] = {}
+    retried = workers = no_worker = 0
+    for r in (await db.execute(STATS)).mappings():
+        kind, key, n = r["kind"], r["k"], int(r["n"])
+        if kind == "s":
+            if key == RETRIED_KEY:
+                retried = n
+            else:
+                by_status[key] = n
+        elif kind == "q":
+            by_priority[key] = n
+        elif kind == "n":
+            no_worker = n
+        else:
+            workers = n
+    return StatsRow(
+        by_status=by_status,
+        waiting_by_priority=by_priority,
+        retried_total=retried,
+        workers=workers,
+        waiting_no_worker=no_worker,
+    )
+
+
+# ---- changing tasks (API) ------------------------------------------------------------------------------------
+
+UPDATE_PRIORITY = _transition(
+    sets="priority = :priority, generation = generation + 1",
+    where="id = :id AND status = :s_pending",
+    detail="CAST(:detail AS text)",
+)
+
+
+async def update(db: Db, task_id: uuid.UUID, *, priority: Priority) -> TaskRow | None:
+    """A pending task's new priority, under a new generation (its job is issued again); None if it is not
+    pending (or does not exist)."""
+    rows = _rows(
+        TaskRow,
+        await db.execute(
+            UPDATE_PRIORITY,
+            _params(id=task_id, priority=priority.value, detail=f"priority changed to {priority.value}"),
+        ),
+    )
+    return rows[0] if rows else None
+
+
+CANCEL = _transition(
+    # One statement for both cases, so a task that moves between running and waiting while the cancel is on its
+    # way is canceled all the same (a waiting one at once, a running one flagged for its worker).
+    sets=(
+        "status = CASE WHEN status = :s_running THEN status ELSE :s_canceled END, "
+        "finished_at = CASE WHEN status = :s_running THEN finished_at ELSE now() END, "
+        "generation = CASE WHEN status = :s_running THEN generation ELSE generation + 1 END, "
+        "worker_id = CASE WHEN status = :s_running THEN worker_id END, "
+        "cancel_requested = cancel_requested OR status = :s_running"
+    ),
+    where="id = :id AND status = ANY(CAST(:cancelable AS text[]))",
+    detail="'canceled before it ran'",
+    event_where="WHERE status = :s_canceled",
+)
+
+
+async def cancel(db: Db, task_id: uuid.UUID) -> TaskRow | None:
+    """Waiting: canceled now (new generation). Running: `cancel_requested`, for its worker to abort it (no event
+    yet: the worker's outcome writes it). None if the task is finished (or does not exist)."""
+    rows = _rows(TaskRow, await db.execute(CANCEL, _params(id=task_id)))
+    return rows[0] if rows else None
+
+
+RETRY = _transition(
+    sets=(
+        "status = :s_pending, attempts = 0, generation = generation + 1, run_at = now(), result = NULL, "
+        "error = NULL, started_at = NULL, finished_at = NULL, worker_id = NULL, cancel_requested = FALSE, "
+        "shutdown_requeues = 0"
+    ),
+    where="id = :id AND status = ANY(CAST(:retryable AS text[]))",
+    detail="'retry requested'",
+)
+
+
+async def retry(db: Db, task_id: uuid.UUID) -> TaskRow | None:
+    """A failed or canceled task pending again with fresh attempts; None if it is neither."""
+    rows = _rows(TaskRow, await db.execute(RETRY, _params(id=task_id)))
+    return rows[0] if rows else None
+
+
+DELETE_TASK = sa.text("DELETE FROM task WHERE id = :id AND status = ANY(CAST(:terminal AS text[])) RETURNING id")
+
+
+async def delete(db: Db, task_id: uuid.UUID) -> bool:
+    """Delete a finished task and (by cascade) its history; False if it is not finished (or does not exist)."""
+    return (await db.execute(DELETE_TASK, _params(id=task_id))).first() is not None
+
+
+# ---- the event stream -----------------------------------------------------------------------------------------
+
+_STREAM_COLUMNS = (
+    "e.id, e.task_id, e.at, e.status, e.attempt, e.detail, t.type, t.priority, t.status AS task_status, "
+    "t.attempts AS task_attempts"
+)
+_STREAM_FROM = "FROM task_event e JOIN task t ON t.id = e.task_id"
+EVENTS_AFTER = sa.text(f"SELECT {_STREAM_COLUMNS} {_STREAM_FROM} WHERE e.id > :pos ORDER BY e.id LIMIT :limit")
+EVENTS_AFTER_AND_GAPS = sa.text(
+    f"(SELECT {_STREAM_COLUMNS} {_STREAM_FROM} WHERE e.id > :pos ORDER BY e.id LIMIT :limit) "
+    f"UNION ALL (SELECT {_STREAM_COLUMNS} {_STREAM_FROM} WHERE e.id = ANY(CAST(:gaps AS bigint[])))"
+)
+EVENTS_REPLAY = sa.text(
+    f"SELECT {_STREAM_COLUMNS} {_STREAM_FROM} WHERE e.id > :after AND e.id <= :upto ORDER BY e.id LIMIT :limit"
+)
+EVENTS_REPLAY_TASK = sa.text(
+    f"SELECT {_STREAM_COLUMNS} {_STREAM_FROM} WHERE e.id > :after AND e.id <= :upto AND e.task_id = :task_id "
+    "ORDER BY e.id LIMIT :limit"
+)
+MAX_EVENT_ID = sa.text("SELECT coalesce(max(id), 0) FROM task_event")
+
+
+async def max_event_id(db: Db) -> int:
+    """The newest event id (0 when there is none)."""
+    return int((await db.execute(MAX_EVENT_ID)).scalar_one())
+
+
+async def events_after(db: Db, position: int, *, limit: int, gaps: Sequence[int] = ()) -> list[StreamEvent]:
+    """The SSE poller's read: up to `limit` events after `position` in id order, plus the events with the ids in
+    `gaps` (holes in the id sequence below `position` that may have been filled since), in no given order."""
+    if gaps:
+        result = await db.execute(EVENTS_AFTER_AND_GAPS, {"pos": position, "limit": limit, "gaps": list(gaps)})
+    else:
+        result = await db.execute(EVENTS_AFTER, {"pos": position, "limit": limit})
+    return _rows(StreamEvent, result)
+
+
+async def events_between(
+    db: Db, *, after: int, upto: int, limit: int, task_id: uuid.UUID | None = None
+) -> list[StreamEvent]:
+    """A replay: events with after < id <= upto in id order (of one task if `task_id`), at most `limit`."""
+    params = {"after": after, "upto": upto, "limit": limit, "task_id": task_id}
+    return _rows(StreamEvent, await db.execute(EVENTS_REPLAY if task_id is None else EVENTS_REPLAY_TASK, params))
+
+
+# ---- the worker's hot path (one autocommit psycopg connection each, prepared statements) ------------------------
+
+CLAIM_SQL = sql.SQL(
+    "WITH input AS (SELECT * FROM unnest(%(ids)s::uuid[], %(gens)s::int[]) AS i(id, gen)), "
+    "t AS (UPDATE task SET status = %(s_running)s, attempts = task.attempts + 1, started_at = now(), "
+    "worker_id = %(worker)s, finished_at = NULL, updated_at = now() FROM input "
+    "WHERE task.id = input.id AND task.generation = input.gen AND task.status = ANY(%(waiting)s::text[]) "
+    "AND NOT task.cancel_requested AND task.type = ANY(%(types)s::text[]) "
+    "RETURNING task.id, task.generation, task.type, task.priority, task.payload, task.attempts, task.timeout_s, "
+    "task.run_at, task.started_at), "
+    "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
+    "SELECT id, started_at, %(s_running)s::text, attempts, %(detail)s FROM t), "
+    # Jobs this worker would claim if it served their type: left untouched, for a worker that does.
+    # Only the jobs the claim did not take are looked up again (usually none).
+    "u AS (SELECT task.id, task.generation, task.type, task.priority FROM input JOIN task "
+    "ON task.id = input.id AND task.generation = input.gen WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.id = input.id) "
+    "AND task.status = ANY(%(waiting)s::text[]) AND NOT task.cancel_requested "
+    "AND NOT (task.type = ANY(%(types)s::text[]))) "
+    "SELECT TRUE AS claimed, * FROM t UNION ALL SELECT FALSE, u.id, u.generation, u.type, u.priority, "
+    "NULL::jsonb, NULL::int, NULL::float8, NULL::timestamptz, NULL::timestamptz FROM u"
+)
+
+
+async def claim_batch(
+    writer: PgWriter, jobs: Sequence[JobRef], *, worker_id: str, types: Sequence[str]
+) -> tuple[list[Claimed], list[Unserved]]:
+    """Claim the jobs whose task waits on that generation, has no cancel request and has a type in `types`:
+    running under `worker_id`, one more attempt. Also returns the waiting ones of other types, untouched."""
+    rows = await writer.fetch(
+        CLAIM_SQL,
+        _params(
+            ids=[j.id for j in jobs],
+            gens=[j.generation for j in jobs],
+            worker=worker_id,
+            detail=f"started by {worker_id}",
+            types=list(types),
+        ),
+    )
+    claimed = [_make(Claimed, r) for r in rows if r["claimed"]]
+    unserved = [_make(Unserved, r) for r in rows if not r["claimed"]]
+    return claimed, unserved
+
+
+COMPLETE_SQL = sql.SQL(
+    "WITH input AS (SELECT * FROM unnest(%(ids)s::uuid[], %(gens)s::int[], %(attempts)s::int[], "
+    "%(results)s::text[], %(details)s::text[]) AS i(id, gen, attempt, result, detail)), "
+    # Postgres is the truth for cancels: an attempt that finishes after a cancel was accepted (its Redis abort
+    # lost, or too late) ends `canceled`, never `completed`. Its result is kept, as the record of what ran.
+    "t AS (UPDATE task SET status = CASE WHEN task.cancel_requested THEN %(s_canceled)s ELSE %(s_completed)s END, "
+    "result = input.result::jsonb, error = NULL, finished_at = now(), "
+    "worker_id = NULL, updated_at = now() FROM input "
+    "WHERE task.id = input.id AND task.generation = input.gen AND task.attempts = input.attempt "
+    "AND task.status = %(s_running)s "
+    "RETURNING task.id, task.status, task.updated_at, task.attempts, input.detail), "
+    "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
+    "SELECT id, updated_at, status, attempts, CASE WHEN status = %(s_canceled)s "
+    "THEN 'canceled: a cancel was requested while it ran; ' || detail || ', result kept' ELSE detail END FROM t) "
+    "SELECT id, status FROM t"
+)
+
+
+async def complete_batch(writer: PgWriter, outcomes: Sequence[Completion]) -> dict[uuid.UUID, TaskStatus]:
+    """Record successful attempts: `completed`, or `canceled` (result kept) for a task with a cancel request.
+    Returns the status given to each row written; an attempt whose row moved on (stale) is left out."""
+    rows = await writer.fetch(
+        COMPLETE_SQL,
+        _params(
+            ids=[o.id for o in outcomes],
+            gens=[o.generation for o in outcomes],
+            attempts=[o.attempt for o in outcomes],
+            results=[o.result for o in outcomes],
+            details=[o.detail for o in outcomes],
+        ),
+    )
+    return {r["id"]: TaskStatus(r["status"]) for r in rows}
+
+
+HEARTBEAT_SQL = sql.SQL(
+    "INSERT INTO worker (id, hostname, pid, started_at, expires_at, task_types) "
+    "VALUES (%(id)s, %(host)s, %(pid)s, now(), now() + make_interval(secs => %(lease)s), %(types)s::jsonb) "
+    "ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, task_types = EXCLUDED.task_types "
+    "RETURNING expires_at"
+)
+
+
+async def heartbeat(
+    writer: PgWriter, worker_id: str, *, hostname: str, pid: int, lease_s: float, task_types: Mapping[str, str]
+) -> datetime:
+    """Register the worker or renew its lease (`expires_at` = now + lease) with the types it serves
+    ({type: payload schema fingerprint}); returns the new expiry."""
+    [row] = await writer.fetch(
+        HEARTBEAT_SQL,
+        {
+            "id": worker_id,
+            "host": hostname,
+            "pid": pid,
+            "lease": lease_s,
+            "types": json.dumps(dict(task_types), separators=(",", ":")),
+        },
+    )
+    expires_at: datetime = row["expires_at"]
+    return expires_at
+
+
+UNREGISTER_SQL = sql.SQL("DELETE FROM worker WHERE id = %(id)s RETURNING id")
+
+
+async def unregister_worker(writer: PgWriter, worker_id: str) -> bool:
+    """Remove the worker's row (a clean shutdown); False if it had none."""
+    return bool(await writer.fetch(UNREGISTER_SQL, {"id": worker_id}))
+
+
+# ---- attempt outcomes that leave the hot path (the worker's session) -------------------------------------------
+
+_RETRY_LEFT = "(NOT cancel_requested AND CAST(:retry AS boolean) AND attempts < max_retries + 1)"
+FAIL_ATTEMPT = _transition(
+    sets=(
+        f"status = CASE WHEN cancel_requested THEN :s_canceled WHEN {_RETRY_LEFT} THEN :s_retrying "
+        "ELSE :s_failed END, "
+        f"error = :error, worker_id = NULL, finished_at = CASE WHEN {_RETRY_LEFT} THEN NULL ELSE now() END, "
+        f"generation = CASE WHEN {_RETRY_LEFT} THEN generation + 1 ELSE generation END, "
+        f"run_at = CASE WHEN {_RETRY_LEFT} THEN now() + make_interval(secs => :delay) ELSE run_at END"
+    ),
+    where=_THIS_ATTEMPT,
+    detail=_detail_by_status(TaskStatus.canceled, TaskStatus.retrying, TaskStatus.failed),
+)
+
+
+async def fail_attempt(
+    db: Db,
+    attempt: AttemptRef,
+    *,
+    error: str,
+    delay_s: float,
+    retry: bool = True,
+) -> TaskRow | None:
+    """A failed attempt: `canceled` if a cancel was requested, else `retrying` (due in `delay_s`, new
+    generation) if `retry` and attempts are left, else `failed`. `retry=False` is a permanent failure.
+    None if the attempt is stale (its row moved on)."""
+    n = attempt.attempts
+    params = _params(
+        id=attempt.id,
+        gen=attempt.generation,
+        attempt=n,
+        error=error,
+        retry=retry,
+        delay=delay_s,
+        d_canceled="canceled while running",
+        d_retrying=f"attempt {n} failed: {error[:500]}; retry in {delay_s:.2f}s",
+        d_failed=f"attempt {n} failed: {error[:500]}; "
+        + ("no retries left" if retry else "not retried (permanent failure)"),
+    )
+    rows = _rows(TaskRow, await db.execute(FAIL_ATTEMPT, params))
+    return rows[0] if rows else None
+
+
+_SPEND = "(NOT cancel_requested AND shutdown_requeues >= :max_requeues)"
+_FINAL = f"(cancel_requested OR ({_SPEND} AND attempts >= max_retries + 1))"
+REQUEUE = _transition(
+    sets=(
+        f"status = CASE WHEN cancel_requested THEN :s_canceled WHEN {_FINAL} THEN :s_failed "
+        f"WHEN {_SPEND} THEN :s_retrying ELSE :s_pending END, "
+        f"attempts = CASE WHEN cancel_requested OR {_SPEND} THEN attempts ELSE attempts - 1 END, "
+        f"generation = CASE WHEN {_FINAL} THEN generation ELSE generation + 1 END, "
+        f"started_at = CASE WHEN cancel_requested OR {_SPEND} THEN started_at END, "
+        f"finished_at = CASE WHEN {_FINAL} THEN now() END, "
+        f"run_at = CASE WHEN {_FINAL} THEN run_at ELSE now() END, "
+        f"error = CASE WHEN {_SPEND} THEN CAST(:error AS text) ELSE error END, "
+        "shutdown_requeues = CASE WHEN cancel_requested THEN shutdown_requeues "
+        "ELSE shutdown_requeues + 1 END, worker_id = NULL"
+    ),
+    where=_THIS_ATTEMPT,
+    detail=_detail_by_status(TaskStatus.canceled, TaskStatus.pending, TaskStatus.retrying, TaskStatus.failed),
+)
+
+
+async def requeue(db: Db, attempt: AttemptRef, *, worker_id: str, max_requeues: int) -> TaskRow | None:
+    """An attempt whose worker stopped it: `canceled` if a cancel was requested (the user's abort), else handed
+    back for a shutdown: the first `max_requeues` hand-backs give the attempt back (`pending`, due now), later
+    ones spend it (`retrying`, or `failed` once none is left). None if the attempt is stale."""
+    error = (
+        f"attempt {attempt.attempts} interrupted: worker {worker_id} shut down, and the task was handed back by "
+        f"shutdowns more than {max_requeues} times (TASKPROC_MAX_SHUTDOWN_REQUEUES), so the attempt counts"
+    )
+    params = _params(
+        id=attempt.id,
+        gen=attempt.generation,
+        attempt=attempt.attempts,
+        max_requeues=max_requeues,
+        error=error,
+        d_canceled="aborted by its worker after a cancel request",
+        d_pending=f"requeued: worker {worker_id} shut down before the task finished",
+        d_retrying=error,
+        d_failed=f"{error}; no retries left",
+    )
+    rows = _rows(TaskRow, await db.execute(REQUEUE, params))
+    return rows[0] if rows else None
+
+
+HAND_BACK = _transition(
+    sets=(
+        "status = CASE WHEN cancel_requested THEN :s_canceled ELSE :s_pending END, "
+        "attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, "
+        "generation = CASE WHEN cancel_requested THEN generation ELSE generation + 1 END, "
+        "finished_at = CASE WHEN cancel_requested THEN now() END, "
+        "started_at = CASE WHEN cancel_requested THEN started_at END, worker_id = NULL, "
+        "run_at = CASE WHEN cancel_requested THEN run_at ELSE now() + make_interval(secs => :delay) END"
+    ),
+    where=_THIS_ATTEMPT,
+    detail=_detail_by_status(TaskStatus.canceled, TaskStatus.pending),
+)
+
+
+async def hand_back(db: Db, attempt: AttemptRef, *, worker_id: str, reason: str, delay_s: float) -> TaskRow | None:
+    """Give a claimed attempt back without spending it (version skew): `pending` under a new generation, due in
+    `delay_s`; `canceled` instead if a cancel was requested. None if the attempt is stale."""
+    params = _params(
+        id=attempt.id,
+        gen=attempt.generation,
+        attempt=attempt.attempts,
+        delay=delay_s,
+        d_canceled="canceled while running",
+        d_pending=storable(f"handed back by {worker_id}, attempt not counted: {reason}", 1000),
+    )
+    rows = _rows(TaskRow, await db.execute(HAND_BACK, params))
+    return rows[0] if rows else None
+
+
+OTHER_SCHEMA = sa.text(
+    "SELECT EXISTS (SELECT 1 FROM worker WHERE expires_at > now() "
+    "AND task_types ->> CAST(:type AS text) IS DISTINCT FROM CAST(:mine AS text) "
+    "AND task_types ->> CAST(:type AS text) IS NOT NULL)"
+)
+
+
+async def other_schema_advertised(db: Db, type_: str, fingerprint: str | None) -> bool:
+    """Whether a live worker advertises a payload schema for `type_` other than `fingerprint`."""
+    return bool((await db.execute(OTHER_SCHEMA, {"type": type_, "mine": fingerprint})).scalar_one())
+
+
+CANCEL_REQUESTED = sa.text(
+    "SELECT id, generation FROM task WHERE id = ANY(CAST(:ids AS uuid[])) AND status = :s_running AND cancel_requested"
+)
+
+
+async def check_cancels(db: Db, task_ids: Sequence[uuid.UUID]) -> list[JobRef]:
+    """Of these tasks, the running ones with a cancel request (the Redis abort request may have been lost)."""
+    return _rows(JobRef, await db.execute(CANCEL_REQUESTED, _params(ids=list(task_ids))))
+
+
+# ---- recovery (the worker's reaper) ---------------------------------------------------------------------------
+
+RUNNING_ON = sa.text("SELECT id, generation, attempts FROM task WHERE status = :s_running AND worker_id = :worker")
+
+
+async def running_on(db: Db, worker_id: str) -> list[AttemptRef]:
+    """The attempts Postgres has running under `worker_id`."""
+    return _rows(AttemptRef, await db.execute(RUNNING_ON, _params(worker=worker_id)))
+
+
+REAP_ORPHANS = _transition(
+    sets=(
+        "status = CASE WHEN cancel_requested THEN :s_canceled ELSE :s_pending END, "
+        "finished_at = CASE WHEN cancel_requested THEN now() END, "
+        "attempts = CASE WHEN cancel_requested THEN attempts ELSE attempts - 1 END, "
+        "started_at = CASE WHEN cancel_requested THEN started_at END, "
+        "generation = generation + 1, worker_id = NULL, run_at = now()"
+    ),
+    from_="FROM unnest(CAST(:ids AS uuid[]), CAST(:gens AS int[]), CAST(:attempts AS int[])) AS o(o_id, o_gen, o_n)",
+    where=(
+        "task.id = o.o_id AND task.generation = o.o_gen AND task.attempts = o.o_n AND task.status = :s_running "
+        "AND task.worker_id = :worker"
+    ),
+    detail="CAST(:detail AS text)",
+)
+
+
+async def reap_orphans(db: Db, worker_id: str, orphans: Sequence[AttemptRef]) -> list[TaskRow]:
+    """Hand back attempts running under `worker_id` that its process is not running (a claim whose answer was
+    lost): `pending`, the attempt given back, or `canceled` if a cancel was requested. Each row is a
+    compare-and-set on the attempt, so one recorded meanwhile is left alone."""
+    if not orphans:
+        return []
+    params = _params(
+        ids=[o.id for o in orphans],
+        gens=[o.generation for o in orphans],
+        attempts=[o.attempts for o in orphans],
+        worker=worker_id,
+        detail=f"requeued: claimed by {worker_id} but no longer running there",
+    )
+    return _rows(TaskRow, await db.execute(REAP_ORPHANS, params))
+
+
+REAP_EXPIRED = _transition(
+    sets=(
+        "status = CASE WHEN cancel_requested THEN :s_canceled "
+        "WHEN attempts >= max_retries + 1 THEN :s_failed ELSE :s_retrying END, "
+        "error = CASE WHEN cancel_requested THEN error ELSE 'worker lost: its lease expired' END, "
+        "finished_at = CASE WHEN cancel_requested OR attempts >= max_retries + 1 THEN now() END, "
+        "generation = generation + 1, worker_id = NULL, run_at = now()"
+    ),
+    # The rows are picked once, in a materialized CTE: as an IN (subquery) the planner may rescan the locking
+    # subquery, and each rescan skips the rows this statement already changed, so LIMIT would bound nothing.
+    with_=(
+        "lost AS MATERIALIZED (SELECT l.id FROM task l WHERE l.status = :s_running "
+        "AND l.worker_id IS DISTINCT FROM :me AND NOT EXISTS "
+        "(SELECT 1 FROM worker w WHERE w.id = l.worker_id AND w.expires_at > now()) "
+        "ORDER BY l.id LIMIT :limit FOR UPDATE SKIP LOCKED), "
+    ),
+    where="id IN (SELECT id FROM lost) AND status = :s_running",
+    detail="'worker lost (lease expired); attempt counted'",
+)
+DELETE_DEAD_WORKERS = sa.text("DELETE FROM worker WHERE expires_at < now() - interval '1 hour'")
+
+
+async def reap_expired(db: Db, worker_id: str, *, limit: int = 500) -> list[TaskRow]:
+    """Two statements for the caller's transaction: up to `limit` running tasks of workers whose lease expired
+    (never `worker_id`'s own) are retried now, the lost attempt counted (`retrying`, `failed` with none left,
+    `canceled` if a cancel was requested; rows another reaper holds are skipped); then worker rows expired for
+    an hour are deleted."""
+    rows = _rows(TaskRow, await db.execute(REAP_EXPIRED, _params(me=worker_id, limit=limit)))
+    await db.execute(DELETE_DEAD_WORKERS)
+    return rows
+
+
+PURGE = sa.text(
+    # Picked once, in a materialized CTE, so that `batch` bounds the rows (see REAP_EXPIRED).
+    "WITH old AS MATERIALIZED (SELECT id FROM task "
+    "WHERE status = ANY(CAST(:terminal AS text[])) AND finished_at < now() - make_interval(secs => :secs) "
+    "LIMIT :batch FOR UPDATE SKIP LOCKED), "
+    "d AS (DELETE FROM task WHERE id IN (SELECT id FROM old) RETURNING 1) SELECT count(*) FROM d"
+)
+
+
+async def purge(db: Db, *, older_than_s: float, batch: int) -> int:
+    """Delete up to `batch` finished tasks (and their history) finished over `older_than_s` ago, skipping rows
+    someone holds a lock on; returns how many."""
+    return int((await db.execute(PURGE, _params(secs=older_than_s, batch=batch))).scalar_one())
+
+
+# ---- the reconciler (one transaction that holds its advisory lock) ---------------------------------------------
+
+RECONCILE_LOCK = 7314250001
+TRY_RECONCILE_LOCK = sa.text("SELECT pg_try_advisory_xact_lock(:k)")
+
+
+async def try_reconcile_lock(db: Db) -> bool:
+    """Take the reconciler's transaction-level advisory lock if no other process holds it."""
+    return bool((await db.execute(TRY_RECONCILE_LOCK, {"k": RECONCILE_LOCK})).scalar_one())
+
+
+# Where the scan starts, before the first task id.
+NIL_ID = uuid.UUID(int=0)
+RECONCILE_CURSOR = sa.text("SELECT last_id FROM reconcile_cursor WHERE name = 'waiting'")
+SAVE_RECONCILE_CURSOR = sa.text(
+    "INSERT INTO reconcile_cursor (name, last_id, updated_at) VALUES ('waiting', :last, now()) "
+    "ON CONFLICT (name) DO UPDATE SET last_id = EXCLUDED.last_id, updated_at = EXCLUDED.updated_at"
+)
+
+
+async def reconcile_cursor(db: Db) -> uuid.UUID:
+    """Where the last pass of the reconciler's scan stopped (the nil UUID: at the beginning)."""
+    last: uuid.UUID | None = (await db.execute(RECONCILE_CURSOR)).scalar_one_or_none()
+    return last or NIL_ID
+
+
+async def save_reconcile_cursor(db: Db, last: uuid.UUID) -> None:
+    """Where the next pass, of whichever process, carries on."""
+    await db.execute(SAVE_RECONCILE_CURSOR, {"last": last})
+
+
+RECONCILE_PAGE = sa.text(
+    "SELECT id, generation, priority, run_at, clock_timestamp() AS db_now FROM task "
+    "WHERE status = ANY(CAST(:waiting AS text[])) AND id > :last AND (NOT :wrapped OR id <= :start) "
+    "AND updated_at < now() - interval '2 seconds' ORDER BY id LIMIT :limit"
+)
+
+
+async def reconcile_page(
+    db: Db, *, after: uuid.UUID, limit: int, wrapped: bool = False, start: uuid.UUID = NIL_ID
+) -> list[WaitingJob]:
+    """Up to `limit` waiting tasks with id > `after`, in id order (after wrapping around, only up to `start`,
+    where the pass began); tasks changed in the last two seconds are left out, their enqueue may be on its way."""
+    params = _params(last=after, wrapped=wrapped, start=start, limit=limit)
+    return _rows(WaitingJob, await db.execute(RECONCILE_PAGE, params))
+
+
+JOB_STATES = sa.text(
+    "SELECT id, generation, status, priority, run_at, clock_timestamp() AS db_now FROM task "
+    "WHERE id = ANY(CAST(:ids AS uuid[]))"
+)
+
+
+async def job_states(db: Db, task_ids: Sequence[uuid.UUID]) -> list[JobState]:
+    """The current generation and status of these tasks (those that still exist)."""
+    return _rows(JobState, await db.execute(JOB_STATES, {"ids": list(task_ids)}))
+
+
+LIVE_COUNT = sa.text("SELECT coalesce(sum(n), 0) FROM task_count WHERE status = ANY(CAST(:live AS text[]))")
+
+
+async def live_count(db: Db) -> int:
+    """Tasks waiting or running, from the counters (not a scan)."""
+    return int((await db.execute(LIVE_COUNT, _params())).scalar_one())
+
+
+# ---- probes --------------------------------------------------------------------------------------------------
+
+PING = sa.text("SELECT 1")
+
+
+async def ping(db: Db) -> None:
+    """One round trip: Postgres answers."""
+    await db.execute(PING)
+
+
+def ping_sync(conn: sa.Connection) -> None:
+    """`ping` for the synchronous migration tooling."""
+    conn.execute(PING)
+
+
+def schema_revisions(conn: sa.Connection) -> set[str]:
+    """The alembic revision(s) the database is at (empty before the first migration)."""
+    from alembic.runtime.migration import MigrationContext  # only the migration tooling needs alembic
+
+    return set(MigrationContext.configure(conn).get_current_heads())

@@ -41,7 +41,7 @@ from taskproc.client import (
     WaitTimeoutError,
 )
 from taskproc.config import Settings
-from taskproc.embedded import free_port
+from taskproc.dev.embedded import free_port
 from taskproc.errors import TaskprocError
 
 from conftest import StackFactory

@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from taskproc.embedded import free_port
+from taskproc.dev.embedded import free_port
 from taskproc.worker.httpserver import WorkerHttpServer, health_app
 
 

@@ -11,7 +11,6 @@ from datetime import datetime
 import pytest
 
 from inprocess import InProcess
-
 from support import wait_for
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

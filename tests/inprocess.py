@@ -151,8 +151,9 @@ class InProcess:
             with psycopg.connect(self.servers.admin_url(), autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
-    async def start_worker(self, env: dict[str, str] | None = None) -> TaskprocWorker:
-        """A real arq worker (`build_worker`) as a task of this loop; returns once it is registered and listening."""
+    async def start_worker(self, env: dict[str, str] | None = None, *, wait: bool = True) -> TaskprocWorker:
+        """A real arq worker (`build_worker`) as a task of this loop; returns once it is registered and listening
+        (with `wait=False` at once: the test then waits the way it needs, e.g. with `wait_workers`)."""
         settings = settings_from_env({**self.env, **(env or {})}) if env else self.settings
         loop = asyncio.get_running_loop()
         worker = build_worker(settings)
@@ -162,6 +163,8 @@ class InProcess:
             loop.remove_signal_handler(sig)
         task = asyncio.create_task(worker.async_run())
         self.workers.append((worker, task))
+        if not wait:
+            return worker
 
         async def registered() -> bool:
             if task.done():
@@ -172,6 +175,14 @@ class InProcess:
 
         await wait_until(registered, timeout=30, what="the in-process worker to register")
         return worker
+
+    async def wait_workers(self, workers: int, timeout: float = 60.0) -> None:
+        """`Stack.wait_ready(workers)`: until /api/v1/stats counts that many live workers."""
+
+        async def live() -> bool:
+            return bool((await self.client.get("/api/v1/stats")).json()["workers"] >= workers)
+
+        await wait_until(live, timeout=timeout, what=f"{workers} live workers")
 
     async def worker_row(self, runtime: WorkerRuntime) -> bool:
         async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:

@@ -33,6 +33,7 @@ from taskproc.api.main import create_app
 from taskproc.config import Settings
 from taskproc.db import create_engine, create_sessionmaker
 from taskproc.logging import TextFormatter
+from taskproc.maintenance import TRANSIENT
 from taskproc.tasks.registry import registry
 from taskproc.worker.main import TaskprocWorker, build_worker
 from taskproc.worker.runtime import WorkerRuntime
@@ -245,9 +246,10 @@ class InProcess:
 
 
 @asynccontextmanager
-async def worker_runtime(settings: Settings) -> AsyncIterator[WorkerRuntime]:
+async def worker_runtime(settings: Settings, *, register: bool = True) -> AsyncIterator[WorkerRuntime]:
     """A bare WorkerRuntime (no arq loop, no background duties): the test calls claim, execute, reap_lost,
-    reconcile, check_cancels, heartbeat ... itself, one step at a time."""
+    reconcile, check_cancels, heartbeat ... itself, one step at a time. With `register`, it has sent its first
+    heartbeat and its completer (which writes successful outcomes) runs, as after a worker's start-up."""
     engine = create_engine(
         settings, pool_size=min(settings.db_pool_size, settings.worker_concurrency + 4), pre_ping=False
     )
@@ -255,9 +257,16 @@ async def worker_runtime(settings: Settings) -> AsyncIterator[WorkerRuntime]:
     runtime = WorkerRuntime(
         settings=settings, engine=engine, sessions=create_sessionmaker(engine), redis=redis, registry=registry
     )
+    completer: asyncio.Task[None] | None = None
     try:
+        if register:
+            await runtime.heartbeat()
+            completer = asyncio.create_task(runtime.completer.run(transient=TRANSIENT))
         yield runtime
     finally:
+        if completer is not None:
+            completer.cancel()
+            await asyncio.gather(completer, return_exceptions=True)
         await runtime.close_connections()
         await engine.dispose()
         await redis.aclose()

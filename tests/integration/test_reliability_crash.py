@@ -19,7 +19,7 @@ import redis
 from taskproc import queue
 
 from conftest import StackFactory
-from inprocess import InProcessFactory, wait_until
+from inprocess import InProcessFactory, wait_until, worker_runtime
 from support import Proc, Stack, wait_for
 
 pytestmark = pytest.mark.slow
@@ -199,6 +199,34 @@ async def test_a_claim_whose_worker_is_not_running_it_is_handed_back(inprocess_f
         assert done["status"] == "completed", done
         assert done["result"] == {"sum": 11}
         assert done["attempts"] == 1
+        events = await stack.events(task["id"])
+        assert statuses(events) == ["pending", "pending", "running", "completed"], events
+        assert "no longer running there" in (events[1]["detail"] or "")
+
+
+async def test_one_reaper_pass_hands_back_a_claim_this_worker_does_not_run_and_it_then_runs(
+    inprocess_factory: InProcessFactory,
+) -> None:
+    """The same orphan, stepped: a bare WorkerRuntime whose claim committed but never reached it (the row is
+    `running` under its id, nothing runs it here). One reaper pass hands it back with the attempt given back;
+    the next tick, claim and execute run it once."""
+    async with inprocess_factory(workers=0) as stack, worker_runtime(stack.settings) as rt:
+        task = await stack.submit("add", {"a": 5, "b": 6}, max_retries=0)
+        stack.sql(
+            "UPDATE task SET status = 'running', attempts = 1, worker_id = %s, started_at = now() WHERE id = %s",
+            (rt.worker_id, task["id"]),
+        )
+        assert await rt.reap_lost() == 1
+        back = await stack.get(task["id"])
+        assert (back["status"], back["attempts"], back["started_at"]) == ("pending", 0, None), back
+        assert await rt.reap_lost() == 0, "handed back once"
+
+        tick = await rt.ticker.tick(10)
+        assert [job for job, _ in tick.taken] == [queue.job_id(uuid.UUID(task["id"]), 2)], tick
+        [claimed] = await rt.claim(tick.taken)
+        await rt.execute(claimed)
+        done = await stack.get(task["id"])
+        assert (done["status"], done["result"], done["attempts"]) == ("completed", {"sum": 11}, 1), done
         events = await stack.events(task["id"])
         assert statuses(events) == ["pending", "pending", "running", "completed"], events
         assert "no longer running there" in (events[1]["detail"] or "")

@@ -111,6 +111,24 @@ class LogCapture(logging.Handler):
         root.setLevel(self._root_level)
 
 
+# A process that does not stop is killed by its test at last; in process, a shutdown that hangs would hang the
+# test until pytest-timeout with no clue: this bounds it and says which coroutines were still waiting.
+SHUTDOWN_S = 30.0
+
+
+async def _bounded(step: Awaitable[None], what: str) -> None:
+    try:
+        async with asyncio.timeout(SHUTDOWN_S):
+            await step
+    except TimeoutError:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.print_stack(file=stacks)
+        pending = stacks.getvalue()
+        raise AssertionError(f"timed out after {SHUTDOWN_S}s waiting for {what}; pending tasks:\n{pending}") from None
+
+
 class InProcess:
     """An API (and `start_worker()` workers) on a database and Redis db index of its own, in this event loop."""
 
@@ -137,16 +155,19 @@ class InProcess:
     async def running(self) -> AsyncIterator[InProcess]:
         try:
             with self.log:
-                app = create_app(self.settings)
-                async with app.router.lifespan_context(app):
+                async with contextlib.AsyncExitStack() as resources:
+                    app = create_app(self.settings)
+                    await resources.enter_async_context(app.router.lifespan_context(app))
                     # raise_app_exceptions off: an unhandled error is the 500 a real server would answer.
                     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-                    async with httpx.AsyncClient(transport=transport, base_url="http://api", timeout=10.0) as client:
-                        self.client = client
-                        try:
-                            yield self
-                        finally:
-                            await self.stop_workers()
+                    self.client = await resources.enter_async_context(
+                        httpx.AsyncClient(transport=transport, base_url="http://api", timeout=10.0)
+                    )
+                    try:
+                        yield self
+                    finally:
+                        await _bounded(self.stop_workers(), "the in-process workers to stop")
+                        await _bounded(resources.aclose(), "the in-process API's lifespan to end")
         finally:
             self.servers.give_back_redis_db(self.redis_db)
             with psycopg.connect(self.servers.admin_url(), autocommit=True) as conn:

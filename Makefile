@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Fragments in mk/ add what the suite needs besides the venv (e.g. helm/kubectl, checkov's venv).
 TEST_DEPS :=
+# pytest-xdist processes for the suite, each with its own embedded Postgres and Redis; a test file stays on one
+# (--dist loadfile), so a module's shared stack starts once. The container tests run after, in one process: they
+# build and run podman images and were never tried side by side.
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 -include mk/*.mk
@@ -49,7 +53,8 @@ test: $(STAMP) $(TEST_DEPS)  ## the whole suite: lint, types, unit, integration,
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
-	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --ignore=tests/container
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest tests/container
 
 test-fast: $(STAMP)  ## unit tests only
 	$(PY) -m pytest tests/unit

@@ -125,30 +125,45 @@ def _api_cpu(entry: dict[str, Any]) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """The report: a header, then one table per section that has data."""
+    lines = _header(results)
+    for section in (_throughput, _latency, _submit, _cost, _scale, _memory, _targets):
+        lines += section(results)
+    return "\n".join(lines) + "\n"
+
+
+def _header(results: dict[str, Any]) -> list[str]:
     meta = results["meta"]
-    tp = results.get("taskproc", {})
-    peers = results.get("peers", {})
-    mem = results.get("memory", {})
-    e2e = _get(tp, "end_to_end", "tasks_per_s")
-    lines = [
+    return [
         f"### taskproc benchmark, {meta['started']}",
         "",
         f"{meta['cpus']} CPUs ({meta['cpu_model']}), Python {meta['python']}, PostgreSQL {meta['postgres']} "
         f"(embedded, fsync off for every system), Redis {meta['redis']} (embedded, no persistence). "
         f"N = {meta['args']['n']:,} no-op tasks, W = {meta['args']['workers']} taskproc workers, "
         f"run took {results.get('duration_s', 0):.0f} s. Code: {_code(meta)}.",
+    ]
+
+
+def _cpu_total(entry: dict[str, Any] | None) -> float | None:
+    per = _get(entry or {}, "cost", "cpu_ms_per_task")
+    if not per:
+        return None
+    return sum(v for k, v in per.items() if k not in ("bench-client", "other"))
+
+
+def _throughput(results: dict[str, Any]) -> list[str]:
+    meta = results["meta"]
+    tp = results.get("taskproc", {})
+    peers = results.get("peers", {})
+    mem = results.get("memory", {})
+    e2e = _get(tp, "end_to_end", "tasks_per_s")
+    lines = [
         "",
         "**Throughput** (no-op tasks, same Redis, same machine, same N)",
         "",
         "| system | how | tasks/s | vs taskproc e2e | incl. worker start-up | CPU ms/task (all processes) | peak RSS |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-
-    def cpu_total(entry: dict[str, Any] | None) -> float | None:
-        per = _get(entry or {}, "cost", "cpu_ms_per_task")
-        if not per:
-            return None
-        return sum(v for k, v in per.items() if k not in ("bench-client", "other"))
 
     def row(name: str, how: str, entry: dict[str, Any] | None, rss_role: str | None, startup: bool = True) -> None:
         if not entry:
@@ -158,7 +173,7 @@ def markdown(results: dict[str, Any]) -> str:
         rss = mem.get("roles_mb", {}).get(rss_role) if rss_role else None
         lines.append(
             f"| {name} | {how} | {_fmt(rate)} | {ratio} | "
-            f"{_fmt(entry.get('tasks_per_s_incl_startup')) if startup else '-'} | {_fmt(cpu_total(entry), 2)} | "
+            f"{_fmt(entry.get('tasks_per_s_incl_startup')) if startup else '-'} | {_fmt(_cpu_total(entry), 2)} | "
             f"{_fmt(rss) + ' MB' if rss else '-'} |"
         )
 
@@ -186,7 +201,13 @@ def markdown(results: dict[str, Any]) -> str:
             cel,
             "celery",
         )
-    lines += [
+    return lines
+
+
+def _latency(results: dict[str, Any]) -> list[str]:
+    tp = results.get("taskproc", {})
+    peers = results.get("peers", {})
+    lines = [
         "",
         "Drain rate = (N - 1) / (last completion - first completion), from the completion times each system records;"
         " RSS of a peer is its whole process tree (Celery: parent + pool children), of taskproc one worker process.",
@@ -205,102 +226,127 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {name} | {pk['count']} | {pk['p50_ms']:.1f} ms | {pk['p99_ms']:.1f} ms | {fin['p50_ms']:.1f} ms | "
             f"{fin['p99_ms']:.1f} ms |"
         )
+    return lines
+
+
+def _submit(results: dict[str, Any]) -> list[str]:
+    tp = results.get("taskproc", {})
     single, paced, batch = tp.get("submit_single"), tp.get("submit_paced"), _get(tp, "drain", "batch_submit")
-    if single or paced or batch:
-        lines += [
-            "",
-            "**Submit** (no workers running; one uvicorn process)",
-            "",
-            "| load | requests/s | tasks/s | p50 | p99 | errors | API CPU per request |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        if single:
-            lines.append(
-                f"| single POST, {single['clients']} concurrent clients (closed loop) "
-                f"| {_fmt(single['throughput_rps'])} | {_fmt(single['throughput_rps'])} "
-                f"| {single['p50_ms']:.1f} ms | {single['p99_ms']:.1f} ms "
-                f"| {single['errors']} | {_api_cpu(single)} |"
-            )
-        if paced:
-            lines.append(
-                f"| single POST, paced at {paced['rate_rps']:g} req/s (open loop) | {_fmt(paced['throughput_rps'])} "
-                f"| {_fmt(paced['throughput_rps'])} | {paced['p50_ms']:.1f} ms | {paced['p99_ms']:.1f} ms "
-                f"| {paced['errors']} | {_api_cpu(paced)} |"
-            )
-        if batch:
-            bl = batch["batch_latency"]
-            lines.append(
-                f"| batch POST of {batch['batch_size']}, {batch['concurrency']} clients | "
-                f"{_fmt(batch['tasks_per_s'] / batch['batch_size'], 1)} | {_fmt(batch['tasks_per_s'])} | "
-                f"{bl['p50_ms']:.1f} ms | {bl['p99_ms']:.1f} ms | 0 | "
-                f"{_fmt(_get(batch, 'cost', 'cpu_ms_per_task', 'api'), 2)} ms per task |"
-            )
+    if not (single or paced or batch):
+        return []
+    lines = [
+        "",
+        "**Submit** (no workers running; one uvicorn process)",
+        "",
+        "| load | requests/s | tasks/s | p50 | p99 | errors | API CPU per request |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    if single:
+        lines.append(
+            f"| single POST, {single['clients']} concurrent clients (closed loop) "
+            f"| {_fmt(single['throughput_rps'])} | {_fmt(single['throughput_rps'])} "
+            f"| {single['p50_ms']:.1f} ms | {single['p99_ms']:.1f} ms "
+            f"| {single['errors']} | {_api_cpu(single)} |"
+        )
+    if paced:
+        lines.append(
+            f"| single POST, paced at {paced['rate_rps']:g} req/s (open loop) | {_fmt(paced['throughput_rps'])} "
+            f"| {_fmt(paced['throughput_rps'])} | {paced['p50_ms']:.1f} ms | {paced['p99_ms']:.1f} ms "
+            f"| {paced['errors']} | {_api_cpu(paced)} |"
+        )
+    if batch:
+        bl = batch["batch_latency"]
+        lines.append(
+            f"| batch POST of {batch['batch_size']}, {batch['concurrency']} clients | "
+            f"{_fmt(batch['tasks_per_s'] / batch['batch_size'], 1)} | {_fmt(batch['tasks_per_s'])} | "
+            f"{bl['p50_ms']:.1f} ms | {bl['p99_ms']:.1f} ms | 0 | "
+            f"{_fmt(_get(batch, 'cost', 'cpu_ms_per_task', 'api'), 2)} ms per task |"
+        )
+    return lines
+
+
+def _cost(results: dict[str, Any]) -> list[str]:
+    tp = results.get("taskproc", {})
+    peers = results.get("peers", {})
     cost_rows = [("taskproc end to end", _get(tp, "end_to_end", "cost")), ("taskproc drain", _get(tp, "drain", "cost"))]
     cost_rows += [(k, v.get("cost")) for k, v in peers.items()]
     cost_rows = [(n, c) for n, c in cost_rows if c]
-    if cost_rows:
-        lines += [
-            "",
-            "**Cost per task** (CPU ms per task by process; Redis commands and Postgres commits per task)",
-            "",
-            "| run | API | worker(s) | Postgres | Redis | bench client | Redis cmds | PG commits "
-            "| other processes on the machine meanwhile |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    if not cost_rows:
+        return []
+    lines = [
+        "",
+        "**Cost per task** (CPU ms per task by process; Redis commands and Postgres commits per task)",
+        "",
+        "| run | API | worker(s) | Postgres | Redis | bench client | Redis cmds | PG commits "
+        "| other processes on the machine meanwhile |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, c in cost_rows:
+        per = c["cpu_ms_per_task"]
+        worker = per.get("worker") or per.get(name)
+        cells = [
+            per.get("api") or None,
+            worker,
+            per.get("postgres") or None,
+            per.get("redis"),
+            per.get("bench-client"),
         ]
-        for name, c in cost_rows:
-            per = c["cpu_ms_per_task"]
-            worker = per.get("worker") or per.get(name)
-            cells = [
-                per.get("api") or None,
-                worker,
-                per.get("postgres") or None,
-                per.get("redis"),
-                per.get("bench-client"),
-            ]
-            commits = _get(c, "pg_per_task", "commits")
-            lines.append(
-                f"| {name} | "
-                + " | ".join(_fmt(v, 2) for v in cells)
-                + f" | {c['redis_commands_per_task_total']:.1f} | {_fmt(commits, 1)} | "
-                f"{c.get('background_cores', 0):.2f} cores |"
-            )
+        commits = _get(c, "pg_per_task", "commits")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_fmt(v, 2) for v in cells)
+            + f" | {c['redis_commands_per_task_total']:.1f} | {_fmt(commits, 1)} | "
+            f"{c.get('background_cores', 0):.2f} cores |"
+        )
+    return lines
+
+
+def _scale(results: dict[str, Any]) -> list[str]:
     scale = _get(results, "scale", "latency")
-    if scale:
-        load = results["scale"]["load"]
-        lines += [
-            "",
-            f"**Reads with {load['rows']:,} task rows** ({load['table_size']} incl. indexes; sequential requests, "
-            "one keep-alive connection)",
-            "",
-            "| request | p50 | p99 | max |",
-            "| --- | ---: | ---: | ---: |",
-        ]
-        paths = {
-            "get_by_id": "GET /tasks/{id}",
-            "list_status_completed": "GET /tasks?status=completed&limit=50",
-            "list_status_completed_page2": "GET /tasks?status=completed&limit=50&cursor=(page 2)",
-            "list_type_add": "GET /tasks?type=add&limit=50",
-            "list_status_failed_type_text_stats": "GET /tasks?status=failed&type=text_stats&limit=50",
-            "stats": "GET /stats",
-        }
-        bg = _get(results, "scale", "cost", "background_cores")
-        if bg is not None:
-            lines[-4] += f" Other processes used {bg:.2f} cores meanwhile."
-        for k, v in scale.items():
-            lines.append(
-                f"| `{paths.get(k, k)}` | {v['p50_ms']:.1f} ms | {v['p99_ms']:.1f} ms | {v['max_ms']:.1f} ms |"
-            )
-    if mem:
-        lines += [
-            "",
-            f"**Peak RSS**: API {_fmt(mem.get('api_mb'))} MB, worker {_fmt(mem.get('worker_mb'))} MB "
-            f"(largest of the worker processes, over the whole run).",
-        ]
-    lines += ["", "**Targets**", "", "| target | limit | measured | result |", "| --- | --- | ---: | --- |"]
+    if not scale:
+        return []
+    load = results["scale"]["load"]
+    lines = [
+        "",
+        f"**Reads with {load['rows']:,} task rows** ({load['table_size']} incl. indexes; sequential requests, "
+        "one keep-alive connection)",
+        "",
+        "| request | p50 | p99 | max |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    paths = {
+        "get_by_id": "GET /tasks/{id}",
+        "list_status_completed": "GET /tasks?status=completed&limit=50",
+        "list_status_completed_page2": "GET /tasks?status=completed&limit=50&cursor=(page 2)",
+        "list_type_add": "GET /tasks?type=add&limit=50",
+        "list_status_failed_type_text_stats": "GET /tasks?status=failed&type=text_stats&limit=50",
+        "stats": "GET /stats",
+    }
+    bg = _get(results, "scale", "cost", "background_cores")
+    if bg is not None:
+        lines[-4] += f" Other processes used {bg:.2f} cores meanwhile."
+    for k, v in scale.items():
+        lines.append(f"| `{paths.get(k, k)}` | {v['p50_ms']:.1f} ms | {v['p99_ms']:.1f} ms | {v['max_ms']:.1f} ms |")
+    return lines
+
+
+def _memory(results: dict[str, Any]) -> list[str]:
+    mem = results.get("memory", {})
+    if not mem:
+        return []
+    return [
+        "",
+        f"**Peak RSS**: API {_fmt(mem.get('api_mb'))} MB, worker {_fmt(mem.get('worker_mb'))} MB "
+        f"(largest of the worker processes, over the whole run).",
+    ]
+
+
+def _targets(results: dict[str, Any]) -> list[str]:
+    lines = ["", "**Targets**", "", "| target | limit | measured | result |", "| --- | --- | ---: | --- |"]
     for t in results.get("targets", []):
         measured = "-" if t["measured"] is None else f"{_num(t['measured'])} {t.get('unit', '')}".strip()
         if t.get("basis"):
             measured += f" ({t['basis']})"
         result = t["status"] + (f", {t['margin']}" if t.get("margin") else "")
         lines.append(f"| {t['target']} | {t['limit']} | {measured} | {result} |")
-    return "\n".join(lines) + "\n"
+    return lines

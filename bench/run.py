@@ -216,6 +216,86 @@ def run_peers(
             log(f"  celery: {res['tasks_per_s']} tasks/s")
 
 
+def _run_submit_phases(
+    args: argparse.Namespace,
+    st: TaskprocStack,
+    results: dict[str, Any],
+    costed: Callable[[Callable[[], Coroutine[Any, Any, dict[str, Any]]]], dict[str, Any]],
+) -> None:
+    """Single POSTs from concurrent clients (closed loop), then paced at a fixed rate (open loop); no workers."""
+    tp = results["taskproc"]
+    res = _phase(
+        f"taskproc submit: single POST, {args.clients} clients, {args.submit_seconds:g}s",
+        results,
+        lambda: costed(lambda: taskproc_phases.submit_single(st, clients=args.clients, duration_s=args.submit_seconds)),
+    )
+    if res:
+        tp["submit_single"] = res
+        log(f"  {res['throughput_rps']} req/s, p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms")
+    res = _phase(
+        f"taskproc submit: single POST paced at {args.rate:g}/s",
+        results,
+        lambda: costed(lambda: taskproc_phases.submit_paced(st, rate=args.rate, duration_s=args.submit_seconds)),
+    )
+    if res:
+        tp["submit_paced"] = res
+        log(f"  p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, errors {res['errors']}")
+
+
+def _run_scale(args: argparse.Namespace, st: TaskprocStack, counters: Counters, results: dict[str, Any]) -> None:
+    """Load a large task table, then time the reads the dashboard makes against it."""
+    load = _phase(
+        f"scale: load {args.scale_rows:,} task rows",
+        results,
+        lambda: scale.load(st.database_url, args.scale_rows, log),
+    )
+    if load:
+        ids = load.pop("_sample_ids")
+        before = counters.snapshot()
+        lat = _phase(
+            "scale: read latency",
+            results,
+            lambda: _run(scale.measure(st, ids, requests=args.scale_requests)),
+        )
+        requests = sum(v["count"] for v in (lat or {}).values()) or 1
+        results["scale"] = {
+            "load": load,
+            "latency": lat or {},
+            "cost": counters.per_task(before, counters.snapshot(), requests),
+            "explain": scale.explain(st.database_url),
+        }
+
+
+def _run_end_to_end_and_pickup(
+    args: argparse.Namespace, st: TaskprocStack, counters: Counters, results: dict[str, Any], stamp: str
+) -> None:
+    """Batches through the API to running workers (optionally profiled), then the idle pickup latency."""
+    tp = results["taskproc"]
+    profiler = _start_profile(st, args.profile, args.out, stamp) if args.profile else None
+    res = _phase(
+        f"taskproc end to end: {args.n} tasks in batches of {args.batch_size}",
+        results,
+        lambda: _run(
+            taskproc_phases.end_to_end(st, counters, n=args.n, batch_size=args.batch_size, timeout=args.timeout)
+        ),
+    )
+    if profiler is not None:
+        profiler.wait(args.profile + 30)
+        results["profile"] = str(args.out / f"profile-worker-{stamp}.txt")
+    if res:
+        tp["end_to_end"] = res
+        log(f"  {res['tasks_per_s']} tasks/s")
+
+    res = _phase(
+        f"taskproc pickup latency: {args.pickup_samples} samples",
+        results,
+        lambda: _run(taskproc_phases.pickup(st, samples=args.pickup_samples)),
+    )
+    if res:
+        tp["pickup"] = res
+        log(f"  p50 {res['pickup']['p50_ms']} ms, p99 {res['pickup']['p99_ms']} ms")
+
+
 def run_taskproc(
     args: argparse.Namespace,
     stack: TaskprocStack,
@@ -240,22 +320,7 @@ def run_taskproc(
         out["cost"] = counters.per_task(before, counters.snapshot(), out["count"])
         return out
 
-    res = _phase(
-        f"taskproc submit: single POST, {args.clients} clients, {args.submit_seconds:g}s",
-        results,
-        lambda: costed(lambda: taskproc_phases.submit_single(st, clients=args.clients, duration_s=args.submit_seconds)),
-    )
-    if res:
-        tp["submit_single"] = res
-        log(f"  {res['throughput_rps']} req/s, p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms")
-    res = _phase(
-        f"taskproc submit: single POST paced at {args.rate:g}/s",
-        results,
-        lambda: costed(lambda: taskproc_phases.submit_paced(st, rate=args.rate, duration_s=args.submit_seconds)),
-    )
-    if res:
-        tp["submit_paced"] = res
-        log(f"  p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, errors {res['errors']}")
+    _run_submit_phases(args, st, results, costed)
 
     # The submit tests left tasks behind: let workers run them, so the drain below starts from empty.
     def clear_backlog() -> None:
@@ -289,52 +354,11 @@ def run_taskproc(
     if not stack.workers:
         stack.start_workers(args.workers)
 
-    profiler = _start_profile(stack, args.profile, args.out, stamp) if args.profile else None
-    res = _phase(
-        f"taskproc end to end: {args.n} tasks in batches of {args.batch_size}",
-        results,
-        lambda: _run(
-            taskproc_phases.end_to_end(st, counters, n=args.n, batch_size=args.batch_size, timeout=args.timeout)
-        ),
-    )
-    if profiler is not None:
-        profiler.wait(args.profile + 30)
-        results["profile"] = str(args.out / f"profile-worker-{stamp}.txt")
-    if res:
-        tp["end_to_end"] = res
-        log(f"  {res['tasks_per_s']} tasks/s")
-
-    res = _phase(
-        f"taskproc pickup latency: {args.pickup_samples} samples",
-        results,
-        lambda: _run(taskproc_phases.pickup(st, samples=args.pickup_samples)),
-    )
-    if res:
-        tp["pickup"] = res
-        log(f"  p50 {res['pickup']['p50_ms']} ms, p99 {res['pickup']['p99_ms']} ms")
+    _run_end_to_end_and_pickup(args, st, counters, results, stamp)
     stack.stop_workers()
 
     if not args.skip_scale:
-        load = _phase(
-            f"scale: load {args.scale_rows:,} task rows",
-            results,
-            lambda: scale.load(st.database_url, args.scale_rows, log),
-        )
-        if load:
-            ids = load.pop("_sample_ids")
-            before = counters.snapshot()
-            lat = _phase(
-                "scale: read latency",
-                results,
-                lambda: _run(scale.measure(st, ids, requests=args.scale_requests)),
-            )
-            requests = sum(v["count"] for v in (lat or {}).values()) or 1
-            results["scale"] = {
-                "load": load,
-                "latency": lat or {},
-                "cost": counters.per_task(before, counters.snapshot(), requests),
-                "explain": scale.explain(st.database_url),
-            }
+        _run_scale(args, st, counters, results)
 
 
 def main(argv: list[str] | None = None) -> int:

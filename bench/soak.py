@@ -246,7 +246,7 @@ def submit_all(client: httpx.Client, args: argparse.Namespace, run_id: str, subm
             time.sleep(n / args.submit_rate)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=4)
@@ -265,7 +265,55 @@ def main() -> int:
     parser.add_argument("--lease", type=float, default=5.0, help="TASKPROC_LEASE_S for the run")
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds to wait for every task to finish")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: a fresh temporary directory")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def wait_ready(client: httpx.Client, up: subprocess.Popen[bytes], up_log: Path) -> bool:
+    """Whether `taskproc up` answers /readyz within three minutes (False once it exits or the time is up)."""
+    deadline = time.monotonic() + 180
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if client.get("/readyz").status_code == 200:
+                return True
+        if up.poll() is not None or time.monotonic() > deadline:
+            log(f"taskproc up did not become ready; see {up_log}")
+            return False
+        time.sleep(0.5)
+
+
+def wait_finished(client: httpx.Client, args: argparse.Namespace, chaos: Chaos) -> None:
+    """Until no task is pending, running or retrying (or --deadline); chaos stops for the last tenth."""
+    deadline = time.monotonic() + args.deadline
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            counts = client.get("/api/v1/stats").json()["tasks"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            time.sleep(1)
+            continue
+        if counts != last:
+            log(f"progress: {counts}")
+            last = counts
+        if counts["pending"] + counts["running"] + counts["retrying"] == 0:
+            break
+        if counts["completed"] + counts["failed"] >= 0.9 * args.tasks and chaos.is_alive():
+            chaos.stop.set()  # let the tail finish without new chaos, so the run ends
+            log("chaos stopped for the tail of the run")
+        time.sleep(2)
+
+
+def stop_up(up: subprocess.Popen[bytes]) -> None:
+    if up.poll() is None:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+
+
+def main() -> int:
+    args = parse_args()
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="taskproc-soak-"))
     port = free_port()
@@ -292,15 +340,8 @@ def main() -> int:
     partition: Partition | None = None
     submitted: set[str] = set()
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get("/readyz").status_code == 200:
-                    break
-            if up.poll() is not None or time.monotonic() > deadline:
-                log(f"taskproc up did not become ready; see {up_log}")
-                return 2
-            time.sleep(0.5)
+        if not wait_ready(client, up, up_log):
+            return 2
         pg_url = f"postgresql://postgres@127.0.0.1:{(data_dir / 'postgres.port').read_text().strip()}/taskproc"
         redis_url = f"redis://127.0.0.1:{(data_dir / 'redis.port').read_text().strip()}/0"
 
@@ -314,23 +355,7 @@ def main() -> int:
         submit_all(client, args, run_id, submitted)
         log(f"submitted {len(submitted)} tasks in {time.monotonic() - t0:.1f}s")
 
-        deadline = time.monotonic() + args.deadline
-        last: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            try:
-                counts = client.get("/api/v1/stats").json()["tasks"]
-            except (httpx.HTTPError, KeyError, ValueError):
-                time.sleep(1)
-                continue
-            if counts != last:
-                log(f"progress: {counts}")
-                last = counts
-            if counts["pending"] + counts["running"] + counts["retrying"] == 0:
-                break
-            if counts["completed"] + counts["failed"] >= 0.9 * args.tasks and chaos.is_alive():
-                chaos.stop.set()  # let the tail finish without new chaos, so the run ends
-                log("chaos stopped for the tail of the run")
-            time.sleep(2)
+        wait_finished(client, args, chaos)
         elapsed = time.monotonic() - t0
         chaos.stop.set()
         island = [proc.pid for proc in partition.procs] if partition is not None else []
@@ -342,13 +367,7 @@ def main() -> int:
         if partition is not None:
             partition.close()
         client.close()
-        if up.poll() is None:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
+        stop_up(up)
 
 
 def report(

@@ -79,3 +79,7 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def pytest_report_header() -> list[str]:
     return [f"taskproc test run, pid {os.getpid()}"]
+
+
+# The in-process layers (API app and arq workers in the test's loop): fixtures `inprocess`, `inprocess_factory`.
+pytest_plugins = ["inprocess"]

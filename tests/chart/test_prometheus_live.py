@@ -351,16 +351,8 @@ def _unix(rfc3339: str) -> float:
     return stamp.timestamp() + (float(f"0.{frac_digits}") if frac_digits else 0.0)
 
 
-# --- the test -----------------------------------------------------------------------------------------------------
-
-
-def test_prometheus_scrapes_evaluates_rules_and_answers_the_dashboard(
-    helm4: Helm, renders: Renders, stack_factory: StackFactory, prometheus_processes: list[Prometheus], tmp_path: Path
-) -> None:
-    docs = renders.docs(helm4, SCENARIO)
-    targets = scrape_targets(docs)
-    assert {t.labels["job"] for t in targets} == {"taskproc-api", "taskproc-worker"}, targets
-
+def checked_rules(docs: list[dict[str, Any]], tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The rendered PrometheusRule as a rules file that promtool accepts, and each alert's expression."""
     rule = next(d for d in docs if d["kind"] == "PrometheusRule")
     rules_file = tmp_path / "rules.yml"
     rules_file.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}), encoding="utf-8")
@@ -368,9 +360,11 @@ def test_prometheus_scrapes_evaluates_rules_and_answers_the_dashboard(
         [binary("promtool"), "check", "rules", str(rules_file)], capture_output=True, text=True, check=False
     )
     assert check.returncode == 0, f"promtool check rules:\n{check.stdout}{check.stderr}"
-    rule_exprs = {r["alert"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    return rules_file, {r["alert"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
 
-    queries = dashboard_queries()
+
+def check_kube_state_queries(docs: list[dict[str, Any]], queries: list[Query]) -> None:
+    """The dashboard's kube-state-metrics queries are the known ones, and name the rendered Deployments."""
     placeholders = {**GRAFANA_INTERVALS, **EXPECTED_VARIABLES}
     kube = {
         (q.panel, q.legend)
@@ -388,6 +382,32 @@ def test_prometheus_scrapes_evaluates_rules_and_answers_the_dashboard(
             for sel in vector_selectors(promql_parser.parse(substitute(q.expr, placeholders))):
                 m = {x.name: x.value for x in sel.matchers.matchers}
                 assert (m.get("namespace"), m.get("deployment")) in deployments, f"{q.panel}: {sel}"
+
+
+def check_rules_find_series(prom: Prometheus, rule_exprs: dict[str, str]) -> None:
+    """Each rule's selectors, reduced to their job and namespace matchers, find series: a rule scoped to a job or
+    namespace the ServiceMonitors don't produce would evaluate "ok" and never fire."""
+    for name, expr in rule_exprs.items():
+        for sel in vector_selectors(promql_parser.parse(expr)):
+            scope = [str(m) for m in sel.matchers.matchers if m.name in ("job", "namespace")]
+            assert len(scope) == 2, f"{name}: {sel} is not scoped by job and namespace"
+            probe = f"count({sel.name}{{{', '.join(scope)}}})"
+            assert prom.query(probe), f"{name}: no series for {probe}"
+
+
+# --- the test -----------------------------------------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_evaluates_rules_and_answers_the_dashboard(
+    helm4: Helm, renders: Renders, stack_factory: StackFactory, prometheus_processes: list[Prometheus], tmp_path: Path
+) -> None:
+    docs = renders.docs(helm4, SCENARIO)
+    targets = scrape_targets(docs)
+    assert {t.labels["job"] for t in targets} == {"taskproc-api", "taskproc-worker"}, targets
+
+    rules_file, rule_exprs = checked_rules(docs, tmp_path)
+    queries = dashboard_queries()
+    check_kube_state_queries(docs, queries)
 
     with stack_factory(workers=0) as stack:
         worker_ports = [free_port() for _ in range(WORKERS)]
@@ -444,14 +464,7 @@ def test_prometheus_scrapes_evaluates_rules_and_answers_the_dashboard(
         live = prom.query(substitute(next(q for q in queries if q.panel == "Live workers").expr, values))
         assert [float(s["value"][1]) for s in live] == [WORKERS], live
 
-        # Each rule's selectors, reduced to their job and namespace matchers, find series: a rule scoped to a
-        # job or namespace the ServiceMonitors don't produce would evaluate "ok" and never fire.
-        for name, expr in rule_exprs.items():
-            for sel in vector_selectors(promql_parser.parse(expr)):
-                scope = [str(m) for m in sel.matchers.matchers if m.name in ("job", "namespace")]
-                assert len(scope) == 2, f"{name}: {sel} is not scoped by job and namespace"
-                probe = f"count({sel.name}{{{', '.join(scope)}}})"
-                assert prom.query(probe), f"{name}: no series for {probe}"
+        check_rules_find_series(prom, rule_exprs)
 
         # Every rule evaluated, with the workload's series present, without an error.
         evaluated_from = time.time()

@@ -124,39 +124,54 @@ class Install:
     api: Container | None = None
 
 
-def helm_install_wait(runner: Runner) -> Install:
-    docs = runner.docs
-    deadline = time.monotonic() + READY_DEADLINE_S
-    for hook in iter_hooks(docs, "pre-install"):
+def run_hooks(runner: Runner, phase: str, deadline: float) -> None:
+    """Run the Job and Pod hooks of `phase` one after the other, each to completion, as helm does."""
+    for hook in iter_hooks(runner.docs, phase):
         if hook["kind"] in ("Job", "Pod"):
             run_to_completion(runner, hook, deadline)
-    install = Install(runner)
-    for doc in docs:
+
+
+def workload_pods(runner: Runner) -> list[SimPod]:
+    """A pod per Deployment with replicas and per Job that is not a hook; StatefulSets must have a stand-in."""
+    pods = []
+    for doc in runner.docs:
         if is_hook(doc):
             continue
         component = doc["metadata"].get("labels", {}).get("app.kubernetes.io/component", "")
         if doc["kind"] == "StatefulSet":
             assert component in SUBSTITUTED, f"no stand-in for StatefulSet {doc['metadata']['name']}"
         elif doc["kind"] == "Deployment" and doc["spec"].get("replicas", 1) != 0:
-            install.pods.append(SimPod(runner, doc, restart=True))
+            pods.append(SimPod(runner, doc, restart=True))
         elif doc["kind"] == "Job":
-            install.pods.append(SimPod(runner, doc, restart=False))
-    deployments = [p for p in install.pods if p.restart]
+            pods.append(SimPod(runner, doc, restart=False))
+    return pods
+
+
+def wait_ready(runner: Runner, pods: list[SimPod], deadline: float) -> None:
+    """Step every pod until each Deployment's is ready (`helm install --wait`)."""
+    deployments = [p for p in pods if p.restart]
     while not all(p.ready() for p in deployments):
         if time.monotonic() > deadline:
-            pending = [f"{h['kind']} {h['metadata']['name']}" for h in iter_hooks(docs, "post-install")]
+            pending = [f"{h['kind']} {h['metadata']['name']}" for h in iter_hooks(runner.docs, "post-install")]
             raise AssertionError(
                 f"helm install --wait: not ready after {READY_DEADLINE_S}s; "
                 + "; ".join(p.describe() for p in deployments if not p.ready())
                 + f"; post-install hooks that would run only after readiness: {pending or 'none'}"
             )
-        for p in install.pods:
+        for p in pods:
             p.step()
         time.sleep(0.3)
-    for hook in iter_hooks(docs, "post-install"):
-        if hook["kind"] in ("Job", "Pod"):
-            run_to_completion(runner, hook, time.monotonic() + READY_DEADLINE_S)
-    for p in deployments:
+
+
+def helm_install_wait(runner: Runner) -> Install:
+    deadline = time.monotonic() + READY_DEADLINE_S
+    run_hooks(runner, "pre-install", deadline)
+    install = Install(runner, pods=workload_pods(runner))
+    wait_ready(runner, install.pods, deadline)
+    run_hooks(runner, "post-install", time.monotonic() + READY_DEADLINE_S)
+    for p in install.pods:
+        if not p.restart:
+            continue
         for c in p.main:
             if c.spec.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz":
                 install.api = c

@@ -1,18 +1,22 @@
-"""The request deadline, with real processes: every route answers 503 in time while Postgres is frozen, and a
-submit that timed out after its commit is safe to retry with the same idempotency key."""
+"""The request deadline: every route answers 503 in time while Postgres is frozen (a real API process: the answer
+must not wait for the cancelled request, which httpx.ASGITransport would), and a submit that timed out after its
+commit is safe to retry with the same idempotency key (in process)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 from test_reliability_outage import postgres_frozen
 
+from taskproc import testhooks
+
 from conftest import StackFactory
-from support import PausePoint, Servers
+from inprocess import InProcessFactory
+from support import Servers
 
 pytestmark = pytest.mark.slow
 
@@ -66,45 +70,51 @@ def test_every_route_answers_503_within_the_deadline_while_postgres_is_frozen(
             assert stack.client.get("/api/v1/stats", timeout=10).status_code == 200
 
 
-def test_submit_timed_out_after_commit_is_safe_to_retry_with_its_key(
-    stack_factory: StackFactory, tmp_path: Path
+async def test_submit_timed_out_after_commit_is_safe_to_retry_with_its_key(
+    inprocess_factory: InProcessFactory,
 ) -> None:
     """The deadline's 503 can come after the task was committed (here: held at a pause point between the commit
     and the answer). The same submit again with the same Idempotency-Key returns that task (200), and exactly
-    one task exists for the key."""
-    pause_dir = tmp_path / "pause"
-    env = {"TASKPROC_REQUEST_TIMEOUT_S": str(DEADLINE_S), "TASKPROC_TEST_PAUSE_DIR": str(pause_dir)}
-    with stack_factory(workers=1, env=env) as stack:
-        point = PausePoint(pause_dir, "api.create.committed")
-        point.arm()
-        body = {"type": "add", "payload": {"a": 2, "b": 3}}
-        headers = {"Idempotency-Key": "retry-after-503"}
-        first = stack.client.post("/api/v1/tasks", json=body, headers=headers, timeout=30)
-        point.wait_reached(timeout=1)
-        assert first.status_code == 503, first.text
-        assert first.json()["detail"]
-        assert stack.sql("SELECT count(*) FROM task WHERE idempotency_key = 'retry-after-503'") == [(1,)]
-        point.release()
+    one task exists for the key. (In process: the pause point is a callback that holds the request until the
+    test releases it.)"""
+    env = {"TASKPROC_REQUEST_TIMEOUT_S": str(DEADLINE_S)}
+    reached, release = asyncio.Event(), asyncio.Event()
 
-        again = stack.client.post("/api/v1/tasks", json=body, headers=headers, timeout=30)
-        assert again.status_code == 200, again.text
-        [(task_id,)] = stack.sql("SELECT id::text FROM task WHERE idempotency_key = 'retry-after-503'")
-        assert again.json()["id"] == task_id
-        done = stack.wait_status(task_id, "completed")
-        assert done["result"] == {"sum": 5}
-        assert stack.sql("SELECT count(*) FROM task") == [(1,)]
+    async def hold() -> None:
+        reached.set()
+        await release.wait()
 
-        # The batch route, too: its items come back as the committed tasks.
-        for leftover in ("reached", "release"):
-            (pause_dir / f"{point.name}.{leftover}").unlink()
-        point.arm()
-        items = {"tasks": [{**body, "idempotency_key": f"batch-{i}"} for i in range(3)]}
-        first = stack.client.post("/api/v1/tasks/batch", json=items, timeout=30)
-        point.wait_reached(timeout=1)
-        assert first.status_code == 503, first.text
-        point.release()
-        again = stack.client.post("/api/v1/tasks/batch", json=items, timeout=30)
-        assert again.status_code == 201, again.text
-        ids = sorted(item["id"] for item in again.json()["items"])
-        assert ids == sorted(i for (i,) in stack.sql("SELECT id::text FROM task WHERE idempotency_key LIKE 'batch-%'"))
-        assert stack.sql("SELECT count(*) FROM task") == [(4,)]
+    async with inprocess_factory(workers=1, env=env) as stack:
+        with testhooks.installed("api.create.committed", hold):
+            body = {"type": "add", "payload": {"a": 2, "b": 3}}
+            headers = {"Idempotency-Key": "retry-after-503"}
+            first = await stack.client.post("/api/v1/tasks", json=body, headers=headers)
+            assert reached.is_set()
+            assert first.status_code == 503, first.text
+            assert first.json()["detail"]
+            assert stack.sql("SELECT count(*) FROM task WHERE idempotency_key = 'retry-after-503'") == [(1,)]
+            release.set()
+
+            again = await stack.client.post("/api/v1/tasks", json=body, headers=headers)
+            assert again.status_code == 200, again.text
+            [(task_id,)] = stack.sql("SELECT id::text FROM task WHERE idempotency_key = 'retry-after-503'")
+            assert again.json()["id"] == task_id
+            done = await stack.wait_status(task_id, "completed")
+            assert done["result"] == {"sum": 5}
+            assert stack.sql("SELECT count(*) FROM task") == [(1,)]
+
+            # The batch route, too: its items come back as the committed tasks.
+            reached.clear()
+            release.clear()
+            items = {"tasks": [{**body, "idempotency_key": f"batch-{i}"} for i in range(3)]}
+            first = await stack.client.post("/api/v1/tasks/batch", json=items)
+            assert reached.is_set()
+            assert first.status_code == 503, first.text
+            release.set()
+            again = await stack.client.post("/api/v1/tasks/batch", json=items)
+            assert again.status_code == 201, again.text
+            ids = sorted(item["id"] for item in again.json()["items"])
+            assert ids == sorted(
+                i for (i,) in stack.sql("SELECT id::text FROM task WHERE idempotency_key LIKE 'batch-%'")
+            )
+            assert stack.sql("SELECT count(*) FROM task") == [(4,)]

@@ -8,25 +8,26 @@ import sys
 
 from taskproc.logging import TextFormatter
 
-from support import Stack, wait_for
+from inprocess import InProcessFactory
+from support import wait_for
 
 
-def test_percent_encoded_newline_in_the_path_is_one_escaped_line(stack: Stack) -> None:
-    assert stack.env["TASKPROC_LOG_FORMAT"] == "text"
-    assert stack.api is not None
-    r = stack.client.get("/x%0aforged%0d%1b[31mred%e2%80%aeevil%c2%85next")
-    assert r.status_code == 404
+async def test_percent_encoded_newline_in_the_path_is_one_escaped_line(inprocess_factory: InProcessFactory) -> None:
+    async with inprocess_factory(workers=0) as stack:
+        assert stack.env["TASKPROC_LOG_FORMAT"] == "text"
+        r = await stack.client.get("/x%0aforged%0d%1b[31mred%e2%80%aeevil%c2%85next")
+        assert r.status_code == 404
 
-    def request_lines() -> list[str]:
-        assert stack.api is not None
-        return [line for line in stack.api.log_path.read_text().splitlines() if "path=/x" in line]
+        def request_lines() -> list[str]:
+            return [line for line in stack.logs().splitlines() if "path=/x" in line]
 
-    [line] = wait_for(request_lines, what="the access log line")
-    assert "path=/x\\nforged\\r\\x1b[31mred\\u202eevil\\x85next" in line, line
-    log = stack.api.log_path.read_text()
-    assert not any(
-        text.startswith(("forged", "[31mred")) or ("evil" in text and "path=" not in text) for text in log.splitlines()
-    ), log
+        [line] = wait_for(request_lines, what="the access log line")
+        assert "path=/x\\nforged\\r\\x1b[31mred\\u202eevil\\x85next" in line, line
+        log = stack.logs()
+        assert not any(
+            text.startswith(("forged", "[31mred")) or ("evil" in text and "path=" not in text)
+            for text in log.splitlines()
+        ), log
 
 
 def test_every_text_field_is_escaped() -> None:

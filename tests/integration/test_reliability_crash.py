@@ -1,4 +1,5 @@
-"""Crash and shutdown safety with real worker processes: kill -9, SIGTERM, and a late worker.
+"""Crash and shutdown safety with real worker processes: kill -9, SIGTERM, and a late worker; the compare-and-set
+checks that need no process boundary run with an arq worker in process.
 
 Every stack here runs with a 3 s lease (TASKPROC_LEASE_S) and a 5 s shutdown grace, set by tests/support.py.
 """
@@ -18,6 +19,7 @@ import redis
 from taskproc import queue
 
 from conftest import StackFactory
+from inprocess import InProcessFactory, wait_until, worker_runtime
 from support import Proc, Stack, wait_for
 
 pytestmark = pytest.mark.slow
@@ -158,46 +160,74 @@ def test_a_late_worker_cannot_overwrite_a_newer_state(stack_factory: StackFactor
         assert stack.wait_status(again["id"], "completed", timeout=20)["result"] == {"sum": 4}
 
 
-def test_a_write_for_a_stale_generation_is_ignored(stack_factory: StackFactory) -> None:
+async def test_a_write_for_a_stale_generation_is_ignored(inprocess_factory: InProcessFactory) -> None:
     """Compare-and-set directly: while a task runs, its row moves to a newer generation (as a reaper or a
-    cancel would); the running try's completion must not land."""
-    with stack_factory(workers=1) as stack:
-        task = stack.submit("sleep", {"duration_ms": 1500}, timeout_s=600)
-        worker = running_on(stack, task["id"])
+    cancel would); the running try's completion must not land. (In process: no process boundary matters.)"""
+    async with inprocess_factory(workers=1) as stack:
+        task = await stack.submit("sleep", {"duration_ms": 1500}, timeout_s=600)
+        await stack.wait_status(task["id"], "running")
         stack.sql(
             "UPDATE task SET generation = generation + 1, status = 'failed', error = 'decided elsewhere', "
             "finished_at = now() WHERE id = %s",
             (task["id"],),
         )
-        wait_for(
-            lambda: "stale completion ignored" in worker.log_path.read_text(),
-            timeout=20,
-            what="the worker to finish its stale try",
-        )
-        after = stack.get(task["id"])
+
+        async def stale_try_finished() -> bool:
+            return "stale completion ignored" in stack.logs()
+
+        await wait_until(stale_try_finished, timeout=20, what="the worker to finish its stale try")
+        after = await stack.get(task["id"])
         assert after["status"] == "failed"
         assert after["error"] == "decided elsewhere"
         assert after["result"] is None
-        assert "completed" not in statuses(stack.events(task["id"]))
+        assert "completed" not in statuses(await stack.events(task["id"]))
 
 
-def test_a_claim_whose_worker_is_not_running_it_is_handed_back(stack_factory: StackFactory) -> None:
+async def test_a_claim_whose_worker_is_not_running_it_is_handed_back(inprocess_factory: InProcessFactory) -> None:
     """The row says `running` on a live worker that does not actually run it (its claim committed but the
     answer was lost, or its outcome could not be written before the attempt was cancelled): the worker notices
     within a reaper tick, puts it back to pending with the attempt given back, and it runs normally. Without
-    this the task would stay `running` forever, since the worker's lease never expires."""
-    with stack_factory(workers=1) as stack:
-        task = stack.submit("add", {"a": 5, "b": 6}, delay_s=3600, max_retries=0)
+    this the task would stay `running` forever, since the worker's lease never expires. (In process.)"""
+    async with inprocess_factory(workers=1) as stack:
+        task = await stack.submit("add", {"a": 5, "b": 6}, delay_s=3600, max_retries=0)
         [(worker_id,)] = stack.sql("SELECT id FROM worker")
         stack.sql(
             "UPDATE task SET status = 'running', attempts = 1, worker_id = %s, started_at = now() WHERE id = %s",
             (worker_id, task["id"]),
         )
-        done = stack.wait_status(task["id"], {"completed", "failed"}, timeout=30)
+        done = await stack.wait_status(task["id"], {"completed", "failed"}, timeout=30)
         assert done["status"] == "completed", done
         assert done["result"] == {"sum": 11}
         assert done["attempts"] == 1
-        events = stack.events(task["id"])
+        events = await stack.events(task["id"])
+        assert statuses(events) == ["pending", "pending", "running", "completed"], events
+        assert "no longer running there" in (events[1]["detail"] or "")
+
+
+async def test_one_reaper_pass_hands_back_a_claim_this_worker_does_not_run_and_it_then_runs(
+    inprocess_factory: InProcessFactory,
+) -> None:
+    """The same orphan, stepped: a bare WorkerRuntime whose claim committed but never reached it (the row is
+    `running` under its id, nothing runs it here). One reaper pass hands it back with the attempt given back;
+    the next tick, claim and execute run it once."""
+    async with inprocess_factory(workers=0) as stack, worker_runtime(stack.settings) as rt:
+        task = await stack.submit("add", {"a": 5, "b": 6}, max_retries=0)
+        stack.sql(
+            "UPDATE task SET status = 'running', attempts = 1, worker_id = %s, started_at = now() WHERE id = %s",
+            (rt.worker_id, task["id"]),
+        )
+        assert await rt.reap_lost() == 1
+        back = await stack.get(task["id"])
+        assert (back["status"], back["attempts"], back["started_at"]) == ("pending", 0, None), back
+        assert await rt.reap_lost() == 0, "handed back once"
+
+        tick = await rt.ticker.tick(10)
+        assert [job for job, _ in tick.taken] == [queue.job_id(uuid.UUID(task["id"]), 2)], tick
+        [claimed] = await rt.claim(tick.taken)
+        await rt.execute(claimed)
+        done = await stack.get(task["id"])
+        assert (done["status"], done["result"], done["attempts"]) == ("completed", {"sum": 11}, 1), done
+        events = await stack.events(task["id"])
         assert statuses(events) == ["pending", "pending", "running", "completed"], events
         assert "no longer running there" in (events[1]["detail"] or "")
 

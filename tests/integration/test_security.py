@@ -1,4 +1,5 @@
-"""API keys, open probes, and secrets kept out of answers, logs and metrics; with real API processes."""
+"""API keys, open probes, and secrets kept out of answers, logs and metrics: the keys in process, the failing
+backends with real API and worker processes."""
 
 from __future__ import annotations
 
@@ -13,17 +14,17 @@ import pytest
 
 from taskproc.dev.embedded import free_port
 
-from conftest import StackFactory
-from support import TASKPROC, Proc, Servers, Stack, wait_for
+from inprocess import InProcessFactory
+from support import TASKPROC, Proc, Servers, wait_for
 
 pytestmark = pytest.mark.slow
 
 PROBES = ["/healthz", "/readyz", "/metrics"]
 
 
-def api_operations(client: httpx.Client) -> list[tuple[str, str]]:
+async def api_operations(client: httpx.AsyncClient) -> list[tuple[str, str]]:
     """Every documented /api/v1 operation, path parameters filled with a random task id."""
-    spec = client.get("/openapi.json").json()
+    spec = (await client.get("/openapi.json")).json()
     ops = []
     for path, item in spec["paths"].items():
         if not path.startswith("/api/v1"):
@@ -34,11 +35,6 @@ def api_operations(client: httpx.Client) -> list[tuple[str, str]]:
     return ops
 
 
-def all_logs(stack: Stack, *extra: Proc) -> str:
-    procs = [p for p in (stack.api, *stack.workers, *extra) if p is not None]
-    return "\n".join(p.log_path.read_text(errors="replace") for p in procs)
-
-
 def assert_unauthorized(r: httpx.Response) -> None:
     assert r.status_code == 401, (r.request.method, r.request.url, r.status_code, r.text)
     assert r.headers["www-authenticate"].startswith("Bearer")
@@ -46,27 +42,28 @@ def assert_unauthorized(r: httpx.Response) -> None:
     assert isinstance(r.json()["detail"], str)
 
 
-def test_api_keys_guard_every_api_route_and_leave_probes_open(stack_factory: StackFactory) -> None:
+async def test_api_keys_guard_every_api_route_and_leave_probes_open(inprocess_factory: InProcessFactory) -> None:
     key1, key2 = f"k1-{secrets.token_urlsafe(24)}", f"k2-{secrets.token_urlsafe(24)}"
     wrong = f"wrong-{secrets.token_urlsafe(24)}"
     env = {"TASKPROC_API_KEYS": f"{key1}, {key2}", "TASKPROC_LOG_LEVEL": "debug"}
-    # No worker yet: the stack's readiness check reads /api/v1/stats without a key.
-    with stack_factory(workers=0, env=env) as stack:
+    async with inprocess_factory(workers=0, env=env) as stack:
         client = stack.client
-        for method, path in api_operations(client):
-            assert_unauthorized(client.request(method, path, json={}))
-            assert_unauthorized(client.request(method, path, json={}, headers={"Authorization": f"Bearer {wrong}"}))
+        for method, path in await api_operations(client):
+            assert_unauthorized(await client.request(method, path, json={}))
+            assert_unauthorized(
+                await client.request(method, path, json={}, headers={"Authorization": f"Bearer {wrong}"})
+            )
         for header in ("", f"Basic {key1}", f"Token {key1}", "Bearer", f"Bearer {key1}x", f"Bearer  {key2}x", key1):
-            assert_unauthorized(client.get("/api/v1/tasks", headers={"Authorization": header}))
+            assert_unauthorized(await client.get("/api/v1/tasks", headers={"Authorization": header}))
         for path in PROBES:
-            assert client.get(path).status_code == 200, path
-        assert client.get("/openapi.json").status_code == 200
+            assert (await client.get(path)).status_code == 200, path
+        assert (await client.get("/openapi.json")).status_code == 200
 
         for key in (key1, key2):
-            r = client.get("/api/v1/tasks", headers={"Authorization": f"Bearer {key}"})
+            r = await client.get("/api/v1/tasks", headers={"Authorization": f"Bearer {key}"})
             assert r.status_code == 200, r.text
-        assert client.get("/api/v1/stats", headers={"authorization": f"bearer {key1}"}).status_code == 200
-        r = client.post(
+        assert (await client.get("/api/v1/stats", headers={"authorization": f"bearer {key1}"})).status_code == 200
+        r = await client.post(
             "/api/v1/tasks",
             json={"type": "add", "payload": {"a": 40, "b": 2}},
             headers={"Authorization": f"Bearer {key2}"},
@@ -74,33 +71,36 @@ def test_api_keys_guard_every_api_route_and_leave_probes_open(stack_factory: Sta
         assert r.status_code == 201, r.text
         task_id = r.json()["id"]
         stack.client.headers["Authorization"] = f"Bearer {key1}"
-        stack.start_worker()
-        assert stack.wait_status(task_id, "completed")["result"] == {"sum": 42}
-        metrics = client.get("/metrics").text
+        await stack.start_worker()
+        assert (await stack.wait_status(task_id, "completed"))["result"] == {"sum": 42}
+        metrics = (await client.get("/metrics")).text
 
-        logs = all_logs(stack)
+        # API and worker share this process, so its log holds both roles' lines.
+        logs = stack.logs()
         assert "401" in logs  # the refusals were logged ...
         for secret in (key1, key2, wrong):
             assert secret not in logs  # ... but no key, right or wrong, ever is
             assert secret not in metrics
 
 
-def test_api_keys_file(stack_factory: StackFactory, tmp_path: Path) -> None:
+async def test_api_keys_file(inprocess_factory: InProcessFactory, tmp_path: Path) -> None:
     key, commented = f"file-{secrets.token_urlsafe(24)}", f"old-{secrets.token_urlsafe(24)}"
     keys_file = tmp_path / "keys"
     keys_file.write_text(f"# rotated out:\n# {commented}\n\n  {key}  \n")
-    with stack_factory(workers=0, env={"TASKPROC_API_KEYS_FILE": str(keys_file)}) as stack:
-        assert_unauthorized(stack.client.get("/api/v1/stats"))
-        assert_unauthorized(stack.client.get("/api/v1/stats", headers={"Authorization": f"Bearer {commented}"}))
-        r = stack.client.get("/api/v1/stats", headers={"Authorization": f"Bearer {key}"})
+    async with inprocess_factory(workers=0, env={"TASKPROC_API_KEYS_FILE": str(keys_file)}) as stack:
+        assert_unauthorized(await stack.client.get("/api/v1/stats"))
+        assert_unauthorized(await stack.client.get("/api/v1/stats", headers={"Authorization": f"Bearer {commented}"}))
+        r = await stack.client.get("/api/v1/stats", headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200, r.text
-        assert key not in all_logs(stack)
+        assert key not in stack.logs()
 
 
-def test_without_api_keys_the_api_is_open(stack: Stack) -> None:
-    assert stack.client.get("/api/v1/stats").status_code == 200
-    # A stray header does not matter when auth is off.
-    assert stack.client.get("/api/v1/stats", headers={"Authorization": "Bearer anything"}).status_code == 200
+async def test_without_api_keys_the_api_is_open(inprocess_factory: InProcessFactory) -> None:
+    async with inprocess_factory(workers=0) as stack:
+        assert (await stack.client.get("/api/v1/stats")).status_code == 200
+        # A stray header does not matter when auth is off.
+        r = await stack.client.get("/api/v1/stats", headers={"Authorization": "Bearer anything"})
+        assert r.status_code == 200
 
 
 def test_no_secret_in_answers_logs_or_metrics_when_backends_fail(servers: Servers, tmp_path: Path) -> None:

@@ -117,16 +117,18 @@ SHUTDOWN_S = 30.0
 
 
 async def _bounded(step: Awaitable[None], what: str) -> None:
-    try:
-        async with asyncio.timeout(SHUTDOWN_S):
-            await step
-    except TimeoutError:
+    # Waited on from outside rather than under asyncio.timeout: a step that suppresses CancelledError (as
+    # stopping a worker task does) would swallow the timeout's cancellation and hang on.
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_S)
+    if not done:
         stacks = io.StringIO()
-        for task in asyncio.all_tasks():
-            if task is not asyncio.current_task():
-                task.print_stack(file=stacks)
-        pending = stacks.getvalue()
-        raise AssertionError(f"timed out after {SHUTDOWN_S}s waiting for {what}; pending tasks:\n{pending}") from None
+        for other in asyncio.all_tasks():
+            if other is not asyncio.current_task():
+                other.print_stack(file=stacks)
+        task.cancel()
+        raise AssertionError(f"timed out after {SHUTDOWN_S}s waiting for {what}; pending tasks:\n{stacks.getvalue()}")
+    task.result()
 
 
 class InProcess:

@@ -103,8 +103,10 @@ class Subscription:
     async def next_batch(self, wait_s: float) -> list[Event]:
         self.active_at = time.monotonic()
         if not self.backlog and not self.dropped:
+            # asyncio.timeout, not wait_for, which on Python 3.11 can swallow a cancel that races the wake-up.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wakeup.wait(), wait_s)
+                async with asyncio.timeout(wait_s):
+                    await self.wakeup.wait()
         self.wakeup.clear()
         self.active_at = time.monotonic()
         batch = list(self.backlog)

@@ -58,7 +58,8 @@ class TaskprocWorker(FencedWorker):
     def on_stop_requested(self, *, graceful: bool) -> None:
         if "runtime" in self.ctx:
             self.runtime.shutting_down = True
-            self.runtime.wake.set()
+            if graceful:  # a hard stop cancels the loop instead; waking it then would only race the cancel
+                self.runtime.wake.set()
         if graceful:
             log.info(
                 "shutdown requested: no new tasks; running ones get %.0fs to finish, then go back to the queue",
@@ -81,8 +82,11 @@ class TaskprocWorker(FencedWorker):
         timeout = self.settings.worker_poll_s
         if next_due is not None:
             timeout = min(timeout, next_due / 1000)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns normally when the event is set in the
+        # same loop turn as arq's handle_sig cancels us, and the lost cancellation leaves the worker running on.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(runtime.wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await runtime.wake.wait()
 
     async def _tick(self) -> tuple[int, int, int | None]:
         """(slots asked for, jobs taken, ms until the next deferred job falls due)."""

@@ -296,13 +296,13 @@ class WorkerRuntime:
         permanent: bool = False,
         delay_s: float | None = None,
     ) -> None:
-        """The handler raised (or ran out of time): a failed attempt, retried unless `permanent` or out of tries."""
+        """The handler raised (or ran out of time): _finish_failed makes it canceled, retrying or failed."""
         metrics.TASK_DURATION.labels(label).observe(time.perf_counter() - t0)
         metrics.TASK_ATTEMPTS.labels(label, outcome).inc()
         await self._record(key, lambda: self._finish_failed(key, label, error, permanent=permanent, delay_s=delay_s))
 
     async def _completed(self, key: tuple[uuid.UUID, int, int], label: str, t0: float, result_text: str) -> None:
-        """The handler returned: hand the result to the completer, which writes it with others in one statement."""
+        """The handler returned: the completer writes the result (batched with others that arrive meanwhile)."""
         task_id, generation, attempt = key
         elapsed = time.perf_counter() - t0
         metrics.TASK_DURATION.labels(label).observe(elapsed)

@@ -175,8 +175,7 @@ class EventHub:
         try:
             while True:
                 now = time.monotonic()
-                for sub in [s for s in self.subscribers if s.dropped or now - s.active_at > STALE_S]:
-                    self.subscribers.discard(sub)
+                self._prune(now)
                 if self.subscribers:
                     idle_since = None
                 else:
@@ -196,10 +195,8 @@ class EventHub:
                 except Exception as exc:  # the poller must outlive a database outage
                     failures += 1
                     log.warning("event poller: %s: %s", type(exc).__name__, str(exc)[:200])
-                    if conn is not None:
-                        with contextlib.suppress(Exception):
-                            await conn.close()
-                        conn = None
+                    await _discard(conn)
+                    conn = None
                     await asyncio.sleep(min(5.0, 0.25 * 2**failures))
                     continue
                 if fetched < BATCH:
@@ -228,12 +225,31 @@ class EventHub:
             expected = ev.id + 1
         if fetched:
             self.position = expected - 1
+        self._trim_gaps()
+        if events:
+            self._fan_out(events)
+        return fetched
+
+    def _prune(self, now: float) -> None:
+        """Forget subscribers that were dropped, or whose stream stopped asking for events (a dead client)."""
+        for sub in [s for s in self.subscribers if s.dropped or now - s.active_at > STALE_S]:
+            self.subscribers.discard(sub)
+
+    def _trim_gaps(self) -> None:
+        # Past the cap the lowest ids (the oldest holes) are given up first, so memory stays bounded.
         if len(self._gaps) > GAP_MAX:
             for gid in sorted(self._gaps)[: len(self._gaps) - GAP_MAX]:
                 del self._gaps[gid]
-        if events:
-            for sub in list(self.subscribers):
-                if not sub.push(events):
-                    self.subscribers.discard(sub)
-                    log.info("event stream subscriber dropped: too far behind")
-        return fetched
+
+    def _fan_out(self, events: list[Event]) -> None:
+        for sub in list(self.subscribers):
+            if not sub.push(events):
+                self.subscribers.discard(sub)
+                log.info("event stream subscriber dropped: too far behind")
+
+
+async def _discard(conn: AsyncConnection | None) -> None:
+    """Close a connection that failed; it is likely broken already, so closing it may fail too."""
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await conn.close()

@@ -447,65 +447,82 @@ def test_sync_events_replay_and_live(client: TaskprocClient, stack: Stack) -> No
     assert statuses == ["pending", "running", "completed"]
 
 
-def test_events_resume_after_the_api_restarts_sync_and_async(stack_factory: StackFactory) -> None:
-    with stack_factory(workers=1) as stack, TaskprocClient(stack.url) as client:
-        received: dict[str, list[StreamEvent]] = {"sync": [], "async": []}
-        failed: list[BaseException] = []
-        stop = threading.Event()
+class _StreamReaders:
+    """A sync and an async client, each in a thread, reading every event from the start until `stop` is set."""
 
-        def consume_sync() -> None:
-            with TaskprocClient(stack.url) as mine:
-                for event in mine.events(last_event_id=0):
-                    received["sync"].append(event)
-                    if stop.is_set():
-                        return
-
-        async def consume_async() -> None:
-            async with AsyncTaskprocClient(stack.url) as mine, aclosing(mine.events(last_event_id=0)) as events:
-                async for event in events:
-                    received["async"].append(event)
-                    if stop.is_set():
-                        return
-
-        def run(target: Callable[[], object]) -> None:
-            try:
-                target()
-            except BaseException as exc:  # the test reports it
-                failed.append(exc)
-
-        readers = [
-            threading.Thread(target=run, args=(consume_sync,), daemon=True),
-            threading.Thread(target=run, args=(lambda: asyncio.run(consume_async()),), daemon=True),
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.received: dict[str, list[StreamEvent]] = {"sync": [], "async": []}
+        self.failed: list[BaseException] = []
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._run, args=(self._consume_sync,), daemon=True),
+            threading.Thread(target=self._run, args=(lambda: asyncio.run(self._consume_async()),), daemon=True),
         ]
-        task = client.submit("sleep", {"duration_ms": 2500})
-        for reader in readers:
+
+    def _consume_sync(self) -> None:
+        with TaskprocClient(self.url) as mine:
+            for event in mine.events(last_event_id=0):
+                self.received["sync"].append(event)
+                if self.stop.is_set():
+                    return
+
+    async def _consume_async(self) -> None:
+        async with AsyncTaskprocClient(self.url) as mine, aclosing(mine.events(last_event_id=0)) as events:
+            async for event in events:
+                self.received["async"].append(event)
+                if self.stop.is_set():
+                    return
+
+    def _run(self, target: Callable[[], object]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # the test reports it
+            self.failed.append(exc)
+
+    def start(self) -> None:
+        for reader in self.threads:
             reader.start()
 
-        def changes(kind: str) -> list[str]:
-            assert not failed, failed
-            return [e.status for e in received[kind] if isinstance(e, TaskChange) and e.task_id == task.id]
+    def changes(self, kind: str, task_id: uuid.UUID) -> list[str]:
+        """The statuses one reader has seen the task enter, in order (and no reader has failed)."""
+        assert not self.failed, self.failed
+        return [e.status for e in self.received[kind] if isinstance(e, TaskChange) and e.task_id == task_id]
 
-        for kind in received:
-            wait_for(lambda: changes(kind) == ["pending", "running"], what=f"pending and running ({kind})")  # noqa: B023
+    def join(self) -> None:
+        for reader in self.threads:
+            reader.join(timeout=30)
+            assert not reader.is_alive()
+
+
+def test_events_resume_after_the_api_restarts_sync_and_async(stack_factory: StackFactory) -> None:
+    with stack_factory(workers=1) as stack, TaskprocClient(stack.url) as client:
+        readers = _StreamReaders(stack.url)
+        task = client.submit("sleep", {"duration_ms": 2500})
+        readers.start()
+
+        for kind in readers.received:
+            wait_for(
+                lambda: readers.changes(kind, task.id) == ["pending", "running"],  # noqa: B023
+                what=f"pending and running ({kind})",
+            )
         assert stack.api is not None
         stack.api.stop()
         # The task completes while no API runs: its event is in the database only.
         wait_for(lambda: stack.sql("SELECT status FROM task WHERE id = %s", (task.id,)) == [("completed",)])
         stack.start_api()
         stack.wait_ready()
-        for kind in received:
+        for kind in readers.received:
             wait_for(
-                lambda: changes(kind) == ["pending", "running", "completed"],  # noqa: B023
+                lambda: readers.changes(kind, task.id) == ["pending", "running", "completed"],  # noqa: B023
                 what=f"the missed event after resuming ({kind})",
             )
-            ids = [e.id for e in received[kind] if isinstance(e, TaskChange)]
+            ids = [e.id for e in readers.received[kind] if isinstance(e, TaskChange)]
             assert ids == sorted(set(ids)), f"nothing twice, in order ({kind})"
-        stop.set()
+        readers.stop.set()
         client.submit("add", {"a": 1, "b": 1})  # one more event, so the readers see `stop`
-        for reader in readers:
-            reader.join(timeout=30)
-            assert not reader.is_alive()
-        assert not failed, failed
+        readers.join()
+        assert not readers.failed, readers.failed
 
 
 async def test_async_wait_and_events(stack: Stack) -> None:

@@ -163,10 +163,19 @@ def _unavailable(what: str) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Answer the domain's errors from `ERRORS`, bad requests with 422, and a backing service's outage with 503."""
+    _install_domain_handlers(app)
+    _install_request_handlers(app)
+    _install_backing_service_handlers(app)
+
+
+def _install_domain_handlers(app: FastAPI) -> None:
     @app.exception_handler(TaskprocError)
     async def _taskproc_error(request: Request, exc: TaskprocError) -> JSONResponse:
         return error_response(exc)
 
+
+def _install_request_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # The input is left out on purpose: it may be large, and it may hold a secret.
@@ -191,6 +200,8 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = [{"loc": ["request"], "msg": "a value is not acceptable to the database", "type": "value_error"}]
         return JSONResponse({"detail": detail}, status_code=422)
 
+
+def _install_backing_service_handlers(app: FastAPI) -> None:
     async def _db_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable: %s", type(exc).__name__)
         return _unavailable("database")

@@ -68,42 +68,16 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        length_header = headers.get(b"content-length")
-        if length_header is not None:
-            try:
-                declared = int(length_header)
-            except ValueError:
-                await _reply(send, 400, "invalid Content-Length", [])
-                return
-            if declared > self.max_body_bytes:
-                await _reply_error(
-                    send, PayloadTooLargeError(f"request body over the {self.max_body_bytes} byte limit")
-                )
-                return
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                await _reply_error(
-                    send, PayloadTooLargeError(f"request body over the {self.max_body_bytes} byte limit")
-                )
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        if body.strip():
-            ctype = headers.get(b"content-type", b"").decode("latin-1")
-            if not _JSON_TYPE.match(ctype):
-                await _reply_error(
-                    send, UnsupportedMediaTypeError("request body must be JSON (Content-Type: application/json)")
-                )
-                return
+        if not await self._length_acceptable(headers.get(b"content-length"), send):
+            return
+        body = await self._read_body(receive, send)
+        if body is None:
+            return
+        if body.strip() and not _JSON_TYPE.match(headers.get(b"content-type", b"").decode("latin-1")):
+            await _reply_error(
+                send, UnsupportedMediaTypeError("request body must be JSON (Content-Type: application/json)")
+            )
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -114,6 +88,41 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _length_acceptable(self, length_header: bytes | None, send: Send) -> bool:
+        """Whether the declared Content-Length (if any) lets the body be read; if not, the answer is sent."""
+        if length_header is None:
+            return True
+        try:
+            declared = int(length_header)
+        except ValueError:
+            await _reply(send, 400, "invalid Content-Length", [])
+            return False
+        if declared > self.max_body_bytes:
+            await _reply_error(send, PayloadTooLargeError(f"request body over the {self.max_body_bytes} byte limit"))
+            return False
+        return True
+
+    async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
+        """The whole body; None if the client left, or if it outgrew the limit (then the 413 is sent)."""
+        # A chunked upload declares no Content-Length, so the limit is also kept while reading.
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await _reply_error(
+                    send, PayloadTooLargeError(f"request body over the {self.max_body_bytes} byte limit")
+                )
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
 
 
 class DeadlineMiddleware:
@@ -190,15 +199,20 @@ class DeadlineMiddleware:
         finally:
             timer.cancel()
         if timed_out:
-            # Our own cancellation, now handled: clear it so the server does not see this task as cancelled.
-            if current.cancelling():
-                current.uncancel()
-            logging.getLogger("taskproc.api").warning(
-                "request timed out before its answer started: %s %s", scope["method"], scope["path"]
-            )
-            if reply is not None:
-                with contextlib.suppress(Exception):
-                    await reply
+            await _after_timeout(current, scope, reply)
+
+
+async def _after_timeout(current: asyncio.Task[Any], scope: Scope, reply: asyncio.Task[None] | None) -> None:
+    """Once a request timed out and its cancellation went through: log it, and let the 503 finish sending."""
+    # Our own cancellation, now handled: clear it so the server does not see this task as cancelled.
+    if current.cancelling():
+        current.uncancel()
+    logging.getLogger("taskproc.api").warning(
+        "request timed out before its answer started: %s %s", scope["method"], scope["path"]
+    )
+    if reply is not None:
+        with contextlib.suppress(Exception):
+            await reply
 
 
 class RequestIdMiddleware:

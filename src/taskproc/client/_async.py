@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx
 import tenacity
-from httpx_sse import SSEError, aconnect_sse
+from httpx_sse import aconnect_sse
 from pydantic import TypeAdapter
 
 from taskproc.client import _base
@@ -19,11 +18,9 @@ from taskproc.client._base import TaskId
 from taskproc.client.errors import (
     APIConnectionError,
     APIStatusError,
-    InvalidResponseError,
-    WaitTimeoutError,
     transport_error,
 )
-from taskproc.client.stream import Reset, StreamEvent, TaskChange, parse
+from taskproc.client.stream import Reset, StreamEvent, parse
 from taskproc.models import (
     TERMINAL,
     Priority,
@@ -242,17 +239,8 @@ class AsyncTaskprocClient:
                         if not isinstance(event, Reset):
                             last_event_id = event.id
                         yield event
-            except SSEError as exc:
-                raise InvalidResponseError(
-                    f"the server at {self.base_url} did not answer with an event stream"
-                ) from exc
-            except httpx.HTTPError as exc:
-                if not reconnect:
-                    raise transport_error(exc, self.base_url) from exc
-                failures += 1
-            except APIStatusError as exc:
-                if not reconnect or exc.status_code != 503:
-                    raise
+            except (httpx.HTTPError, APIStatusError) as exc:  # SSEError is an httpx.HTTPError
+                _base.stream_failure(exc, reconnect, self.base_url)
                 failures += 1
             if not reconnect:
                 return
@@ -271,43 +259,30 @@ class AsyncTaskprocClient:
         Follows the task's events; while the stream is unavailable it looks every `poll_interval` seconds.
         Raises WaitTimeoutError (a TimeoutError) after `timeout` seconds. `on_update` sees every state met.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _base.Deadline(timeout)
         notify = on_update or (lambda _: None)
-
-        def remaining() -> float:
-            return 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
-
         task = await self.get(task_id)
         notify(task)
         streaming = True
         while task.status not in TERMINAL:
-            if remaining() <= 0:
-                raise WaitTimeoutError(task, timeout or 0.0)
+            deadline.check(task)
             if streaming:
                 try:
-                    read_timeout = min(20.0, remaining()) + 0.5
+                    read_timeout = min(20.0, deadline.remaining()) + 0.5
                     # Subscribed once `ready` arrives: reading the task then, nothing can slip in between.
                     async for event in self.events(task_id=task.id, reconnect=False, read_timeout=read_timeout):
-                        if isinstance(event, TaskChange) and event.task_status not in TERMINAL:
-                            task = task.model_copy(
-                                update={"status": event.task_status, "attempts": event.task_attempts}
-                            )
-                        else:
-                            task = await self.get(task_id)
+                        update = _base.changed(task, event)
+                        task = update if update is not None else await self.get(task_id)
                         notify(task)
                         if task.status in TERMINAL:
                             return task
-                        if remaining() <= 0:
-                            raise WaitTimeoutError(task, timeout or 0.0)
+                        deadline.check(task)
                 except APIConnectionError:
                     pass
                 except APIStatusError as exc:
-                    # A proxy that does not pass the stream (404, 405, 502...): look instead of listening.
-                    if exc.status_code in (401, 403):
-                        raise
-                    streaming = exc.status_code == 503
+                    streaming = _base.stream_usable(exc)
             # The stream ended, broke or timed out: look, then listen again.
-            await asyncio.sleep(min(0.5 if streaming else poll_interval, remaining()))
+            await asyncio.sleep(min(0.5 if streaming else poll_interval, deadline.remaining()))
             task = await self.get(task_id)
             notify(task)
         return task

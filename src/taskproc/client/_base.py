@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -10,11 +11,20 @@ from typing import Any, TypeVar
 
 import httpx
 import tenacity
+from httpx_sse import SSEError
 from pydantic import TypeAdapter, ValidationError
 
 from taskproc import __version__
-from taskproc.client.errors import APIStatusError, InvalidResponseError, UnavailableError, status_error
-from taskproc.models import Priority, TaskCreate, TaskStatus
+from taskproc.client.errors import (
+    APIStatusError,
+    InvalidResponseError,
+    UnavailableError,
+    WaitTimeoutError,
+    status_error,
+    transport_error,
+)
+from taskproc.client.stream import StreamEvent, TaskChange
+from taskproc.models import TERMINAL, Priority, TaskCreate, TaskPublic, TaskStatus
 
 T = TypeVar("T")
 
@@ -148,3 +158,52 @@ def reconnect_delay(hint_ms: int | None, failures: int) -> float:
     """How long an event stream waits before it reconnects: the server's `retry:` hint, growing on failures."""
     base = (hint_ms if hint_ms is not None else 2000) / 1000
     return float(min(30.0, base * 2 ** max(0, failures - 1)))
+
+
+def stream_failure(exc: SSEError | httpx.HTTPError | APIStatusError, reconnect: bool, base_url: str) -> None:
+    """Raise what ends an event stream's iteration; return when the broken stream is to be resumed."""
+    # SSEError is an httpx.TransportError, but a reconnect would not cure it: the server is not a taskproc API.
+    if isinstance(exc, SSEError):
+        raise InvalidResponseError(f"the server at {base_url} did not answer with an event stream") from exc
+    if isinstance(exc, httpx.HTTPError):
+        if not reconnect:
+            raise transport_error(exc, base_url) from exc
+        return
+    if not reconnect or exc.status_code != 503:
+        raise exc
+
+
+@dataclass
+class Deadline:
+    """The time limit of a `wait`; without a timeout, `remaining` is an hour (it bounds stream reads)."""
+
+    timeout: float | None
+    at: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.at = None if self.timeout is None else time.monotonic() + self.timeout
+
+    def remaining(self) -> float:
+        return 3600.0 if self.at is None else max(0.0, self.at - time.monotonic())
+
+    def check(self, task: TaskPublic) -> None:
+        if self.remaining() <= 0:
+            raise WaitTimeoutError(task, self.timeout or 0.0)
+
+
+def changed(task: TaskPublic, event: StreamEvent) -> TaskPublic | None:
+    """`task` as a change event leaves it, or None when the task must be read again.
+
+    A terminal change is read again for its result; `ready` and `reset` say nothing of the task's state.
+    """
+    if isinstance(event, TaskChange) and event.task_status not in TERMINAL:
+        return task.model_copy(update={"status": event.task_status, "attempts": event.task_attempts})
+    return None
+
+
+def stream_usable(exc: APIStatusError) -> bool:
+    """Whether a wait listens again after the stream was refused with `exc` (it looks at the task meanwhile)."""
+    # A proxy that does not pass the stream (404, 405, 502...): look instead of listening.
+    if exc.status_code in (401, 403):
+        raise exc
+    return exc.status_code == 503

@@ -60,19 +60,10 @@ def enqueue_item(row: TaskRow) -> queue.Enqueue:
     return queue.entry(row, row.updated_at)
 
 
-async def create_tasks(
-    *,
-    session: AsyncSession,
-    redis: Redis,
-    tasks_in: Sequence[TaskCreate],
-    settings: Settings,
-    registry: TaskRegistry,
-    batch: bool = False,
-) -> list[tuple[TaskPublic, bool]]:
-    """Validate every payload, then insert all tasks in one transaction; (task, created) per input, in order.
+def _validated_payloads(tasks_in: Sequence[TaskCreate], registry: TaskRegistry, batch: bool) -> list[dict[str, Any]]:
+    """Every input's payload as its task type validates it; InvalidInputError with all problems at once.
 
-    A task whose idempotency key already exists is returned as it is, not created again, even when concurrent
-    requests race on the same key (the unique index decides, ON CONFLICT DO NOTHING yields to the winner).
+    A key used twice in one batch is a problem too: the second task would silently be the first one.
     """
     problems: list[Problem] = []
     payloads: list[dict[str, Any]] = []
@@ -97,25 +88,13 @@ async def create_tasks(
             seen_keys.setdefault(key, index)
     if problems:
         raise InvalidInputError(problems)
+    return payloads
 
-    # No times from this process's clock: created_at and run_at are Postgres's now() (+ the delay), the one clock
-    # every worker's claim and lease compare with.
-    rows = [
-        store.NewTask(
-            id=uuid.uuid4(),
-            type=task_in.type,
-            priority=task_in.priority,
-            payload=payload,
-            max_retries=settings.max_retries if task_in.max_retries is None else task_in.max_retries,
-            timeout_s=settings.task_timeout_s if task_in.timeout_s is None else task_in.timeout_s,
-            idempotency_key=task_in.idempotency_key,
-            delay_s=float(task_in.delay_s or 0.0),
-        )
-        for task_in, payload in zip(tasks_in, payloads, strict=True)
-    ]
-    # One fixed statement whatever the batch size, which also writes the first event rows. Rows go in key
-    # order: two batches racing on the same keys then wait on each other in the same order and never deadlock.
-    ordered = sorted(rows, key=lambda r: r.idempotency_key or "")
+
+async def _insert(
+    session: AsyncSession, ordered: list[store.NewTask]
+) -> tuple[dict[uuid.UUID, TaskRow], dict[str, TaskRow]]:
+    """Insert `ordered` (uncommitted): (the rows inserted by id, the tasks that already had a key by key)."""
     inserted: dict[uuid.UUID, TaskRow] = {}
     existing: dict[str, TaskRow] = {}
     todo = ordered
@@ -137,6 +116,43 @@ async def create_tasks(
         log.info("idempotency key freed between insert and read; inserting again", extra={"count": len(todo)})
     else:
         raise ConflictError("the idempotency key was taken and freed repeatedly; try again")
+    return inserted, existing
+
+
+async def create_tasks(
+    *,
+    session: AsyncSession,
+    redis: Redis,
+    tasks_in: Sequence[TaskCreate],
+    settings: Settings,
+    registry: TaskRegistry,
+    batch: bool = False,
+) -> list[tuple[TaskPublic, bool]]:
+    """Validate every payload, then insert all tasks in one transaction; (task, created) per input, in order.
+
+    A task whose idempotency key already exists is returned as it is, not created again, even when concurrent
+    requests race on the same key (the unique index decides, ON CONFLICT DO NOTHING yields to the winner).
+    """
+    payloads = _validated_payloads(tasks_in, registry, batch)
+
+    # No times from this process's clock: created_at and run_at are Postgres's now() (+ the delay), the one clock
+    # every worker's claim and lease compare with.
+    rows = [
+        store.NewTask(
+            id=uuid.uuid4(),
+            type=task_in.type,
+            priority=task_in.priority,
+            payload=payload,
+            max_retries=settings.max_retries if task_in.max_retries is None else task_in.max_retries,
+            timeout_s=settings.task_timeout_s if task_in.timeout_s is None else task_in.timeout_s,
+            idempotency_key=task_in.idempotency_key,
+            delay_s=float(task_in.delay_s or 0.0),
+        )
+        for task_in, payload in zip(tasks_in, payloads, strict=True)
+    ]
+    # One fixed statement whatever the batch size, which also writes the first event rows. Rows go in key
+    # order: two batches racing on the same keys then wait on each other in the same order and never deadlock.
+    inserted, existing = await _insert(session, sorted(rows, key=lambda r: r.idempotency_key or ""))
     await session.commit()
 
     out: list[tuple[TaskPublic, bool]] = []

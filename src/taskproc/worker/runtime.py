@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -39,7 +39,7 @@ from taskproc.models import TaskStatus
 from taskproc.store import AttemptRef, Claimed, TaskRow
 from taskproc.store import storable as storable
 from taskproc.tasks.outcomes import PermanentFailure, RetryAfter
-from taskproc.tasks.registry import TaskContext, TaskRegistry
+from taskproc.tasks.registry import TaskContext, TaskRegistry, TaskType
 from taskproc.worker import batch
 from taskproc.worker.backoff import backoff_s
 
@@ -115,13 +115,7 @@ class WorkerRuntime:
         Postgres is unreachable they go back to the deferred set for a couple of seconds; if the claim did
         commit but its answer was lost, the rows are orphans of this worker and reap_lost() hands them back.
         """
-        jobs: list[tuple[uuid.UUID, int]] = []
-        for jid, _ in taken:
-            try:
-                jobs.append(queue.parse_job_id(jid))
-            except ValueError:
-                log.warning("job %r is not a taskproc job; dropped", jid)
-                await queue.release(self.redis, [jid])
+        jobs = await self._parse_jobs(taken)
         # Marked active before the statement, so the orphan reaper never mistakes a claim in flight for one.
         for task_id, _ in jobs:
             self.active[task_id] += 1
@@ -147,31 +141,48 @@ class WorkerRuntime:
         claimed = {(r.id, r.generation) for r in rows}
         handed_back = {(u.id, u.generation) for u in unserved}
         if unserved:
-            # Never failed for being newer than this worker: left, untouched in Postgres, to a worker that serves
-            # the type (one of a newer version in a rolling upgrade).
-            for u in unserved:
-                self._inactive(u.id)
-                metrics.TASKS_HANDED_BACK.labels(metrics.type_label(u.type), "unknown_type").inc()
-            log.info(
-                "jobs of task types this worker does not serve handed back",
-                extra={"count": len(unserved), "type": ",".join(sorted({u.type for u in unserved}))},
+            await self._hand_back_unserved(unserved)
+        await self._release_stale([job for job in jobs if job not in claimed and job not in handed_back])
+        return rows
+
+    async def _parse_jobs(self, taken: list[tuple[str, float]]) -> list[tuple[uuid.UUID, int]]:
+        """(task id, generation) of each job taken; a job id that is not ours is dropped from the queue."""
+        jobs: list[tuple[uuid.UUID, int]] = []
+        for jid, _ in taken:
+            try:
+                jobs.append(queue.parse_job_id(jid))
+            except ValueError:
+                log.warning("job %r is not a taskproc job; dropped", jid)
+                await queue.release(self.redis, [jid])
+        return jobs
+
+    async def _hand_back_unserved(self, unserved: Sequence[store.Unserved]) -> None:
+        # Never failed for being newer than this worker: left, untouched in Postgres, to a worker that serves
+        # the type (one of a newer version in a rolling upgrade).
+        for u in unserved:
+            self._inactive(u.id)
+            metrics.TASKS_HANDED_BACK.labels(metrics.type_label(u.type), "unknown_type").inc()
+        log.info(
+            "jobs of task types this worker does not serve handed back",
+            extra={"count": len(unserved), "type": ",".join(sorted({u.type for u in unserved}))},
+        )
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await queue.defer_again(
+                self.redis,
+                [(queue.job_id(u.id, u.generation), u.priority) for u in unserved],
+                delay_ms=HAND_BACK_DELAY_MS,
             )
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
-                await queue.defer_again(
-                    self.redis,
-                    [(queue.job_id(u.id, u.generation), u.priority) for u in unserved],
-                    delay_ms=HAND_BACK_DELAY_MS,
-                )
+
+    async def _release_stale(self, stale_jobs: list[tuple[uuid.UUID, int]]) -> None:
+        """Drop jobs whose claim found no row to take (a stale generation, a canceled task) from the running set."""
         stale = []
-        for task_id, gen in jobs:
-            if (task_id, gen) not in claimed and (task_id, gen) not in handed_back:
-                self._inactive(task_id)
-                stale.append(queue.job_id(task_id, gen))
+        for task_id, gen in stale_jobs:
+            self._inactive(task_id)
+            stale.append(queue.job_id(task_id, gen))
         if stale:
             log.debug("stale jobs skipped", extra={"count": len(stale)})
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await queue.release(self.redis, stale)
-        return rows
 
     def _inactive(self, task_id: uuid.UUID) -> None:
         self.active[task_id] -= 1
@@ -196,35 +207,20 @@ class WorkerRuntime:
             self.wake.set()
 
     async def _execute(self, c: Claimed) -> None:
-        task_id = c.id
-        attempt = c.attempts
         label = metrics.type_label(c.type)
         metrics.TASK_QUEUE_WAIT.labels(c.priority).observe(max(0.0, (c.started_at - c.run_at).total_seconds()))
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "task started",
-                extra={"task_id": str(task_id), "type": c.type, "attempt": attempt, "status": "running"},
+                extra={"task_id": str(c.id), "type": c.type, "attempt": c.attempts, "status": "running"},
             )
-        key = (task_id, c.generation, attempt)
-        task_type = self.registry.get(c.type)
-        if task_type is None:
-            # claim() only claims the types of this registry, so this does not happen; were it to, the task is
-            # not this worker's to fail: it goes back for one that serves the type.
-            await self._record(key, lambda: self._hand_back(key, label, f"worker does not serve type {c.type!r}"))
+        key = (c.id, c.generation, c.attempts)
+        prepared = await self._prepare(c, key, label)
+        if prepared is None:
             return
-        try:
-            payload = task_type.payload_model.model_validate(c.payload)
-        except ValidationError as exc:
-            error = storable(f"invalid payload: {exc}")
-            if await self._payload_may_be_newer(c.type, exc):
-                await self._record(
-                    key, lambda: self._hand_back(key, label, f"payload this worker's model refuses ({error[:300]})")
-                )
-            else:
-                await self._record(key, lambda: self._finish_failed(key, label, error, permanent=True))
-            return
+        task_type, payload = prepared
 
-        ctx = TaskContext(task_id=task_id, type=c.type, attempt=attempt)
+        ctx = TaskContext(task_id=c.id, type=c.type, attempt=c.attempts)
         t0 = time.perf_counter()
         metrics.TASKS_RUNNING.inc()
         timeout = asyncio.timeout(c.timeout_s)
@@ -234,80 +230,116 @@ class WorkerRuntime:
             # Serialise here, so a result that is not JSON fails the attempt instead of the worker.
             result_text = _json(to_jsonable_python(result))
         except asyncio.CancelledError as exc:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling() == 0:
-                # Raised by the handler itself, nobody cancelled us: a failed attempt like any other (requeueing
-                # it as for a shutdown would run it again and again).
-                metrics.TASK_DURATION.labels(label).observe(time.perf_counter() - t0)
-                metrics.TASK_ATTEMPTS.labels(label, "error").inc()
-                error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-                await self._record(key, lambda: self._finish_failed(key, label, error))
-                return
-            metrics.TASK_ATTEMPTS.labels(label, "aborted").inc()
-            metrics.TASK_DURATION.labels(label).observe(time.perf_counter() - t0)
-            await asyncio.shield(self._after_cancel(key, label))
-            raise
+            if _cancel_requested():
+                await self._aborted(key, label, t0)
+                raise
+            # Raised by the handler itself, nobody cancelled us: a failed attempt like any other (requeueing it
+            # as for a shutdown would run it again and again).
+            await self._attempt_failed(key, label, t0, _error_text(exc))
         except TimeoutError as exc:
-            elapsed = time.perf_counter() - t0
-            metrics.TASK_DURATION.labels(label).observe(elapsed)
             if timeout.expired():
-                metrics.TASK_ATTEMPTS.labels(label, "timeout").inc()
-                error = f"timed out after {c.timeout_s:g}s"
+                await self._attempt_failed(key, label, t0, f"timed out after {c.timeout_s:g}s", outcome="timeout")
             else:
                 # The handler's own timeout (e.g. asyncio.wait_for inside it), not ours: an ordinary error.
-                metrics.TASK_ATTEMPTS.labels(label, "error").inc()
-                error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-            await self._record(key, lambda: self._finish_failed(key, label, error))
+                await self._attempt_failed(key, label, t0, _error_text(exc))
         except Exception as exc:
-            elapsed = time.perf_counter() - t0
-            metrics.TASK_DURATION.labels(label).observe(elapsed)
-            metrics.TASK_ATTEMPTS.labels(label, "error").inc()
-            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
             # The handler may choose the outcome: no retry at all, or a retry after a delay of its choosing.
-            permanent = isinstance(exc, PermanentFailure)
-            delay_s = exc.delay_s if isinstance(exc, RetryAfter) else None
-            await self._record(
-                key, lambda: self._finish_failed(key, label, error, permanent=permanent, delay_s=delay_s)
+            await self._attempt_failed(
+                key,
+                label,
+                t0,
+                _error_text(exc),
+                permanent=isinstance(exc, PermanentFailure),
+                delay_s=exc.delay_s if isinstance(exc, RetryAfter) else None,
             )
         else:
-            elapsed = time.perf_counter() - t0
-            metrics.TASK_DURATION.labels(label).observe(elapsed)
-            metrics.TASK_ATTEMPTS.labels(label, "success").inc()
-            outcome = batch.Outcome(
-                id=task_id,
-                generation=c.generation,
-                attempt=attempt,
-                result=result_text,
-                detail=f"completed in {elapsed * 1000:.1f} ms",
-            )
-            # The completer owns the outcome from here on, also if this task is cancelled while it waits.
-            try:
-                written = await self.completer.complete(outcome)
-            except Exception as exc:
-                # Postgres refused this result (say, a string with \u0000, which jsonb cannot hold): the same
-                # handler would most likely return it again, so the task fails without retries.
-                error = f"result could not be stored: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-                await self._record(key, lambda: self._finish_failed(key, label, error, permanent=True))
-                return
-            if written is not None:
-                metrics.TASKS_FINISHED.labels(label, written).inc()
-            if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "stale completion ignored"
-                    if written is None
-                    else "task completed"
-                    if written == TaskStatus.completed
-                    else "task canceled: a cancel was requested while it ran (its result is kept)",
-                    extra={
-                        "task_id": str(task_id),
-                        "type": label,
-                        "attempt": attempt,
-                        "status": written or "completed",
-                        "duration_ms": round(elapsed * 1000, 2),
-                    },
-                )
+            await self._completed(key, label, t0, result_text)
         finally:
             metrics.TASKS_RUNNING.dec()
+
+    async def _prepare(
+        self, c: Claimed, key: tuple[uuid.UUID, int, int], label: str
+    ) -> tuple[TaskType, BaseModel] | None:
+        """The attempt's task type and validated payload; None when it cannot run here (its outcome recorded)."""
+        task_type = self.registry.get(c.type)
+        if task_type is None:
+            # claim() only claims the types of this registry, so this does not happen; were it to, the task is
+            # not this worker's to fail: it goes back for one that serves the type.
+            await self._record(key, lambda: self._hand_back(key, label, f"worker does not serve type {c.type!r}"))
+            return None
+        try:
+            return task_type, task_type.payload_model.model_validate(c.payload)
+        except ValidationError as exc:
+            error = storable(f"invalid payload: {exc}")
+            if await self._payload_may_be_newer(c.type, exc):
+                await self._record(
+                    key, lambda: self._hand_back(key, label, f"payload this worker's model refuses ({error[:300]})")
+                )
+            else:
+                await self._record(key, lambda: self._finish_failed(key, label, error, permanent=True))
+            return None
+
+    async def _aborted(self, key: tuple[uuid.UUID, int, int], label: str, t0: float) -> None:
+        """The attempt was cancelled from outside (a cancel, a shutdown): _after_cancel decides what it becomes."""
+        metrics.TASK_ATTEMPTS.labels(label, "aborted").inc()
+        metrics.TASK_DURATION.labels(label).observe(time.perf_counter() - t0)
+        await asyncio.shield(self._after_cancel(key, label))
+
+    async def _attempt_failed(
+        self,
+        key: tuple[uuid.UUID, int, int],
+        label: str,
+        t0: float,
+        error: str,
+        *,
+        outcome: str = "error",
+        permanent: bool = False,
+        delay_s: float | None = None,
+    ) -> None:
+        """The handler raised (or ran out of time): _finish_failed makes it canceled, retrying or failed."""
+        metrics.TASK_DURATION.labels(label).observe(time.perf_counter() - t0)
+        metrics.TASK_ATTEMPTS.labels(label, outcome).inc()
+        await self._record(key, lambda: self._finish_failed(key, label, error, permanent=permanent, delay_s=delay_s))
+
+    async def _completed(self, key: tuple[uuid.UUID, int, int], label: str, t0: float, result_text: str) -> None:
+        """The handler returned: the completer writes the result (batched with others that arrive meanwhile)."""
+        task_id, generation, attempt = key
+        elapsed = time.perf_counter() - t0
+        metrics.TASK_DURATION.labels(label).observe(elapsed)
+        metrics.TASK_ATTEMPTS.labels(label, "success").inc()
+        outcome = batch.Outcome(
+            id=task_id,
+            generation=generation,
+            attempt=attempt,
+            result=result_text,
+            detail=f"completed in {elapsed * 1000:.1f} ms",
+        )
+        # The completer owns the outcome from here on, also if this task is cancelled while it waits.
+        try:
+            written = await self.completer.complete(outcome)
+        except Exception as exc:
+            # Postgres refused this result (say, a string with \u0000, which jsonb cannot hold): the same
+            # handler would most likely return it again, so the task fails without retries.
+            error = f"result could not be stored: {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            await self._record(key, lambda: self._finish_failed(key, label, error, permanent=True))
+            return
+        if written is not None:
+            metrics.TASKS_FINISHED.labels(label, written).inc()
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "stale completion ignored"
+                if written is None
+                else "task completed"
+                if written == TaskStatus.completed
+                else "task canceled: a cancel was requested while it ran (its result is kept)",
+                extra={
+                    "task_id": str(task_id),
+                    "type": label,
+                    "attempt": attempt,
+                    "status": written or "completed",
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
 
     async def release_finished(self) -> None:
         """Take finished jobs off the running set, a batch per round trip (a background duty)."""
@@ -629,6 +661,16 @@ class WorkerRuntime:
         if total:
             log.info("purged expired tasks", extra={"count": total})
         return total
+
+
+def _cancel_requested() -> bool:
+    """Whether the running attempt was cancelled from outside, rather than by a CancelledError its handler raised."""
+    current = asyncio.current_task()
+    return current is None or current.cancelling() > 0
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
 
 
 def _json(value: Any) -> str:

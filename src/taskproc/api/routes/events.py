@@ -27,7 +27,7 @@ from fastapi.responses import StreamingResponse
 from taskproc import store
 from taskproc.api.routing import DocstringRoute
 from taskproc.api.schemas import ERROR_RESPONSES
-from taskproc.events import EventHub, render
+from taskproc.events import EventHub, Subscription, render
 from taskproc.store import StreamEvent
 
 REPLAY_MAX = 1000  # at most this many missed events are replayed on reconnect; beyond: `reset`
@@ -165,6 +165,27 @@ def _parse_last_event_id(header: str, query: int | None) -> int | None:
     return int(value)
 
 
+async def _body(
+    hub: EventHub, sub: Subscription, prologue: list[str], floor: int, replayed: set[int]
+) -> AsyncIterator[str]:
+    """The stream's text: the prologue, then live events after `floor` not replayed, or a heartbeat when idle."""
+    try:
+        yield "".join(prologue)
+        last_write = time.monotonic()
+        while not sub.dropped and not server_stopping():
+            batch = await sub.next_batch(wait_s=1.0)
+            # Skip what the client already has (or did not ask for): replayed rows, anything up to `floor`.
+            frames = [ev.frame for ev in batch if ev.id > floor and ev.id not in replayed]
+            if frames:
+                yield "".join(frames)
+                last_write = time.monotonic()
+            elif time.monotonic() - last_write >= HEARTBEAT_S:
+                yield ": keep-alive\n\n"
+                last_write = time.monotonic()
+    finally:
+        hub.unsubscribe(sub)
+
+
 @router.get(
     "/events",
     response_class=StreamingResponse,
@@ -240,25 +261,8 @@ async def stream_events(
     # rows at or below `newest` that were not visible yet (still committing); those already replayed are dropped.
     prologue.append(control("ready", {"last_event_id": newest}, event_id=newest))
 
-    async def body() -> AsyncIterator[str]:
-        try:
-            yield "".join(prologue)
-            last_write = time.monotonic()
-            while not sub.dropped and not server_stopping():
-                batch = await sub.next_batch(wait_s=1.0)
-                # Skip what the client already has (or did not ask for): replayed rows, anything up to `floor`.
-                frames = [ev.frame for ev in batch if ev.id > floor and ev.id not in replayed]
-                if frames:
-                    yield "".join(frames)
-                    last_write = time.monotonic()
-                elif time.monotonic() - last_write >= HEARTBEAT_S:
-                    yield ": keep-alive\n\n"
-                    last_write = time.monotonic()
-        finally:
-            hub.unsubscribe(sub)
-
     return StreamingResponse(
-        body(),
+        _body(hub, sub, prologue, floor, replayed),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"},
     )

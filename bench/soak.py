@@ -188,31 +188,38 @@ class Chaos(threading.Thread):
                     log("chaos: link to the partitioned workers back")
             if self.kill_every > 0 and now >= next_kill:
                 next_kill = now + self.kill_every * rng.uniform(0.5, 1.5)
-                workers = [p for p, cmd in children(self.up_pid).items() if cmd.endswith("taskproc worker")]
-                if workers:
-                    victim = rng.choice(workers)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(victim, signal.SIGKILL)
-                        self.worker_kills += 1
-                        log(f"chaos: SIGKILL worker {victim}")
+                self.kill_worker(rng)
             if self.redis_every > 0 and now >= next_redis:
                 next_redis = now + self.redis_every
-                if (self.redis_kills + self.redis_flushes) % 2 == 0:
-                    try:
-                        pid = int((self.data_dir / "redis" / "redis.pid").read_text().strip())
-                        os.kill(pid, signal.SIGKILL)
-                        self.redis_kills += 1
-                        log(f"chaos: SIGKILL redis-server {pid}")
-                    except (OSError, ValueError) as exc:
-                        log(f"chaos: could not kill redis: {exc}")
-                else:
-                    try:
-                        with redis.Redis.from_url(self.redis_url, socket_timeout=5) as r:
-                            r.flushall()
-                        self.redis_flushes += 1
-                        log("chaos: FLUSHALL on redis")
-                    except redis.RedisError as exc:
-                        log(f"chaos: could not flush redis: {exc}")
+                self.hit_redis()
+
+    def kill_worker(self, rng: random.Random) -> None:
+        workers = [p for p, cmd in children(self.up_pid).items() if cmd.endswith("taskproc worker")]
+        if workers:
+            victim = rng.choice(workers)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+                self.worker_kills += 1
+                log(f"chaos: SIGKILL worker {victim}")
+
+    def hit_redis(self) -> None:
+        """Kill redis-server and flush it in turn."""
+        if (self.redis_kills + self.redis_flushes) % 2 == 0:
+            try:
+                pid = int((self.data_dir / "redis" / "redis.pid").read_text().strip())
+                os.kill(pid, signal.SIGKILL)
+                self.redis_kills += 1
+                log(f"chaos: SIGKILL redis-server {pid}")
+            except (OSError, ValueError) as exc:
+                log(f"chaos: could not kill redis: {exc}")
+        else:
+            try:
+                with redis.Redis.from_url(self.redis_url, socket_timeout=5) as r:
+                    r.flushall()
+                self.redis_flushes += 1
+                log("chaos: FLUSHALL on redis")
+            except redis.RedisError as exc:
+                log(f"chaos: could not flush redis: {exc}")
 
 
 def submit_all(client: httpx.Client, args: argparse.Namespace, run_id: str, submitted: set[str]) -> None:

@@ -23,21 +23,24 @@ pytestmark = pytest.mark.browser
 TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness"
 
 
-def populate(stack: Stack) -> str:
-    """A few dozen tasks in every state; returns the id of the task to show in the detail panel."""
-    quick: list[str] = []
-    for i in range(9):
-        quick.append(stack.submit("add", {"a": i, "b": i * 3}, priority=("high", "normal", "low")[i % 3])["id"])
-    for i in range(4):
-        quick.append(stack.submit("sum_pairs", {"pairs": [[i, 1], [2, i], [3.5, 4]]})["id"])
+def _finished(stack: Stack) -> str:
+    """Tasks that complete or fail at once; returns the id of the one the detail panel shows."""
+    quick = [
+        stack.submit("add", {"a": i, "b": i * 3}, priority=("high", "normal", "low")[i % 3])["id"] for i in range(9)
+    ]
+    quick += [stack.submit("sum_pairs", {"pairs": [[i, 1], [2, i], [3.5, 4]]})["id"] for i in range(4)]
     shown = stack.submit("text_stats", {"text": TEXT}, priority="high")["id"]
     quick.append(shown)
-    for i in range(3):
-        quick.append(stack.submit("sleep", {"duration_ms": 300 + 200 * i})["id"])
-    for _ in range(3):
-        quick.append(stack.submit("sleep", {"duration_ms": 50, "fail_rate": 1}, max_retries=0)["id"])
+    quick += [stack.submit("sleep", {"duration_ms": 300 + 200 * i})["id"] for i in range(3)]
+    quick += [stack.submit("sleep", {"duration_ms": 50, "fail_rate": 1}, max_retries=0)["id"] for _ in range(3)]
     for task_id in quick:
         stack.wait_status(task_id, {"completed", "failed"})
+    return shown
+
+
+def populate(stack: Stack) -> str:
+    """A few dozen tasks in every state; returns the id of the task to show in the detail panel."""
+    shown = _finished(stack)
     retrying = [stack.submit("sleep", {"duration_ms": 20, "fail_rate": 1}, max_retries=5)["id"] for _ in range(2)]
     for task_id in retrying:
         stack.wait_status(task_id, "retrying")

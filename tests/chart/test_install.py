@@ -36,6 +36,22 @@ def _pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _env_needs(
+    c: dict[str, Any], docs: list[dict[str, Any]], by_name: dict[tuple[str, str], dict[str, Any]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """What a container's environment refers to: Secrets it reads, StatefulSets its URLs connect to."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for e in c.get("env", []):
+        ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+        if ref and ("Secret", ref["name"]) in by_name:
+            out.append((f"{c['name']} env {e['name']}", by_name[("Secret", ref["name"])]))
+        value = e.get("value", "")
+        for d in docs:
+            if d["kind"] == "StatefulSet" and f"@{d['metadata']['name']}:" in value:
+                out.append((f"{c['name']} connects to {d['metadata']['name']}", d))
+    return out
+
+
 def _needs(doc: dict[str, Any], docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """(reason, object) pairs this workload cannot start or become ready without."""
     spec = _pod_spec(doc)
@@ -43,16 +59,8 @@ def _needs(doc: dict[str, Any], docs: list[dict[str, Any]]) -> list[tuple[str, d
         return []
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     out: list[tuple[str, dict[str, Any]]] = []
-    containers = [*spec.get("initContainers", []), *spec["containers"]]
-    for c in containers:
-        for e in c.get("env", []):
-            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
-            if ref and ("Secret", ref["name"]) in by_name:
-                out.append((f"{c['name']} env {e['name']}", by_name[("Secret", ref["name"])]))
-            value = e.get("value", "")
-            for d in docs:
-                if d["kind"] == "StatefulSet" and f"@{d['metadata']['name']}:" in value:
-                    out.append((f"{c['name']} connects to {d['metadata']['name']}", d))
+    for c in [*spec.get("initContainers", []), *spec["containers"]]:
+        out += _env_needs(c, docs, by_name)
     sa = spec.get("serviceAccountName")
     if sa and ("ServiceAccount", sa) in by_name:
         out.append(("serviceAccountName", by_name[("ServiceAccount", sa)]))

@@ -1,0 +1,111 @@
+"""Schedules through real processes: the REST API of two `taskproc api` processes on one database, both
+running the scheduler, with no worker at all. Fire times are made due by moving a schedule's next_run_at into
+the past in Postgres (no waiting for the clock); each must give exactly one task across both processes, and the
+fires go on when one process is stopped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskproc.dev.embedded import free_port
+
+from conftest import StackFactory
+from support import TASKPROC, Proc, Stack, wait_for
+
+BODY = {"name": "every-minute", "cron": "* * * * *", "task": {"type": "add", "payload": {"a": 1, "b": 2}}}
+
+
+def second_api(stack: Stack) -> tuple[Proc, str]:
+    port = free_port()
+    proc = Proc("api2", [TASKPROC, "api", "--host", "127.0.0.1", "--port", str(port)], stack.env, stack.workdir)
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: stack.client.get(f"{url}/readyz").status_code == 200, timeout=60, what="second API ready")
+    return proc, url
+
+
+def fired(stack: Stack, name: str) -> list[tuple[Any, ...]]:
+    return stack.sql("SELECT fire_at FROM schedule_fire WHERE schedule = %s AND outcome = 'fired'", (name,))
+
+
+def test_two_api_processes_fire_each_due_time_exactly_once(stack_factory: StackFactory) -> None:
+    # A yearly schedule: nothing falls due by itself while the test runs; the test makes each fire due.
+    body = {**BODY, "name": "yearly", "cron": "0 0 1 1 *"}
+    with stack_factory(workers=0, env={"TASKPROC_SCHEDULER_TICK_S": "0.2"}) as stack:
+        api2, url2 = second_api(stack)
+        try:
+            r = stack.client.post("/api/v1/schedules", json=body)
+            assert r.status_code == 201, r.text
+            for i in range(1, 5):
+                if i == 4:
+                    api1 = stack.api
+                    assert api1 is not None
+                    api1.stop()  # one replica down: the other keeps firing
+                stack.sql(
+                    "UPDATE schedule SET next_run_at = clock_timestamp() - interval '1 second' WHERE name = 'yearly'"
+                )
+                wait_for(lambda i=i: len(fired(stack, "yearly")) >= i, timeout=20, what=f"fire {i}")
+                # The fire and the move of next_run_at into next year commit together: nothing more is due.
+                [(due,)] = stack.sql("SELECT next_run_at > now() + interval '1 day' FROM schedule")
+                assert due
+            assert len({f for (f,) in fired(stack, "yearly")}) == 4
+            tasks = stack.client.get(f"{url2}/api/v1/tasks", params={"schedule": "yearly"}).json()["items"]
+            assert len(tasks) == 4, "exactly one task per fire time across both processes"
+            assert {t["schedule"] for t in tasks} == {"yearly"} and {t["status"] for t in tasks} == {"pending"}
+            [(n,)] = stack.sql("SELECT count(*) FROM task WHERE schedule = 'yearly'")
+            assert n == 4
+            got = stack.client.get(f"{url2}/api/v1/schedules/yearly").json()
+            assert got["fired_total"] == 4 and got["last_run_at"] and got["last_task_status"] == "pending"
+            assert api2.alive()
+        finally:
+            api2.stop()
+
+
+def test_the_schedules_routes_answer_with_json_errors(stack_factory: StackFactory) -> None:
+    with stack_factory(workers=0) as stack:
+        c = stack.client
+        r = c.post("/api/v1/schedules", json=BODY)
+        assert r.status_code == 201, r.text
+        created = r.json()
+        assert r.headers["location"] == "/api/v1/schedules/every-minute"
+        assert created["next_run_at"].endswith(":00Z") and created["enabled"] is True
+        assert c.post("/api/v1/schedules", json=BODY).status_code == 409
+        for bad in (
+            {**BODY, "name": "Bad"},
+            {**BODY, "cron": "* * * * * *"},
+            {**BODY, "timezone": "Nowhere/City"},
+            {**BODY, "overlap": "sometimes"},
+            {**BODY, "catchup_s": -1},
+            {**BODY, "task": {"type": "add", "payload": {"a": "x"}}},
+            {**BODY, "task": {"type": "no-such-type"}},
+            {**BODY, "task": {"type": "add", "queue": "q"}},
+        ):
+            r = c.post("/api/v1/schedules", json={**bad, "name": bad["name"] if bad["name"] == "Bad" else "x"})
+            assert r.status_code == 422, (bad, r.text)
+            assert isinstance(r.json()["detail"], list)
+        assert [s["name"] for s in c.get("/api/v1/schedules").json()] == ["every-minute"]
+        assert c.get("/api/v1/schedules/nope").status_code == 404
+        assert c.get("/api/v1/schedules/nope").json()["detail"] == "schedule 'nope' not found"
+
+        paused = c.patch("/api/v1/schedules/every-minute", json={"enabled": False}).json()
+        assert paused["enabled"] is False and paused["next_run_at"] is None
+        assert c.patch("/api/v1/schedules/every-minute", json={"cron": "bad"}).status_code == 422
+        assert c.patch("/api/v1/schedules/every-minute", json={"cron": None}).status_code == 422
+        assert c.patch("/api/v1/schedules/nope", json={"enabled": True}).status_code == 404
+
+        r = c.post("/api/v1/schedules/every-minute/trigger")
+        assert r.status_code == 201, r.text
+        task = r.json()
+        assert task["schedule"] == "every-minute" and task["payload"] == {"a": 1, "b": 2}
+        assert c.post("/api/v1/schedules/nope/trigger").status_code == 404
+        listed = c.get("/api/v1/tasks", params={"schedule": "every-minute"}).json()["items"]
+        assert [t["id"] for t in listed] == [task["id"]]
+        assert c.get("/api/v1/tasks", params={"schedule": "other"}).json()["items"] == []
+        assert c.get("/api/v1/schedules/every-minute").json()["last_task_id"] == task["id"]
+        assert c.get("/api/v1/schedules/every-minute/fires").json() == []
+
+        assert c.delete("/api/v1/schedules/every-minute").status_code == 204
+        assert c.delete("/api/v1/schedules/every-minute").status_code == 404
+        assert c.get(f"/api/v1/tasks/{task['id']}").json()["schedule"] == "every-minute"
+        metrics = c.get("/metrics").text
+        assert 'taskproc_schedule_fires_total{outcome="fired",schedule="every-minute"}' in metrics

@@ -5,13 +5,28 @@ fires go on when one process is stopped."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import subprocess
 from typing import Any
 
+import pytest
+
+from taskproc.client import (
+    AsyncTaskprocClient,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    SchedulePublic,
+    TaskprocClient,
+)
 from taskproc.dev.embedded import free_port
 
 from conftest import StackFactory
 from support import TASKPROC, Proc, Stack, wait_for
 
+ADD = {"type": "add", "payload": {"a": 1, "b": 2}}
 BODY = {"name": "every-minute", "cron": "* * * * *", "task": {"type": "add", "payload": {"a": 1, "b": 2}}}
 
 
@@ -109,3 +124,78 @@ def test_the_schedules_routes_answer_with_json_errors(stack_factory: StackFactor
         assert c.get(f"/api/v1/tasks/{task['id']}").json()["schedule"] == "every-minute"
         metrics = c.get("/metrics").text
         assert 'taskproc_schedule_fires_total{outcome="fired",schedule="every-minute"}' in metrics
+
+
+def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPROC_API_")}
+    env["TASKPROC_API_URL"] = stack.url
+    return subprocess.run([TASKPROC, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_sdk_and_the_cli_manage_schedules(stack_factory: StackFactory) -> None:
+    with stack_factory(workers=0) as stack:
+        with TaskprocClient(stack.url) as client:
+            created = client.create_schedule(
+                "sdk", cron="@daily", timezone="Europe/Berlin", task={"type": "add", "payload": {"a": 1, "b": 2}}
+            )
+            assert isinstance(created, SchedulePublic) and created.next_run_at is not None
+            assert created.task.type == "add" and created.overlap == "allow"
+            with pytest.raises(ConflictError):
+                client.create_schedule("sdk", cron="@daily", task=ADD)
+            with pytest.raises(InvalidInputError):
+                client.create_schedule("bad", cron="@sometimes", task=ADD)
+            with pytest.raises(ValueError, match="schedule name"):
+                client.get_schedule("../tasks")
+            paused = client.update_schedule("sdk", enabled=False, overlap="skip")
+            assert not paused.enabled and paused.overlap == "skip" and paused.next_run_at is None
+            task = client.trigger_schedule("sdk")
+            assert task.schedule == "sdk"
+            assert [t.id for t in client.list(schedule="sdk")] == [task.id]
+            assert [s.name for s in client.list_schedules()] == ["sdk"]
+            assert client.get_schedule("sdk").last_task_id == task.id
+            client.delete_schedule("sdk")
+            with pytest.raises(NotFoundError):
+                client.get_schedule("sdk")
+
+        async def use_async() -> None:
+            async with AsyncTaskprocClient(stack.url) as client:
+                s = await client.create_schedule("async", cron="*/10 * * * *", task=ADD)
+                assert (await client.get_schedule("async")).name == s.name
+                assert (await client.update_schedule("async", catchup_s=60)).catchup_s == 60
+                assert (await client.trigger_schedule("async")).schedule == "async"
+                assert [x.name for x in await client.list_schedules()] == ["async"]
+                await client.delete_schedule("async")
+
+        asyncio.run(use_async())
+
+        r = cli(
+            stack,
+            "schedules",
+            "create",
+            "cli-1",
+            "--cron",
+            "30 2 * * *",
+            "--timezone",
+            "America/New_York",
+            "--type",
+            "add",
+            "--payload",
+            '{"a": 2, "b": 3}',
+            "--overlap",
+            "cancel_previous",
+            "--json",
+        )
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["overlap"] == "cancel_previous"
+        assert cli(stack, "schedules", "create", "cli-1", "--cron", "@daily", "--type", "add").returncode == 3
+        listed = cli(stack, "schedules", "list")
+        assert listed.returncode == 0 and "cli-1" in listed.stdout and "30 2 * * *" in listed.stdout
+        assert "paused" in cli(stack, "schedules", "pause", "cli-1").stdout
+        assert json.loads(cli(stack, "schedules", "get", "cli-1", "--json").stdout)["enabled"] is False
+        assert "resumed" in cli(stack, "schedules", "resume", "cli-1").stdout
+        triggered = cli(stack, "schedules", "trigger", "cli-1", "--json")
+        assert triggered.returncode == 0 and json.loads(triggered.stdout)["schedule"] == "cli-1"
+        shown = cli(stack, "schedules", "get", "cli-1")
+        assert shown.returncode == 0 and "fired 1" in shown.stdout
+        assert cli(stack, "schedules", "delete", "cli-1").returncode == 0
+        assert cli(stack, "schedules", "get", "cli-1").returncode == 3

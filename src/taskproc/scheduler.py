@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from taskproc import cron, metrics, store, testhooks
 from taskproc.config import Settings
 from taskproc.errors import ConflictError, InvalidInputError, NotFoundError
-from taskproc.maintenance import every
+from taskproc.maintenance import TRANSIENT, every
 from taskproc.models import Overlap
 from taskproc.services import schedules as schedule_service
 from taskproc.services import tasks as task_service
@@ -86,7 +86,15 @@ class Scheduler:
             names = await store.due_schedules(session, now)
             await session.rollback()
         for name in names:
-            if not await self._decide(name, now, result):
+            try:
+                decided = await self._decide(name, now, result)
+            except TRANSIENT:
+                raise
+            except Exception:
+                # One schedule that cannot be decided (a bug, a row edited by hand) must not stop the others.
+                log.exception("schedule could not be fired", extra={"schedule": name})
+                continue
+            if not decided:
                 result.lock_busy = True
                 break
         if self._ticks % PURGE_EVERY_TICKS == 0 and self.settings.retention_days > 0:
@@ -144,6 +152,9 @@ class Scheduler:
                                 reason=reason,
                             )
                             self._count(name, result, skipped=1, missed=plan.missed)
+                        else:
+                            await store.advance_schedule(session, name, next_run_at=plan.next_run_at)
+                            result.duplicate += 1
                         await session.commit()
                         return True
                     if live:

@@ -309,3 +309,16 @@ async def test_pause_resume_trigger_update_delete_and_their_refusals(env: Env) -
                 await call
     assert env.sql("SELECT schedule FROM task WHERE id = %s", (task.id,)) == [("s1",)]
     assert uuid.UUID(str(task.id))
+
+
+async def test_overlap_cancel_previous_flags_a_running_run_for_its_worker_and_fires(env: Env) -> None:
+    created = await env.create(overlap="cancel_previous")
+    assert created.next_run_at is not None
+    sched = env.scheduler()
+    env.clock.now = created.next_run_at + timedelta(seconds=1)
+    assert (await sched.tick()).fired == 1
+    env.sql("UPDATE task SET status = 'running', attempts = 1, started_at = now(), worker_id = 'w1'")
+    env.clock.now += timedelta(minutes=5)
+    assert (await sched.tick()).fired == 1
+    rows = env.sql("SELECT status, cancel_requested FROM task WHERE schedule = 's1' ORDER BY created_at")
+    assert rows == [("running", True), ("pending", False)], "the worker aborts the first; the fire ran"

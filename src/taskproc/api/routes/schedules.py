@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
@@ -20,7 +20,12 @@ from taskproc.models import (
 )
 from taskproc.services import schedules as service
 
-router = APIRouter(prefix="/schedules", tags=["schedules"], responses=ERROR_RESPONSES, route_class=DocstringRoute)
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    404: {**ERROR_RESPONSES[404], "description": "No such schedule."},
+    409: {**ERROR_RESPONSES[409], "description": "A schedule of that name exists."},
+}
+router = APIRouter(prefix="/schedules", tags=["schedules"], responses=RESPONSES, route_class=DocstringRoute)
 
 Name = Annotated[str, Path(pattern=SCHEDULE_NAME, description="The schedule's name.")]
 

@@ -199,3 +199,30 @@ def test_the_sdk_and_the_cli_manage_schedules(stack_factory: StackFactory) -> No
         assert shown.returncode == 0 and "fired 1" in shown.stdout
         assert cli(stack, "schedules", "delete", "cli-1").returncode == 0
         assert cli(stack, "schedules", "get", "cli-1").returncode == 3
+
+
+def test_after_downtime_a_fire_within_catchup_s_runs_once_and_an_older_one_is_recorded_missed(
+    stack_factory: StackFactory,
+) -> None:
+    with stack_factory(workers=0, env={"TASKPROC_SCHEDULER_TICK_S": "0.2"}) as stack:
+        for name, catchup_s in (("short", 600), ("long", 7200)):
+            body = {**BODY, "name": name, "cron": "0 0 1 1 *", "catchup_s": catchup_s}
+            assert stack.client.post("/api/v1/schedules", json=body).status_code == 201
+        assert stack.api is not None
+        stack.api.stop()
+        # While no API runs, a fire time passes an hour ago (as if the API had been down since before it).
+        stack.sql("UPDATE schedule SET next_run_at = clock_timestamp() - interval '1 hour'")
+        stack.start_api()
+        stack.wait_ready()
+
+        def state(name: str) -> dict[str, Any]:
+            return dict(stack.client.get(f"/api/v1/schedules/{name}").json())
+
+        wait_for(lambda: state("short")["missed_total"] == 1 and state("long")["fired_total"] == 1, what="catch-up")
+        short, long = state("short"), state("long")
+        assert short["fired_total"] == 0 and short["last_skip_reason"].startswith("missed")
+        assert long["missed_total"] == 0
+        counts = dict(stack.sql("SELECT schedule, count(*) FROM task GROUP BY schedule"))
+        assert counts == {"long": 1}
+        [fire] = stack.client.get("/api/v1/schedules/short/fires").json()
+        assert fire["outcome"] == "missed"

@@ -39,7 +39,9 @@ from rich.text import Text
 from taskproc.client import (
     APIConnectionError,
     APIStatusError,
+    Overlap,
     Reset,
+    SchedulePublic,
     Stats,
     TaskChange,
     TaskEventPublic,
@@ -71,6 +73,7 @@ STATUSES = ("pending", "running", "retrying", "completed", "failed", "canceled")
 
 PriorityChoice = Priority
 StatusChoice = TaskStatus
+OverlapChoice = Overlap
 
 
 ApiUrl = Annotated[
@@ -668,6 +671,141 @@ def _refresh_loop(
             live_state["stream"] = "API unreachable"
 
 
+# ---- schedules ------------------------------------------------------------------------------------------------
+
+schedules_app = typer.Typer(help="Durable cron schedules: list, create, get, pause, resume, trigger, delete.")
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Schedule name.")]
+
+
+def schedules_table(items: Sequence[SchedulePublic]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title=None)
+    for column in ("name", "cron", "timezone", "type", "enabled", "next run", "last run", "last task"):
+        table.add_column(column)
+    for s in items:
+        table.add_row(
+            s.name,
+            s.cron,
+            s.timezone,
+            s.task.type,
+            "[green]yes[/green]" if s.enabled else "[yellow]paused[/yellow]",
+            fmt_time(s.next_run_at),
+            fmt_time(s.last_run_at),
+            status_text(s.last_task_status.value) if s.last_task_status is not None else Text("-"),
+        )
+    return table
+
+
+def _show_schedule(schedule: SchedulePublic, json_out: bool, verb: str | None = None) -> None:
+    if json_out:
+        emit_json(dump(schedule))
+        return
+    if verb:
+        out.print(f"[green]✓[/green] {verb} {schedule.name}: next run {fmt_time(schedule.next_run_at)}")
+        return
+    out.print(schedules_table([schedule]))
+    counts = f"fired {schedule.fired_total}, skipped {schedule.skipped_total}, missed {schedule.missed_total}"
+    if schedule.last_skip_reason:
+        counts += f"; last not run: {fmt_time(schedule.last_skipped_at)} ({schedule.last_skip_reason})"
+    out.print(escape(counts))
+
+
+@schedules_app.command("list")
+def schedules_list(api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
+    """List the schedules with their next and last run."""
+    with client_for(api_url, api_key) as client:
+        items = client.list_schedules()
+    if json_out:
+        emit_json(dump(items))
+    elif not items:
+        out.print("no schedules")
+    else:
+        out.print(schedules_table(items))
+
+
+@schedules_app.command("create")
+def schedules_create(
+    name: NameArg,
+    cron: Annotated[str, typer.Option(help="Five cron fields, or @hourly, @daily, @weekly, @monthly, @yearly.")],
+    type_: Annotated[str, typer.Option("--type", help="Task type of each fire's task.")],
+    payload: Annotated[str, typer.Option(help="Task payload: JSON, @file or - for stdin.")] = "{}",
+    timezone: Annotated[str, typer.Option(help="IANA time zone of the cron times.")] = "UTC",
+    priority: Annotated[PriorityChoice | None, typer.Option(help="Priority of each task.")] = None,
+    max_retries: Annotated[int | None, typer.Option(min=0, max=20, help="Retries of each task.")] = None,
+    timeout_s: Annotated[float | None, typer.Option(min=0.001, help="Per-attempt timeout.")] = None,
+    overlap: Annotated[OverlapChoice, typer.Option(help="While the previous run waits or runs.")] = Overlap.allow,
+    catchup_s: Annotated[float, typer.Option(min=0, help="Run a fire missed by up to this long, once.")] = 0.0,
+    paused: Annotated[bool, typer.Option("--paused", help="Create it paused.")] = False,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Create a cron schedule."""
+    task: dict[str, Any] = {"type": type_, "payload": read_payload(payload)}
+    optional = {"priority": priority.value if priority else None, "max_retries": max_retries, "timeout_s": timeout_s}
+    task.update({k: v for k, v in optional.items() if v is not None})
+    with client_for(api_url, api_key) as client:
+        schedule = client.create_schedule(
+            name,
+            cron=cron,
+            task=task,
+            timezone=timezone,
+            overlap=overlap,
+            catchup_s=catchup_s,
+            enabled=not paused,
+        )
+    _show_schedule(schedule, json_out, "created")
+
+
+@schedules_app.command("get")
+def schedules_get(
+    name: NameArg, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False
+) -> None:
+    """Show a schedule with its counters."""
+    with client_for(api_url, api_key) as client:
+        _show_schedule(client.get_schedule(name), json_out)
+
+
+def _set_enabled(enabled: bool, verb: str) -> Callable[..., None]:
+    def command(
+        name: NameArg, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False
+    ) -> None:
+        with client_for(api_url, api_key) as client:
+            schedule = client.update_schedule(name, enabled=enabled)
+        _show_schedule(schedule, json_out, verb)
+
+    return command
+
+
+@schedules_app.command("trigger")
+def schedules_trigger(
+    name: NameArg, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False
+) -> None:
+    """Run a schedule now: one task at once."""
+    with client_for(api_url, api_key) as client:
+        task = client.trigger_schedule(name)
+    if json_out:
+        emit_json(dump(task))
+    else:
+        out.print(f"[green]✓[/green] triggered {name}: task {task.id} ({task.status})")
+
+
+@schedules_app.command("delete")
+def schedules_delete(
+    name: NameArg, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False
+) -> None:
+    """Delete a schedule (its tasks stay)."""
+    with client_for(api_url, api_key) as client:
+        client.delete_schedule(name)
+    if json_out:
+        emit_json({"name": name, "deleted": True})
+    else:
+        out.print(f"[green]✓[/green] deleted {name}")
+
+
+schedules_app.command("pause", help="Pause a schedule: no fires until it is resumed.")(_set_enabled(False, "paused"))
+schedules_app.command("resume", help="Resume a paused schedule (from now: no catch-up).")(_set_enabled(True, "resumed"))
+
+
 def register(app: typer.Typer) -> None:
     """Add the client commands to the `taskproc` command."""
     panel = "Client commands (talk to a running API)"
@@ -686,3 +824,4 @@ def register(app: typer.Typer) -> None:
     app.command(rich_help_panel=panel)(stats)
     app.command(rich_help_panel=panel)(types)
     app.command(rich_help_panel=panel)(watch)
+    app.add_typer(schedules_app, name="schedules", rich_help_panel=panel)

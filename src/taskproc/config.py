@@ -82,6 +82,14 @@ class Settings(BaseSettings):
         description="API processes also run the reconciler and promote due delayed tasks (one process at a time "
         "across API and workers), so queued work stays visible to KEDA while workers are scaled to zero.",
     )
+    scheduler: bool = Field(
+        default=True,
+        description="API processes run the scheduler of cron schedules (one process at a time, under an advisory "
+        "lock), so schedules fire while workers are scaled to zero.",
+    )
+    scheduler_tick_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often the scheduler looks for due schedules."
+    )
     pod_deletion_cost: bool = Field(
         default=False,
         description="Workers set their pod's controller.kubernetes.io/pod-deletion-cost annotation from their "

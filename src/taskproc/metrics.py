@@ -77,6 +77,14 @@ API_OPERATIONS = Counter(
     ["operation", "outcome"],
 )
 
+SCHEDULE_FIRES = Counter(
+    "taskproc_schedule_fires_total",
+    "Fire times of cron schedules by outcome: fired (a task was created; triggers included), skipped (overlap: "
+    "skip), missed (passed while no scheduler ran, beyond catchup_s), invalid (the task body was refused). The "
+    "schedule label is the schedule's name: schedules are few and made by operators.",
+    ["schedule", "outcome"],
+)
+
 
 def type_label(name: str) -> str:
     """The type as a label value, bounded to the registered types."""

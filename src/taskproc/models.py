@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import ConfigDict, field_serializer
+from pydantic import ConfigDict, field_serializer, field_validator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -100,6 +101,19 @@ class Task(TaskBase, table=True):
             postgresql_where=sa.text("status IN ('pending', 'retrying')"),
         ),
         sa.Index("ix_task_running_worker", "worker_id", postgresql_where=sa.text("status = 'running'")),
+        # A schedule's history (GET /api/v1/tasks?schedule=...) and its runs still waiting or running (overlap).
+        sa.Index(
+            "ix_task_schedule_created",
+            "schedule",
+            sa.text("created_at DESC"),
+            sa.text("id DESC"),
+            postgresql_where=sa.text("schedule IS NOT NULL"),
+        ),
+        sa.Index(
+            "ix_task_schedule_live",
+            "schedule",
+            postgresql_where=sa.text("schedule IS NOT NULL AND status IN ('pending', 'running', 'retrying')"),
+        ),
         sa.Index(
             "ix_task_terminal_finished",
             "finished_at",
@@ -136,6 +150,8 @@ class Task(TaskBase, table=True):
     cancel_requested: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False))
     # How often a worker's shutdown handed the task back (migration 0003); see TASKPROC_MAX_SHUTDOWN_REQUEUES.
     shutdown_requeues: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    # The schedule whose fire (or trigger) created the task (migration 0006); NULL for a task submitted directly.
+    schedule: str | None = Field(default=None, sa_column=sa.Column(sa.String(64), nullable=True))
     created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     started_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
     finished_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
@@ -171,6 +187,7 @@ class TaskPublic(TaskBase):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    schedule: str | None = Field(default=None, description="The schedule that created the task, if one did.")
     waiting: TaskWaiting | None = Field(
         default=None, description="Set on a pending or retrying task that waits for something besides a free slot."
     )
@@ -310,3 +327,191 @@ class TaskTypePublic(SQLModel):
     name: str
     description: str
     payload_schema: dict[str, Any]
+
+
+# ---- schedules (migration 0006) ---------------------------------------------------------------------------------
+
+SCHEDULE_NAME = r"^[a-z0-9_-]{1,64}$"
+
+
+class Overlap(StrEnum):
+    """What a fire does while the schedule's previous run still waits or runs."""
+
+    allow = "allow"
+    skip = "skip"
+    cancel_previous = "cancel_previous"
+
+
+class ScheduleTask(TaskBase):
+    """The task each fire creates: a task submission without delay or idempotency key (the scheduler's own
+    key, one task per schedule and fire time, stands in for it)."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    payload: dict[str, Any] = Field(default_factory=dict, description="Input, validated by the type's schema.")
+    max_retries: int | None = Field(default=None, ge=0, le=20, description="Retries after the first attempt.")
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description="Per-attempt timeout in seconds.")
+
+
+def _cron(value: str) -> str:
+    from taskproc.cron import CronError, parse_expression
+
+    try:
+        return parse_expression(value)
+    except CronError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _timezone(value: str) -> str:
+    from taskproc.cron import CronError, zone
+
+    try:
+        zone(value)
+    except CronError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+class ScheduleCreate(SQLModel):
+    """Body of POST /api/v1/schedules."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    name: str = Field(
+        min_length=1, max_length=64, description="Unique name: 1 to 64 lower-case letters, digits, `_` and `-`."
+    )
+    cron: str = Field(
+        min_length=1,
+        max_length=200,
+        description="Five cron fields (minute hour day-of-month month day-of-week) or @hourly, @daily, @weekly, "
+        "@monthly, @yearly.",
+    )
+    timezone: str = Field(default="UTC", min_length=1, max_length=64, description="IANA time zone of the cron times.")
+    task: ScheduleTask
+    overlap: Overlap = Field(default=Overlap.allow, description="allow, skip or cancel_previous.")
+    catchup_s: float = Field(
+        default=0.0, ge=0, le=MAX_DELAY_S, description="A fire missed by up to this long (downtime) still runs, once."
+    )
+    enabled: bool = Field(default=True, description="false: paused, no fires until enabled again.")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not re.fullmatch(SCHEDULE_NAME, value):
+            raise ValueError("use 1 to 64 lower-case letters, digits, '_' and '-'")
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str) -> str:
+        return _cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        return _timezone(value)
+
+
+class ScheduleUpdate(SQLModel):
+    """Body of PATCH /api/v1/schedules/{name}: the fields to change."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    cron: str | None = Field(default=None, min_length=1, max_length=200)
+    timezone: str | None = Field(default=None, min_length=1, max_length=64)
+    task: ScheduleTask | None = None
+    overlap: Overlap | None = None
+    catchup_s: float | None = Field(default=None, ge=0, le=MAX_DELAY_S)
+    enabled: bool | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str | None) -> str | None:
+        return None if value is None else _cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str | None) -> str | None:
+        return None if value is None else _timezone(value)
+
+
+class SchedulePublic(SQLModel):
+    """A schedule as the API returns it."""
+
+    name: str
+    cron: str
+    timezone: str
+    task: ScheduleTask
+    overlap: Overlap
+    catchup_s: float
+    enabled: bool
+    next_run_at: datetime | None = Field(description="The next fire time (UTC); null while paused.")
+    last_run_at: datetime | None = Field(description="When a fire or a trigger last created a task.")
+    last_task_id: uuid.UUID | None = Field(default=None, description="The newest task the schedule created.")
+    last_task_status: TaskStatus | None = Field(default=None, description="That task's status now.")
+    fired_total: int = Field(description="Fires that created a task (triggers included).")
+    skipped_total: int = Field(description="Fires skipped by `overlap: skip`, or refused (an invalid payload).")
+    missed_total: int = Field(description="Fire times that passed while no scheduler ran, beyond `catchup_s`.")
+    last_skipped_at: datetime | None = Field(description="The fire time of the last skipped or missed fire.")
+    last_skip_reason: str | None = Field(description="Why it did not run.")
+    created_at: datetime
+    updated_at: datetime
+
+    @field_serializer("next_run_at", "last_run_at", "last_skipped_at", "created_at", "updated_at")
+    def _utc(self, value: datetime | None) -> str | None:
+        return _iso(value)
+
+
+class ScheduleFirePublic(SQLModel):
+    """One fire time of a schedule and what became of it."""
+
+    fire_at: datetime
+    outcome: str = Field(description="fired, skipped (overlap), missed (downtime) or invalid (payload refused).")
+    detail: str | None
+    at: datetime
+
+    @field_serializer("fire_at", "at")
+    def _utc(self, value: datetime) -> str | None:
+        return _iso(value)
+
+
+class Schedule(SQLModel, table=True):
+    """A durable cron schedule (migration 0006)."""
+
+    __tablename__ = "schedule"
+    __table_args__ = (
+        sa.Index("ix_schedule_due", "next_run_at", postgresql_where=sa.text("enabled")),
+        sa.CheckConstraint("overlap IN ('allow', 'skip', 'cancel_previous')", name="ck_schedule_overlap"),
+    )
+
+    name: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+    cron: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    timezone: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    task: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
+    overlap: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))
+    catchup_s: float = Field(sa_column=sa.Column(sa.Float, nullable=False))
+    enabled: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False))
+    next_run_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
+    last_run_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
+    fired_total: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    skipped_total: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    missed_total: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    last_skipped_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
+    last_skip_reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    updated_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+
+
+class ScheduleFire(SQLModel, table=True):
+    """One fire time of a schedule and its outcome: the primary key makes each fire happen at most once."""
+
+    __tablename__ = "schedule_fire"
+    __table_args__ = (sa.Index("ix_schedule_fire_at", "at"),)
+
+    schedule: str = Field(
+        sa_column=sa.Column(sa.String(64), sa.ForeignKey("schedule.name", ondelete="CASCADE"), primary_key=True)
+    )
+    fire_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), primary_key=True))
+    outcome: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))
+    detail: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))

@@ -116,6 +116,7 @@ class TaskRow:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    schedule: str | None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TaskStatus(self.status))
@@ -137,6 +138,7 @@ class NewTask:
     timeout_s: float
     idempotency_key: str | None
     delay_s: float
+    schedule: str | None = None  # the schedule whose fire or trigger creates it
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,12 +314,14 @@ INSERT_TASKS = sa.text(
     # One fixed statement whatever the batch size (arrays through unnest): psycopg prepares it once.
     "WITH input AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), "  # noqa: S608 - constant SQL
     "CAST(:priorities AS text[]), CAST(:payloads AS text[]), CAST(:max_retries AS int[]), "
-    "CAST(:timeouts AS float8[]), CAST(:keys AS text[]), CAST(:delays AS float8[])) WITH ORDINALITY "
-    "AS i(id, type, priority, payload, max_retries, timeout_s, idempotency_key, delay_s, ord)), "
+    "CAST(:timeouts AS float8[]), CAST(:keys AS text[]), CAST(:delays AS float8[]), CAST(:schedules AS text[])) "
+    "WITH ORDINALITY AS i(id, type, priority, payload, max_retries, timeout_s, idempotency_key, delay_s, schedule, "
+    "ord)), "
     "ins AS (INSERT INTO task (id, type, priority, payload, status, attempts, max_retries, timeout_s, "
-    "idempotency_key, generation, run_at, cancel_requested, created_at, updated_at) "
+    "idempotency_key, generation, run_at, cancel_requested, created_at, updated_at, schedule) "
     "SELECT id, type, priority, CAST(payload AS jsonb), CAST(:s_pending AS text), 0, max_retries, timeout_s, "
-    "idempotency_key, 1, now() + make_interval(secs => delay_s), FALSE, now(), now() FROM input ORDER BY ord "
+    "idempotency_key, 1, now() + make_interval(secs => delay_s), FALSE, now(), now(), schedule FROM input "
+    "ORDER BY ord "
     "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     f"RETURNING {TASK_COLUMNS}), "
     f"ev AS ({_EVENT_INSERT} SELECT id, created_at, CAST(:s_pending AS text), 0, 'accepted' FROM ins) "
@@ -339,6 +343,7 @@ async def create(db: Db, tasks: Sequence[NewTask]) -> list[TaskRow]:
         timeouts=[float(t.timeout_s) for t in tasks],
         keys=[t.idempotency_key for t in tasks],
         delays=[t.delay_s for t in tasks],
+        schedules=[t.schedule for t in tasks],
     )
     return _rows(TaskRow, await db.execute(INSERT_TASKS, params))
 
@@ -368,11 +373,12 @@ async def status_of(db: Db, task_id: uuid.UUID) -> TaskStatus | None:
     return None if status is None else TaskStatus(status)
 
 
-# Constant fragments, one per filter: 16 statements at most, each prepared once, each able to use its index.
+# Constant fragments, one per filter: 32 statements at most, each prepared once, each able to use its index.
 _LIST_FILTERS = {
     "status": "status = :status",
     "type": "type = :type",
     "priority": "priority = :priority",
+    "schedule": "schedule = :schedule",
     "before": "(created_at, id) < (:c_at, :c_id)",
 }
 
@@ -385,6 +391,7 @@ async def list_page(
     priority: Priority | None,
     before: tuple[datetime, uuid.UUID] | None,
     limit: int,
+    schedule: str | None = None,
 ) -> list[TaskRow]:
     """Up to `limit` tasks, newest first, keyset-paginated on (created_at, id) strictly after `before`."""
     params: dict[str, Any] = {"limit": limit}
@@ -398,6 +405,9 @@ async def list_page(
     if priority is not None:
         where.append(_LIST_FILTERS["priority"])
         params["priority"] = priority.value
+    if schedule is not None:
+        where.append(_LIST_FILTERS["schedule"])
+        params["schedule"] = schedule
     if before is not None:
         where.append(_LIST_FILTERS["before"])
         params["c_at"], params["c_id"] = before
@@ -992,6 +1002,270 @@ LIVE_COUNT = sa.text("SELECT coalesce(sum(n), 0) FROM task_count WHERE status = 
 async def live_count(db: Db) -> int:
     """Tasks waiting or running, from the counters (not a scan)."""
     return int((await db.execute(LIVE_COUNT, _params())).scalar_one())
+
+
+# ---- schedules (migration 0006; the scheduler runs them under SCHEDULER_LOCK) ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """A `schedule` row, with the newest task it created (`last_task_*`, None before its first)."""
+
+    name: str
+    cron: str
+    timezone: str
+    task: dict[str, Any]
+    overlap: str
+    catchup_s: float
+    enabled: bool
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    fired_total: int
+    skipped_total: int
+    missed_total: int
+    last_skipped_at: datetime | None
+    last_skip_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_task_id: uuid.UUID | None
+    last_task_status: TaskStatus | None
+
+    def __post_init__(self) -> None:
+        if self.last_task_status is not None:
+            object.__setattr__(self, "last_task_status", TaskStatus(self.last_task_status))
+
+
+@dataclass(frozen=True, slots=True)
+class NewSchedule:
+    """A schedule to insert, validated by the caller; `next_run_at` None while it is paused."""
+
+    name: str
+    cron: str
+    timezone: str
+    task: dict[str, Any]
+    overlap: str
+    catchup_s: float
+    enabled: bool
+    next_run_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class FireRow:
+    """One decided fire time of a schedule."""
+
+    fire_at: datetime
+    outcome: str
+    detail: str | None
+    at: datetime
+
+
+_SCHEDULE_COLUMNS = ", ".join(f"s.{n}" for n in _names(ScheduleRow) if not n.startswith("last_task_"))
+# The newest task of the schedule, through ix_task_schedule_created: one index probe per schedule.
+_LAST_TASK = (
+    "LEFT JOIN LATERAL (SELECT t.id AS last_task_id, t.status AS last_task_status FROM task t "
+    "WHERE t.schedule = s.name ORDER BY t.created_at DESC, t.id DESC LIMIT 1) lt ON TRUE"
+)
+
+
+def _schedules(source: str, tail: str = "") -> sa.TextClause:
+    """The schedule rows of `source` (the table, or a CTE named `s` before it) with their newest task."""
+    table = "s" if source else "schedule s"
+    return sa.text(f"{source} SELECT {_SCHEDULE_COLUMNS}, lt.* FROM {table} {_LAST_TASK} {tail}")  # noqa: S608
+
+
+INSERT_SCHEDULE = _schedules(
+    "WITH s AS (INSERT INTO schedule (name, cron, timezone, task, overlap, catchup_s, enabled, next_run_at, "
+    "created_at, updated_at) VALUES (:name, :cron, :tz, CAST(:task AS jsonb), :overlap, :catchup, :enabled, "
+    "CAST(:next AS timestamptz), now(), now()) ON CONFLICT (name) DO NOTHING RETURNING *)"
+)
+
+
+async def create_schedule(db: Db, new: NewSchedule) -> ScheduleRow | None:
+    """Insert a schedule; None if one of that name exists (nothing is changed then)."""
+    params = {
+        "name": new.name,
+        "cron": new.cron,
+        "tz": new.timezone,
+        "task": json.dumps(new.task, separators=(",", ":")),
+        "overlap": new.overlap,
+        "catchup": new.catchup_s,
+        "enabled": new.enabled,
+        "next": new.next_run_at,
+    }
+    rows = _rows(ScheduleRow, await db.execute(INSERT_SCHEDULE, params))
+    return rows[0] if rows else None
+
+
+GET_SCHEDULE = _schedules("", "WHERE s.name = :name")
+LIST_SCHEDULES = _schedules("", "ORDER BY s.name")
+
+
+async def get_schedule(db: Db, name: str) -> ScheduleRow | None:
+    rows = _rows(ScheduleRow, await db.execute(GET_SCHEDULE, {"name": name}))
+    return rows[0] if rows else None
+
+
+async def list_schedules(db: Db) -> list[ScheduleRow]:
+    """Every schedule, by name."""
+    return _rows(ScheduleRow, await db.execute(LIST_SCHEDULES))
+
+
+UPDATE_SCHEDULE = _schedules(
+    "WITH s AS (UPDATE schedule SET cron = :cron, timezone = :tz, task = CAST(:task AS jsonb), overlap = :overlap, "
+    "catchup_s = :catchup, enabled = :enabled, "
+    "next_run_at = CASE WHEN :reschedule THEN CAST(:next AS timestamptz) ELSE next_run_at END, updated_at = now() "
+    "WHERE name = :name RETURNING *)"
+)
+
+
+async def update_schedule(db: Db, new: NewSchedule, *, reschedule: bool) -> ScheduleRow | None:
+    """Replace the schedule's settings with `new`'s; its next_run_at too if `reschedule` (else the scheduler's
+    value stays, whatever it moved to meanwhile). None if there is no such schedule."""
+    params = {
+        "name": new.name,
+        "cron": new.cron,
+        "tz": new.timezone,
+        "task": json.dumps(new.task, separators=(",", ":")),
+        "overlap": new.overlap,
+        "catchup": new.catchup_s,
+        "enabled": new.enabled,
+        "next": new.next_run_at,
+        "reschedule": reschedule,
+    }
+    rows = _rows(ScheduleRow, await db.execute(UPDATE_SCHEDULE, params))
+    return rows[0] if rows else None
+
+
+DELETE_SCHEDULE = sa.text("DELETE FROM schedule WHERE name = :name RETURNING name")
+
+
+async def delete_schedule(db: Db, name: str) -> bool:
+    """Delete a schedule and its fire records; its tasks stay (with `schedule` still naming it)."""
+    return (await db.execute(DELETE_SCHEDULE, {"name": name})).first() is not None
+
+
+CLOCK = sa.text("SELECT clock_timestamp()")
+
+
+async def db_now(db: Db) -> datetime:
+    """Postgres's clock, now (not the start of the transaction): the scheduler's time."""
+    now: datetime = (await db.execute(CLOCK)).scalar_one()
+    return now
+
+
+SCHEDULER_LOCK = 7314250002
+TRY_SCHEDULER_LOCK = sa.text("SELECT pg_try_advisory_xact_lock(:k)")
+
+
+async def try_scheduler_lock(db: Db) -> bool:
+    """Take the scheduler's transaction-level advisory lock if no other process holds it."""
+    return bool((await db.execute(TRY_SCHEDULER_LOCK, {"k": SCHEDULER_LOCK})).scalar_one())
+
+
+DUE_SCHEDULES = sa.text(
+    "SELECT name FROM schedule WHERE enabled AND next_run_at <= :now ORDER BY next_run_at LIMIT :limit"
+)
+
+
+async def due_schedules(db: Db, now: datetime, *, limit: int = 100) -> list[str]:
+    """Names of the enabled schedules due at `now`, the most overdue first."""
+    return list((await db.execute(DUE_SCHEDULES, {"now": now, "limit": limit})).scalars())
+
+
+LOCK_DUE_SCHEDULE = _schedules(
+    "", "WHERE s.name = :name AND s.enabled AND s.next_run_at <= :now FOR UPDATE OF s SKIP LOCKED"
+)
+
+
+async def lock_due_schedule(db: Db, name: str, now: datetime) -> ScheduleRow | None:
+    """The schedule, row-locked for the caller's transaction, if it is enabled, due at `now` and no other
+    transaction holds it."""
+    rows = _rows(ScheduleRow, await db.execute(LOCK_DUE_SCHEDULE, {"name": name, "now": now}))
+    return rows[0] if rows else None
+
+
+RECORD_FIRE = sa.text(
+    "INSERT INTO schedule_fire (schedule, fire_at, outcome, detail, at) VALUES (:name, :fire_at, :outcome, "
+    "CAST(:detail AS text), now()) ON CONFLICT (schedule, fire_at) DO NOTHING RETURNING fire_at"
+)
+
+
+async def record_fire(db: Db, name: str, fire_at: datetime, *, outcome: str, detail: str | None = None) -> bool:
+    """Claim the fire time (schedule, fire_at) with its outcome; False if it was decided before (by another
+    scheduler, or before a restart): then the caller does nothing for it."""
+    params = {"name": name, "fire_at": fire_at, "outcome": outcome, "detail": detail}
+    return (await db.execute(RECORD_FIRE, params)).first() is not None
+
+
+ADVANCE_SCHEDULE = sa.text(
+    "UPDATE schedule SET next_run_at = CASE WHEN :set_next THEN CAST(:next AS timestamptz) ELSE next_run_at END, "
+    "fired_total = fired_total + :fired, skipped_total = skipped_total + :skipped, "
+    "missed_total = missed_total + :missed, last_run_at = CASE WHEN :fired > 0 THEN now() ELSE last_run_at END, "
+    "last_skipped_at = coalesce(CAST(:skipped_at AS timestamptz), last_skipped_at), "
+    "last_skip_reason = CASE WHEN CAST(:skipped_at AS timestamptz) IS NULL THEN last_skip_reason "
+    "ELSE CAST(:reason AS text) END WHERE name = :name"
+)
+
+
+async def advance_schedule(
+    db: Db,
+    name: str,
+    *,
+    next_run_at: datetime | None = None,
+    set_next: bool = True,
+    fired: int = 0,
+    skipped: int = 0,
+    missed: int = 0,
+    skipped_at: datetime | None = None,
+    reason: str | None = None,
+) -> None:
+    """After a fire (or a trigger: `set_next=False`): the next fire time, the counters, `last_run_at` = now when
+    it `fired`, and the last skipped or missed fire time with its reason."""
+    params = {
+        "name": name,
+        "next": next_run_at,
+        "set_next": set_next,
+        "fired": fired,
+        "skipped": skipped,
+        "missed": missed,
+        "skipped_at": skipped_at,
+        "reason": reason,
+    }
+    await db.execute(ADVANCE_SCHEDULE, params)
+
+
+LIVE_SCHEDULE_TASKS = sa.text(
+    "SELECT id FROM task WHERE schedule = :name AND status = ANY(CAST(:live AS text[])) ORDER BY created_at"
+)
+
+
+async def live_schedule_tasks(db: Db, name: str) -> list[uuid.UUID]:
+    """The schedule's tasks still waiting or running, oldest first."""
+    return list((await db.execute(LIVE_SCHEDULE_TASKS, _params(name=name))).scalars())
+
+
+LIST_FIRES = sa.text(
+    "SELECT fire_at, outcome, detail, at FROM schedule_fire WHERE schedule = :name ORDER BY fire_at DESC LIMIT :limit"
+)
+
+
+async def list_fires(db: Db, name: str, *, limit: int = 50) -> list[FireRow]:
+    """The schedule's decided fire times, newest first."""
+    return _rows(FireRow, await db.execute(LIST_FIRES, {"name": name, "limit": limit}))
+
+
+PURGE_FIRES = sa.text(
+    "WITH old AS MATERIALIZED (SELECT schedule, fire_at FROM schedule_fire "
+    "WHERE at < now() - make_interval(secs => :secs) LIMIT :batch), "
+    "d AS (DELETE FROM schedule_fire f USING old WHERE f.schedule = old.schedule AND f.fire_at = old.fire_at "
+    "RETURNING 1) SELECT count(*) FROM d"
+)
+
+
+async def purge_fires(db: Db, *, older_than_s: float, batch: int = 1000) -> int:
+    """Delete up to `batch` fire records decided over `older_than_s` ago (their fire times lie before every
+    schedule's next_run_at, so no scheduler looks at them again); returns how many."""
+    return int((await db.execute(PURGE_FIRES, {"secs": older_than_s, "batch": batch})).scalar_one())
 
 
 # ---- probes --------------------------------------------------------------------------------------------------

@@ -664,6 +664,106 @@ async def test_probes(pg: Pg, database: str) -> None:
     assert revisions and all(isinstance(r, str) for r in revisions)
 
 
+# ---- schedules ----------------------------------------------------------------------------------------------
+
+
+def new_schedule(name: str = "s1", **fields: Any) -> store.NewSchedule:
+    values: dict[str, Any] = {
+        "name": name,
+        "cron": "*/5 * * * *",
+        "timezone": "UTC",
+        "task": {"type": "add", "payload": {"a": 1}},
+        "overlap": "allow",
+        "catchup_s": 0.0,
+        "enabled": True,
+        "next_run_at": None,
+        **fields,
+    }
+    return store.NewSchedule(**values)
+
+
+async def test_schedules_are_created_read_updated_and_deleted(pg: Pg) -> None:
+    async with pg.auto() as s:
+        now = await store.db_now(s)
+        row = await store.create_schedule(s, new_schedule(next_run_at=now))
+        assert row is not None and row.next_run_at == now and row.enabled
+        assert (row.fired_total, row.skipped_total, row.missed_total) == (0, 0, 0)
+        assert row.last_task_id is None and row.last_task_status is None
+        assert await store.create_schedule(s, new_schedule(cron="@daily")) is None, "the name is taken"
+        assert (await store.get_schedule(s, "s1")) == row
+        assert await store.get_schedule(s, "nope") is None
+        await store.create_schedule(s, new_schedule("a0"))
+        assert [r.name for r in await store.list_schedules(s)] == ["a0", "s1"]
+
+        later = now + timedelta(hours=1)
+        kept = await store.update_schedule(s, new_schedule(overlap="skip", next_run_at=later), reschedule=False)
+        assert kept is not None and kept.overlap == "skip" and kept.next_run_at == now
+        moved = await store.update_schedule(s, new_schedule(cron="@hourly", next_run_at=later), reschedule=True)
+        assert moved is not None and moved.cron == "@hourly" and moved.next_run_at == later
+        assert await store.update_schedule(s, new_schedule("nope"), reschedule=True) is None
+
+        [task] = await store.create(s, [new(schedule="s1")])
+        assert task.schedule == "s1"
+        again = await store.get_schedule(s, "s1")
+        assert again is not None and (again.last_task_id, again.last_task_status) == (task.id, TaskStatus.pending)
+        assert await store.live_schedule_tasks(s, "s1") == [task.id]
+        assert [
+            r.id
+            for r in await store.list_page(
+                s, status=None, type_=None, priority=None, schedule="s1", before=None, limit=10
+            )
+        ] == [task.id]
+        assert await store.delete_schedule(s, "s1")
+        assert not await store.delete_schedule(s, "s1")
+    assert pg.sql("SELECT schedule FROM task WHERE id = %s", (task.id,)) == [("s1",)], "the tasks stay"
+
+
+async def test_fires_are_recorded_once_per_fire_time_and_advance_the_schedule(pg: Pg) -> None:
+    async with pg.auto() as s:
+        now = await store.db_now(s)
+        await store.create_schedule(s, new_schedule(next_run_at=now - timedelta(seconds=1)))
+        await store.create_schedule(s, new_schedule("later", next_run_at=now + timedelta(hours=1)))
+        await store.create_schedule(s, new_schedule("paused", enabled=False))
+        assert await store.due_schedules(s, now) == ["s1"]
+        fire_at = now - timedelta(seconds=1)
+        assert await store.record_fire(s, "s1", fire_at, outcome="fired")
+        assert not await store.record_fire(s, "s1", fire_at, outcome="skipped"), "decided once"
+        await store.record_fire(s, "s1", fire_at - timedelta(minutes=5), outcome="missed", detail="1 missed")
+        nxt = now + timedelta(minutes=5)
+        await store.advance_schedule(s, "s1", next_run_at=nxt, fired=1, missed=1, skipped_at=fire_at, reason="r")
+        row = await store.get_schedule(s, "s1")
+        assert row is not None and row.next_run_at == nxt and row.last_run_at is not None
+        assert (row.fired_total, row.missed_total, row.last_skipped_at, row.last_skip_reason) == (1, 1, fire_at, "r")
+        await store.advance_schedule(s, "s1", set_next=False, skipped=1)
+        row = await store.get_schedule(s, "s1")
+        assert row is not None and row.next_run_at == nxt and row.skipped_total == 1 and row.last_skip_reason == "r"
+        fires = await store.list_fires(s, "s1", limit=10)
+        assert [(f.fire_at, f.outcome, f.detail) for f in fires] == [
+            (fire_at, "fired", None),
+            (fire_at - timedelta(minutes=5), "missed", "1 missed"),
+        ]
+        assert await store.purge_fires(s, older_than_s=3600) == 0
+        pg.sql("UPDATE schedule_fire SET at = at - interval '2 hours'")
+        assert await store.purge_fires(s, older_than_s=3600, batch=1) == 1
+        assert len(await store.list_fires(s, "s1")) == 1
+
+
+async def test_a_due_schedule_is_locked_by_one_transaction_and_the_scheduler_lock_by_one_process(pg: Pg) -> None:
+    async with pg.auto() as s:
+        now = await store.db_now(s)
+        await store.create_schedule(s, new_schedule(next_run_at=now))
+    async with pg.tx() as a, pg.tx() as b:
+        assert await store.try_scheduler_lock(a)
+        assert not await store.try_scheduler_lock(b)
+        row = await store.lock_due_schedule(a, "s1", now)
+        assert row is not None and row.name == "s1"
+        assert await store.lock_due_schedule(b, "s1", now) is None, "held by a: skipped"
+        assert await store.lock_due_schedule(a, "s1", now - timedelta(seconds=1)) is None, "not due then"
+        await a.rollback()
+        assert await store.try_scheduler_lock(b)
+        await b.rollback()
+
+
 def test_storable_escapes_what_text_refuses_and_bounds_the_length() -> None:
     assert store.storable("a\x00b") == "a\\x00b"
     assert store.storable("x\ud800y") == "x\\ud800y"

@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 from redis.asyncio import Redis
 
-from taskproc import __version__
+from taskproc import __version__, scheduler
 from taskproc.api.deps import AuthDep
 from taskproc.api.errors import install_error_handlers
 from taskproc.api.middleware import (
@@ -21,7 +21,7 @@ from taskproc.api.middleware import (
     DeadlineMiddleware,
     RequestIdMiddleware,
 )
-from taskproc.api.routes import events, health, meta, tasks, web
+from taskproc.api.routes import events, health, meta, schedules, tasks, web
 from taskproc.api.routing import DocstringRoute
 from taskproc.config import Settings, get_settings
 from taskproc.db import create_engine, create_sessionmaker
@@ -63,8 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             # The reconciler and the promotion of due tasks run here too, so that with workers scaled to zero
             # an accepted task still reaches arq:queue, where KEDA looks.
-            async with run_in_api(settings, app.state.redis):
-                yield
+            async with run_in_api(settings, app.state.redis) as maintenance:
+                # The cron scheduler too, on the maintenance connection: schedules fire with no worker running.
+                sessions = maintenance.sessions if maintenance is not None else None
+                async with scheduler.run_in_api(settings, app.state.redis, app.state.registry, sessions):
+                    yield
         finally:
             await app.state.redis.aclose()
             await engine.dispose()
@@ -83,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     api = APIRouter(prefix="/api/v1", dependencies=[AuthDep], route_class=DocstringRoute)
     api.include_router(tasks.router)
+    api.include_router(schedules.router)
     api.include_router(meta.router)
     api.include_router(events.router)
     app.include_router(api)

@@ -29,7 +29,11 @@ from taskproc.client.errors import (
 )
 from taskproc.client.stream import Ready, Reset, StreamEvent, TaskChange
 from taskproc.models import (
+    Overlap,
     Priority,
+    ScheduleFirePublic,
+    SchedulePublic,
+    ScheduleTask,
     Stats,
     TaskCreate,
     TaskEventPublic,
@@ -49,9 +53,13 @@ __all__ = [
     "InvalidInputError",
     "InvalidResponseError",
     "NotFoundError",
+    "Overlap",
     "Priority",
     "Ready",
     "Reset",
+    "ScheduleFirePublic",
+    "SchedulePublic",
+    "ScheduleTask",
     "ServerError",
     "Stats",
     "StreamEvent",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -24,7 +25,16 @@ from taskproc.client.errors import (
     transport_error,
 )
 from taskproc.client.stream import StreamEvent, TaskChange
-from taskproc.models import TERMINAL, Priority, TaskCreate, TaskPublic, TaskStatus
+from taskproc.models import (
+    SCHEDULE_NAME,
+    TERMINAL,
+    Overlap,
+    Priority,
+    ScheduleTask,
+    TaskCreate,
+    TaskPublic,
+    TaskStatus,
+)
 
 T = TypeVar("T")
 
@@ -36,6 +46,7 @@ STREAM_READ_TIMEOUT_S = 40.0
 RETRY_AFTER_MAX_S = 10.0
 
 TaskId = uuid.UUID | str
+SCHEDULE_NAME_RE = re.compile(SCHEDULE_NAME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +82,15 @@ def task_path(task_id: TaskId, suffix: str = "") -> str:
     return f"/tasks/{uuid.UUID(str(task_id))}{suffix}"
 
 
-def filters(status: TaskStatus | str | None, type: str | None, priority: Priority | str | None) -> dict[str, Any]:
+def filters(
+    status: TaskStatus | str | None,
+    type: str | None,
+    priority: Priority | str | None,
+    schedule: str | None = None,
+) -> dict[str, Any]:
     params: dict[str, Any] = {}
+    if schedule is not None:
+        params["schedule"] = schedule
     if status is not None:
         params["status"] = str(status)
     if type is not None:
@@ -80,6 +98,24 @@ def filters(status: TaskStatus | str | None, type: str | None, priority: Priorit
     if priority is not None:
         params["priority"] = str(priority)
     return params
+
+
+def schedule_path(name: str, suffix: str = "") -> str:
+    # Checked here like a task id: a name with a "/" or ".." must not reach another route.
+    if not SCHEDULE_NAME_RE.fullmatch(name):
+        raise ValueError(f"{name!r} is not a schedule name (1 to 64 of a-z, 0-9, '_', '-')")
+    return f"/schedules/{name}{suffix}"
+
+
+def schedule_body(
+    task: ScheduleTask | Mapping[str, Any] | None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A schedule's JSON body: the fields given (None: left out), `task` as a mapping."""
+    body = {k: (str(v) if isinstance(v, Overlap) else v) for k, v in fields.items() if v is not None}
+    if task is not None:
+        body["task"] = task.model_dump(mode="json", exclude_none=True) if isinstance(task, ScheduleTask) else dict(task)
+    return body
 
 
 def submit_body(

@@ -23,7 +23,10 @@ from taskproc.client.errors import (
 from taskproc.client.stream import Reset, StreamEvent, parse
 from taskproc.models import (
     TERMINAL,
+    Overlap,
     Priority,
+    SchedulePublic,
+    ScheduleTask,
     Stats,
     TaskBatchPublic,
     TaskCreate,
@@ -42,6 +45,8 @@ _PAGE = TypeAdapter(TaskList)
 _HISTORY = TypeAdapter(builtins.list[TaskEventPublic])
 _STATS = TypeAdapter(Stats)
 _TYPES = TypeAdapter(builtins.list[TaskTypePublic])
+_SCHEDULE = TypeAdapter(SchedulePublic)
+_SCHEDULES = TypeAdapter(builtins.list[SchedulePublic])
 
 
 class TaskprocClient:
@@ -148,9 +153,10 @@ class TaskprocClient:
         priority: Priority | str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        schedule: str | None = None,
     ) -> TaskList:
         """One page of tasks, newest first; pass its `next_cursor` as `cursor` for the next one."""
-        params = {**_base.filters(status, type, priority), "limit": limit}
+        params = {**_base.filters(status, type, priority, schedule), "limit": limit}
         if cursor:
             params["cursor"] = cursor
         return self._call(_base.Call("GET", "/tasks", True, params=params), _PAGE)
@@ -163,10 +169,13 @@ class TaskprocClient:
         priority: Priority | str | None = None,
         page_size: int = 50,
         cursor: str | None = None,
+        schedule: str | None = None,
     ) -> Iterator[TaskPublic]:
         """Every matching task, newest first, fetching pages of `page_size` as the iteration reaches them."""
         while True:
-            page = self.page(status=status, type=type, priority=priority, limit=page_size, cursor=cursor)
+            page = self.page(
+                status=status, type=type, priority=priority, limit=page_size, cursor=cursor, schedule=schedule
+            )
             yield from page.items
             if not page.next_cursor:
                 return
@@ -189,6 +198,59 @@ class TaskprocClient:
         """Delete a finished task and its history."""
         # Not repeated on 503: a delete that went through would then answer 404.
         _base.check(self._send(_base.Call("DELETE", _base.task_path(task_id), False)))
+
+    # ---- schedules ----
+
+    def create_schedule(
+        self,
+        name: str,
+        *,
+        cron: str,
+        task: ScheduleTask | Mapping[str, Any],
+        timezone: str | None = None,
+        overlap: Overlap | str | None = None,
+        catchup_s: float | None = None,
+        enabled: bool | None = None,
+    ) -> SchedulePublic:
+        """Create a cron schedule (ConflictError if the name is taken)."""
+        body = _base.schedule_body(
+            task, name=name, cron=cron, timezone=timezone, overlap=overlap, catchup_s=catchup_s, enabled=enabled
+        )
+        _base.schedule_path(name)
+        return self._call(_base.Call("POST", "/schedules", False, json=body), _SCHEDULE)
+
+    def list_schedules(self) -> builtins.list[SchedulePublic]:
+        """Every schedule, by name, with its next and last run."""
+        return self._call(_base.Call("GET", "/schedules", True), _SCHEDULES)
+
+    def get_schedule(self, name: str) -> SchedulePublic:
+        """One schedule."""
+        return self._call(_base.Call("GET", _base.schedule_path(name), True), _SCHEDULE)
+
+    def update_schedule(
+        self,
+        name: str,
+        *,
+        cron: str | None = None,
+        task: ScheduleTask | Mapping[str, Any] | None = None,
+        timezone: str | None = None,
+        overlap: Overlap | str | None = None,
+        catchup_s: float | None = None,
+        enabled: bool | None = None,
+    ) -> SchedulePublic:
+        """Change the fields given; `enabled=False` pauses the schedule, `enabled=True` resumes it."""
+        body = _base.schedule_body(
+            task, cron=cron, timezone=timezone, overlap=overlap, catchup_s=catchup_s, enabled=enabled
+        )
+        return self._call(_base.Call("PATCH", _base.schedule_path(name), True, json=body), _SCHEDULE)
+
+    def delete_schedule(self, name: str) -> None:
+        """Delete a schedule (the tasks it created stay)."""
+        _base.check(self._send(_base.Call("DELETE", _base.schedule_path(name), False)))
+
+    def trigger_schedule(self, name: str) -> TaskPublic:
+        """Run a schedule now: one task at once; returns it."""
+        return self._call(_base.Call("POST", _base.schedule_path(name, "/trigger"), False), _TASK)
 
     # ---- service ----
 

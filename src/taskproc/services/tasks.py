@@ -127,8 +127,12 @@ async def create_tasks(
     settings: Settings,
     registry: TaskRegistry,
     batch: bool = False,
+    schedule: str | None = None,
 ) -> list[tuple[TaskPublic, bool]]:
     """Validate every payload, then insert all tasks in one transaction; (task, created) per input, in order.
+
+    `schedule` names the schedule whose fire creates them (the scheduler's call, in a transaction of its own
+    that the commit here ends, so the fire's record and its task are committed together).
 
     A task whose idempotency key already exists is returned as it is, not created again, even when concurrent
     requests race on the same key (the unique index decides, ON CONFLICT DO NOTHING yields to the winner).
@@ -147,6 +151,7 @@ async def create_tasks(
             timeout_s=settings.task_timeout_s if task_in.timeout_s is None else task_in.timeout_s,
             idempotency_key=task_in.idempotency_key,
             delay_s=float(task_in.delay_s or 0.0),
+            schedule=schedule,
         )
         for task_in, payload in zip(tasks_in, payloads, strict=True)
     ]
@@ -219,10 +224,13 @@ async def list_tasks(
     priority: Priority | None,
     limit: int,
     cursor: str | None,
+    schedule: str | None = None,
 ) -> TaskList:
     """Newest first, keyset-paginated on (created_at, id): stable while tasks are being added."""
     before = decode_cursor(cursor) if cursor is not None else None
-    rows = await store.list_page(session, status=status, type_=type_, priority=priority, before=before, limit=limit + 1)
+    rows = await store.list_page(
+        session, status=status, type_=type_, priority=priority, schedule=schedule, before=before, limit=limit + 1
+    )
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None

@@ -117,6 +117,9 @@ async def list_tasks(
     status_: Annotated[TaskStatus | None, Query(alias="status", description="Only tasks in this status.")] = None,
     type_: Annotated[str | None, Query(alias="type", max_length=100, description="Only this task type.")] = None,
     priority: Annotated[Priority | None, Query(description="Only this priority.")] = None,
+    schedule: Annotated[
+        str | None, Query(max_length=64, description="Only the tasks this schedule created (its history).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
     cursor: Annotated[str | None, Query(max_length=500, description="`next_cursor` of the previous page.")] = None,
 ) -> TaskList:
@@ -126,7 +129,13 @@ async def list_tasks(
     repeat or skip an older task.
     """
     return await service.list_tasks(
-        session=session, status=status_, type_=type_, priority=priority, limit=limit, cursor=cursor
+        session=session,
+        status=status_,
+        type_=type_,
+        priority=priority,
+        schedule=schedule,
+        limit=limit,
+        cursor=cursor,
     )
 
 

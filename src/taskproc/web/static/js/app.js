@@ -2,6 +2,7 @@
 
 import { API, api, authHeaders, clearKey, getKey, onUnauthorized, query, setKey } from './api.js';
 import { $, badge, clear, formatDuration, formatTime, h, pretty, shortId, taskDuration, toast } from './dom.js';
+import { startSchedules } from './schedules.js';
 import { FieldError, PayloadForm } from './schema-form.js';
 import { EventStream } from './sse.js';
 
@@ -388,6 +389,7 @@ function renderDetail(task, events) {
     rows.push(['Duration', formatDuration(taskDuration(task))]);
   }
   if (task.idempotency_key) rows.push(['Idempotency key', h('code', {}, task.idempotency_key)]);
+  if (task.schedule) rows.push(['Schedule', h('code', {}, task.schedule)]);
 
   const sections = [
     h('section', {}, h('h3', {}, 'Payload'), h('pre', { class: 'json', id: 'detail-payload' }, pretty(task.payload))),
@@ -642,6 +644,7 @@ async function start() {
   typeFilter.value = state.filters.type;
   stream.start();
   await Promise.all([refreshStats(), refreshTasks()]).catch(reportError);
+  startSchedules(reportError);
   if (state.selected) openDetail(state.selected);
   state.started = true;
   document.body.dataset.ready = 'true';

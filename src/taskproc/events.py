@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from taskproc import store
+from taskproc import retry, store
 from taskproc.store import StreamEvent
 
 log = logging.getLogger("taskproc.api.events")
@@ -171,7 +171,7 @@ class EventHub:
     async def _run(self) -> None:
         conn: AsyncConnection | None = None
         idle_since: float | None = None
-        failures = 0
+        delays = retry.Delays(initial_s=0.5, max_s=5.0)
         try:
             while True:
                 now = time.monotonic()
@@ -191,13 +191,12 @@ class EventHub:
                         conn = await self.engine.connect()
                         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                     fetched = await self._poll(conn)
-                    failures = 0
+                    delays.reset()
                 except Exception as exc:  # the poller must outlive a database outage
-                    failures += 1
                     log.warning("event poller: %s: %s", type(exc).__name__, str(exc)[:200])
                     await _discard(conn)
                     conn = None
-                    await asyncio.sleep(min(5.0, 0.25 * 2**failures))
+                    await asyncio.sleep(delays.next())
                     continue
                 if fetched < BATCH:
                     await asyncio.sleep(POLL_S)

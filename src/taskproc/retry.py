@@ -95,3 +95,22 @@ def retrying_sync(
     if sleep is not None:
         options["sleep"] = sleep
     return tenacity.Retrying(**options)
+
+
+class Delays:
+    """The same policy for loops that outlive one call (a writer that keeps its queue through an outage, a
+    poller that must not stop): `await asyncio.sleep(delays.next())` after a failure, `reset()` after a success.
+    The waits come from the same tenacity strategy as `retrying`, so the policy is defined once."""
+
+    def __init__(self, *, initial_s: float = INITIAL_S, max_s: float = MAX_S) -> None:
+        self._wait = backoff(initial_s=initial_s, max_s=max_s)
+        self._state = tenacity.RetryCallState(retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={})
+
+    def next(self) -> float:
+        """The wait after one more failure in a row."""
+        wait = float(self._wait(self._state))
+        self._state.attempt_number += 1
+        return wait
+
+    def reset(self) -> None:
+        self._state.attempt_number = 1

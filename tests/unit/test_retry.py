@@ -70,3 +70,13 @@ async def test_async_form() -> None:
             if calls < 3:
                 raise OSError("flaky")
     assert calls == 3
+
+
+def test_delays_follow_the_policy_grow_to_the_cap_and_reset() -> None:
+    delays = retry.Delays(initial_s=0.2, max_s=2.0)
+    waits = [delays.next() for _ in range(8)]
+    steps = [min(2.0, 0.2 * 2**n) for n in range(8)]
+    for wait, step in zip(waits, steps, strict=True):
+        assert step / 2 <= wait <= step, (wait, step)
+    delays.reset()
+    assert 0.1 <= delays.next() <= 0.2

@@ -14,7 +14,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
-from taskproc import store
+from taskproc import retry, store
 from taskproc.db import PgWriter
 from taskproc.models import TaskStatus
 
@@ -64,7 +64,7 @@ class Completer:
         return await asyncio.shield(outcome.done)
 
     async def run(self, *, transient: tuple[type[BaseException], ...]) -> None:
-        delay = 0.2
+        delays = retry.Delays(max_s=2.0)
         while True:
             if not self._pending:
                 self._idle.set()
@@ -74,6 +74,7 @@ class Completer:
             try:
                 written = await self._write(batch)
             except transient as exc:
+                delay = delays.next()
                 log.warning(
                     "postgres unavailable (%s); %d outcomes kept, retrying in %.1fs",
                     type(exc).__name__,
@@ -81,7 +82,6 @@ class Completer:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
                 continue
             except Exception as exc:
                 # Not the connection: Postgres refuses a value (a result jsonb cannot hold, such as \u0000).
@@ -94,7 +94,7 @@ class Completer:
                 if not batch[0].done.done():
                     batch[0].done.set_exception(exc)
                 continue
-            delay = 0.2
+            delays.reset()
             self._isolate = max(0, self._isolate - len(batch))
             del self._pending[: len(batch)]
             for outcome in batch:

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from taskproc import metrics, queue, store, testhooks
+from taskproc import metrics, queue, retry, store, testhooks
 from taskproc.config import Settings
 from taskproc.db import PgWriter
 
@@ -370,7 +370,7 @@ class WorkerRuntime:
         store), retrying would never end with the task `running` under our live lease: the attempt is recorded
         as failed instead, with a message that says why.
         """
-        delay = 0.2
+        delays = retry.Delays(max_s=2.0)
         fallback = True
         while True:
             try:
@@ -389,6 +389,7 @@ class WorkerRuntime:
 
                     write = failed
                     continue
+                delay = delays.next()
                 log.warning(
                     "postgres unavailable (%s); outcome of task %s kept, retrying in %.1fs",
                     type(exc).__name__,
@@ -396,8 +397,7 @@ class WorkerRuntime:
                     delay,
                     extra={"task_id": str(key[0]), "attempt": key[2]},
                 )
-            await asyncio.sleep(delay)
-            delay = min(2.0, delay * 2)
+                await asyncio.sleep(delay)
 
     async def _finish_failed(
         self,

@@ -46,9 +46,25 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+QUEUE_PATTERN = r"^[a-z0-9_-]{1,64}$"
+DEFAULT_QUEUE = "default"
+
+
 class TaskBase(SQLModel):
     type: str = Field(min_length=1, max_length=100, description="Registered task type, see /api/v1/task-types.")
     priority: Priority = Field(default=Priority.normal, description="high, normal or low.")
+    queue: str = Field(
+        default=DEFAULT_QUEUE,
+        description="The named queue (`[a-z0-9_-]{1,64}`); priority and FIFO order hold within a queue.",
+        schema_extra={"pattern": QUEUE_PATTERN},
+    )
+
+    @field_validator("queue")
+    @classmethod
+    def _check_queue(cls, value: str) -> str:
+        if not re.fullmatch(QUEUE_PATTERN, value):
+            raise ValueError("use 1 to 64 lower-case letters, digits, '_' and '-'")
+        return value
 
 
 class TaskCreate(TaskBase):
@@ -114,6 +130,11 @@ class Task(TaskBase, table=True):
             "schedule",
             postgresql_where=sa.text("schedule IS NOT NULL AND status IN ('pending', 'running', 'retrying')"),
         ),
+        # A queue's tasks (GET /api/v1/tasks?queue=...) and its oldest waiting one (GET /api/v1/queues).
+        sa.Index("ix_task_queue_created", "queue", sa.text("created_at DESC"), sa.text("id DESC")),
+        sa.Index(
+            "ix_task_queue_waiting", "queue", "run_at", postgresql_where=sa.text("status IN ('pending', 'retrying')")
+        ),
         sa.Index(
             "ix_task_terminal_finished",
             "finished_at",
@@ -152,6 +173,10 @@ class Task(TaskBase, table=True):
     shutdown_requeues: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
     # The schedule whose fire (or trigger) created the task (migration 0006); NULL for a task submitted directly.
     schedule: str | None = Field(default=None, sa_column=sa.Column(sa.String(64), nullable=True))
+    # Migration 0007; a constant default, so adding it rewrote no rows.
+    queue: str = Field(
+        default=DEFAULT_QUEUE, sa_column=sa.Column(sa.String(64), nullable=False, server_default=DEFAULT_QUEUE)
+    )
     created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     started_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
     finished_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
@@ -248,6 +273,30 @@ class Worker(SQLModel, table=True):
     expires_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     # The task types it serves, {name: payload schema fingerprint} (migration 0003); NULL: a worker too old to say.
     task_types: dict[str, str] | None = Field(default=None, sa_column=sa.Column(JSONB, nullable=True))
+    # The queues it takes from (migration 0007); NULL: every queue.
+    queues: list[str] | None = Field(default=None, sa_column=sa.Column(sa.ARRAY(sa.Text()), nullable=True))
+
+
+class Queue(SQLModel, table=True):
+    """Pause state of a named queue (migration 0007); a queue without a row is not paused."""
+
+    __tablename__ = "queue"
+
+    name: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+    paused: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false()))
+    paused_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
+    updated_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+
+
+class TaskQueueCount(SQLModel, table=True):
+    """Per queue and status, tasks pending, retrying or running, kept by statement triggers (migration 0007)."""
+
+    __tablename__ = "task_queue_count"
+
+    queue: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
+    status: str = Field(sa_column=sa.Column(sa.String(20), primary_key=True))
+    shard: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
+    n: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
 
 
 class TaskTypeWaiting(SQLModel, table=True):
@@ -321,6 +370,25 @@ class Stats(SQLModel):
     waiting_no_worker: int = Field(
         default=0, description="Waiting tasks whose type no live worker serves (they run once one that does starts)."
     )
+
+
+class QueuePublic(SQLModel):
+    """A named queue as GET /api/v1/queues returns it."""
+
+    name: str
+    paused: bool = Field(description="Nothing new starts in a paused queue; running tasks finish.")
+    paused_at: datetime | None = Field(default=None, description="When it was paused, while it is.")
+    ready: int = Field(description="Pending tasks (including delayed ones whose delay has not run out yet).")
+    deferred: int = Field(description="Tasks waiting out a retry backoff.")
+    running: int
+    oldest_ready_age_s: float | None = Field(
+        description="How long the queue's longest-waiting due task has been due, in seconds; null if none is."
+    )
+    workers: int = Field(description="Live workers that take from this queue.")
+
+    @field_serializer("paused_at")
+    def _utc(self, value: datetime | None) -> str | None:
+        return _iso(value)
 
 
 class TaskTypePublic(SQLModel):

@@ -209,6 +209,11 @@ async def defer_again(redis: Redis, jobs: Sequence[tuple[str, Priority]], delay_
     )
 
 
+async def wake(redis: Redis) -> None:
+    """Wake idle workers (a queue was resumed: its jobs may be taken now)."""
+    await redis.publish(WAKE_CHANNEL, "1")
+
+
 ABORT_SCRIPT = _LUA_NOW + "redis.call('ZADD', KEYS[1], now, ARGV[1])\nredis.call('PUBLISH', KEYS[2], '1')\nreturn 0\n"
 
 

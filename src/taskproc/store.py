@@ -32,7 +32,7 @@ from psycopg import sql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from taskproc.db import PgWriter
-from taskproc.models import TERMINAL, WAITING, Priority, TaskStatus
+from taskproc.models import DEFAULT_QUEUE, TERMINAL, WAITING, Priority, TaskStatus
 
 Db = AsyncSession | AsyncConnection
 
@@ -117,6 +117,7 @@ class TaskRow:
     finished_at: datetime | None
     updated_at: datetime
     schedule: str | None
+    queue: str
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TaskStatus(self.status))
@@ -139,6 +140,7 @@ class NewTask:
     idempotency_key: str | None
     delay_s: float
     schedule: str | None = None  # the schedule whose fire or trigger creates it
+    queue: str = DEFAULT_QUEUE
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,13 +316,14 @@ INSERT_TASKS = sa.text(
     # One fixed statement whatever the batch size (arrays through unnest): psycopg prepares it once.
     "WITH input AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), "  # noqa: S608 - constant SQL
     "CAST(:priorities AS text[]), CAST(:payloads AS text[]), CAST(:max_retries AS int[]), "
-    "CAST(:timeouts AS float8[]), CAST(:keys AS text[]), CAST(:delays AS float8[]), CAST(:schedules AS text[])) "
+    "CAST(:timeouts AS float8[]), CAST(:keys AS text[]), CAST(:delays AS float8[]), CAST(:schedules AS text[]), "
+    "CAST(:queues AS text[])) "
     "WITH ORDINALITY AS i(id, type, priority, payload, max_retries, timeout_s, idempotency_key, delay_s, schedule, "
-    "ord)), "
+    "queue, ord)), "
     "ins AS (INSERT INTO task (id, type, priority, payload, status, attempts, max_retries, timeout_s, "
-    "idempotency_key, generation, run_at, cancel_requested, created_at, updated_at, schedule) "
+    "idempotency_key, generation, run_at, cancel_requested, created_at, updated_at, schedule, queue) "
     "SELECT id, type, priority, CAST(payload AS jsonb), CAST(:s_pending AS text), 0, max_retries, timeout_s, "
-    "idempotency_key, 1, now() + make_interval(secs => delay_s), FALSE, now(), now(), schedule FROM input "
+    "idempotency_key, 1, now() + make_interval(secs => delay_s), FALSE, now(), now(), schedule, queue FROM input "
     "ORDER BY ord "
     "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     f"RETURNING {TASK_COLUMNS}), "
@@ -344,6 +347,7 @@ async def create(db: Db, tasks: Sequence[NewTask]) -> list[TaskRow]:
         keys=[t.idempotency_key for t in tasks],
         delays=[t.delay_s for t in tasks],
         schedules=[t.schedule for t in tasks],
+        queues=[t.queue for t in tasks],
     )
     return _rows(TaskRow, await db.execute(INSERT_TASKS, params))
 
@@ -379,6 +383,7 @@ _LIST_FILTERS = {
     "type": "type = :type",
     "priority": "priority = :priority",
     "schedule": "schedule = :schedule",
+    "queue": "queue = :queue",
     "before": "(created_at, id) < (:c_at, :c_id)",
 }
 
@@ -392,6 +397,7 @@ async def list_page(
     before: tuple[datetime, uuid.UUID] | None,
     limit: int,
     schedule: str | None = None,
+    queue: str | None = None,
 ) -> list[TaskRow]:
     """Up to `limit` tasks, newest first, keyset-paginated on (created_at, id) strictly after `before`."""
     params: dict[str, Any] = {"limit": limit}
@@ -408,6 +414,9 @@ async def list_page(
     if schedule is not None:
         where.append(_LIST_FILTERS["schedule"])
         params["schedule"] = schedule
+    if queue is not None:
+        where.append(_LIST_FILTERS["queue"])
+        params["queue"] = queue
     if before is not None:
         where.append(_LIST_FILTERS["before"])
         params["c_at"], params["c_id"] = before
@@ -606,16 +615,20 @@ CLAIM_SQL = sql.SQL(
     "worker_id = %(worker)s, finished_at = NULL, updated_at = now() FROM input "
     "WHERE task.id = input.id AND task.generation = input.gen AND task.status = ANY(%(waiting)s::text[]) "
     "AND NOT task.cancel_requested AND task.type = ANY(%(types)s::text[]) "
+    # A paused queue starts nothing (migration 0007): the pause is in Postgres, so no Redis state can bypass it.
+    "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.name = task.queue AND q.paused) "
     "RETURNING task.id, task.generation, task.type, task.priority, task.payload, task.attempts, task.timeout_s, "
     "task.run_at, task.started_at), "
     "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
     "SELECT id, started_at, %(s_running)s::text, attempts, %(detail)s FROM t), "
-    # Jobs this worker would claim if it served their type: left untouched, for a worker that does.
+    # Jobs this worker would claim if it served their type, or if their queue were not paused: left untouched,
+    # for a worker that does or for the resume.
     # Only the jobs the claim did not take are looked up again (usually none).
     "u AS (SELECT task.id, task.generation, task.type, task.priority FROM input JOIN task "
     "ON task.id = input.id AND task.generation = input.gen WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.id = input.id) "
     "AND task.status = ANY(%(waiting)s::text[]) AND NOT task.cancel_requested "
-    "AND NOT (task.type = ANY(%(types)s::text[]))) "
+    "AND (NOT (task.type = ANY(%(types)s::text[])) "
+    "OR EXISTS (SELECT 1 FROM queue q WHERE q.name = task.queue AND q.paused))) "
     "SELECT TRUE AS claimed, * FROM t UNION ALL SELECT FALSE, u.id, u.generation, u.type, u.priority, "
     "NULL::jsonb, NULL::int, NULL::float8, NULL::timestamptz, NULL::timestamptz FROM u"
 )
@@ -676,18 +689,28 @@ async def complete_batch(writer: PgWriter, outcomes: Sequence[Completion]) -> di
 
 
 HEARTBEAT_SQL = sql.SQL(
-    "INSERT INTO worker (id, hostname, pid, started_at, expires_at, task_types) "
-    "VALUES (%(id)s, %(host)s, %(pid)s, now(), now() + make_interval(secs => %(lease)s), %(types)s::jsonb) "
-    "ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, task_types = EXCLUDED.task_types "
+    "INSERT INTO worker (id, hostname, pid, started_at, expires_at, task_types, queues) "
+    "VALUES (%(id)s, %(host)s, %(pid)s, now(), now() + make_interval(secs => %(lease)s), %(types)s::jsonb, "
+    "%(queues)s::text[]) "
+    "ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, task_types = EXCLUDED.task_types, "
+    "queues = EXCLUDED.queues "
     "RETURNING expires_at"
 )
 
 
 async def heartbeat(
-    writer: PgWriter, worker_id: str, *, hostname: str, pid: int, lease_s: float, task_types: Mapping[str, str]
+    writer: PgWriter,
+    worker_id: str,
+    *,
+    hostname: str,
+    pid: int,
+    lease_s: float,
+    task_types: Mapping[str, str],
+    queues: Sequence[str] | None = None,
 ) -> datetime:
     """Register the worker or renew its lease (`expires_at` = now + lease) with the types it serves
-    ({type: payload schema fingerprint}); returns the new expiry."""
+    ({type: payload schema fingerprint}) and the queues it takes from (None: every queue); returns the new
+    expiry."""
     [row] = await writer.fetch(
         HEARTBEAT_SQL,
         {
@@ -696,6 +719,7 @@ async def heartbeat(
             "pid": pid,
             "lease": lease_s,
             "types": json.dumps(dict(task_types), separators=(",", ":")),
+            "queues": None if queues is None else list(queues),
         },
     )
     expires_at: datetime = row["expires_at"]
@@ -1288,3 +1312,65 @@ def schema_revisions(conn: sa.Connection) -> set[str]:
     from alembic.runtime.migration import MigrationContext  # only the migration tooling needs alembic
 
     return set(MigrationContext.configure(conn).get_current_heads())
+
+
+# ---- named queues (migration 0007) -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """A queue as GET /api/v1/queues shows it: pause state, trigger-kept counters, live workers taking from it."""
+
+    name: str
+    paused: bool
+    paused_at: datetime | None
+    pending: int
+    retrying: int
+    running: int
+    oldest_due_at: datetime | None
+    workers: int
+    now: datetime
+
+
+# Every queue that has a row (paused or resumed once) or a counter, plus `default`. The counters are at most
+# queues x 3 statuses x 16 shards rows; the oldest due task is one probe of ix_task_queue_waiting per queue.
+LIST_QUEUES = sa.text(
+    "WITH names AS (SELECT name FROM queue UNION SELECT DISTINCT queue FROM task_queue_count WHERE n <> 0 "
+    "UNION SELECT CAST(:default AS text)), "
+    "c AS (SELECT queue, status, sum(n)::bigint AS n FROM task_queue_count GROUP BY queue, status) "
+    "SELECT names.name, coalesce(q.paused, FALSE) AS paused, CASE WHEN q.paused THEN q.paused_at END AS paused_at, "
+    "coalesce((SELECT n FROM c WHERE c.queue = names.name AND c.status = :s_pending), 0) AS pending, "
+    "coalesce((SELECT n FROM c WHERE c.queue = names.name AND c.status = :s_retrying), 0) AS retrying, "
+    "coalesce((SELECT n FROM c WHERE c.queue = names.name AND c.status = :s_running), 0) AS running, "
+    "(SELECT min(t.run_at) FROM task t WHERE t.queue = names.name AND t.status IN (:s_pending, :s_retrying) "
+    "AND t.run_at <= now()) AS oldest_due_at, "
+    "(SELECT count(*) FROM worker w WHERE w.expires_at > now() "
+    "AND (w.queues IS NULL OR names.name = ANY(w.queues))) AS workers, now() AS now "
+    "FROM names LEFT JOIN queue q ON q.name = names.name ORDER BY names.name"
+)
+
+
+async def list_queues(db: Db) -> list[QueueRow]:
+    """Every known queue (see LIST_QUEUES) with its counts, by name."""
+    return _rows(QueueRow, await db.execute(LIST_QUEUES, _params(default=DEFAULT_QUEUE)))
+
+
+SET_QUEUE_PAUSED = sa.text(
+    "INSERT INTO queue (name, paused, paused_at, updated_at) "
+    "VALUES (:name, :paused, CASE WHEN :paused THEN now() END, now()) "
+    "ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now(), "
+    "paused_at = CASE WHEN EXCLUDED.paused AND queue.paused THEN queue.paused_at ELSE EXCLUDED.paused_at END"
+)
+
+
+async def set_queue_paused(db: Db, name: str, *, paused: bool) -> None:
+    """Pause or resume a queue (creating its row); pausing a paused queue keeps its `paused_at`."""
+    await db.execute(SET_QUEUE_PAUSED, {"name": name, "paused": paused})
+
+
+PAUSED_QUEUES = sa.text("SELECT name FROM queue WHERE paused ORDER BY name")
+
+
+async def paused_queues(db: Db) -> list[str]:
+    """Names of the paused queues."""
+    return list((await db.execute(PAUSED_QUEUES)).scalars())

@@ -152,6 +152,7 @@ async def create_tasks(
             idempotency_key=task_in.idempotency_key,
             delay_s=float(task_in.delay_s or 0.0),
             schedule=schedule,
+            queue=task_in.queue,
         )
         for task_in, payload in zip(tasks_in, payloads, strict=True)
     ]
@@ -177,16 +178,27 @@ async def served_types(session: AsyncSession) -> frozenset[str] | None:
     return await store.served_types(session)
 
 
-def with_waiting(tasks: list[TaskPublic], served: frozenset[str] | None) -> list[TaskPublic]:
-    """Mark the waiting tasks whose type no live worker serves (`waiting.reason = "no_worker"`)."""
-    if served is None:
-        return tasks
+def with_waiting(
+    tasks: list[TaskPublic], served: frozenset[str] | None, paused: frozenset[str] = frozenset()
+) -> list[TaskPublic]:
+    """Mark the waiting tasks of a paused queue (`waiting.reason = "queue_paused"`) and those whose type no live
+    worker serves (`"no_worker"`)."""
     for task in tasks:
-        if task.status in WAITING and task.type not in served:
+        if task.status not in WAITING:
+            continue
+        if task.queue in paused:
+            task.waiting = TaskWaiting(
+                reason="queue_paused", detail=f"queue {task.queue!r} is paused; it starts once the queue is resumed"
+            )
+        elif served is not None and task.type not in served:
             task.waiting = TaskWaiting(
                 reason="no_worker", detail=f"no live worker serves task type {task.type!r}; it runs once one does"
             )
     return tasks
+
+
+async def _with_waiting(session: AsyncSession, tasks: list[TaskPublic]) -> list[TaskPublic]:
+    return with_waiting(tasks, await served_types(session), frozenset(await store.paused_queues(session)))
 
 
 async def get_task(*, session: AsyncSession, task_id: uuid.UUID) -> TaskPublic:
@@ -195,7 +207,7 @@ async def get_task(*, session: AsyncSession, task_id: uuid.UUID) -> TaskPublic:
         raise NotFoundError(f"task {task_id} not found")
     task = to_public(row)
     if task.status in WAITING:
-        with_waiting([task], await served_types(session))
+        await _with_waiting(session, [task])
     return task
 
 
@@ -225,18 +237,26 @@ async def list_tasks(
     limit: int,
     cursor: str | None,
     schedule: str | None = None,
+    queue: str | None = None,
 ) -> TaskList:
     """Newest first, keyset-paginated on (created_at, id): stable while tasks are being added."""
     before = decode_cursor(cursor) if cursor is not None else None
     rows = await store.list_page(
-        session, status=status, type_=type_, priority=priority, schedule=schedule, before=before, limit=limit + 1
+        session,
+        status=status,
+        type_=type_,
+        priority=priority,
+        schedule=schedule,
+        queue=queue,
+        before=before,
+        limit=limit + 1,
     )
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
     items = [to_public(r) for r in rows]
     if any(t.status in WAITING for t in items):
-        items = with_waiting(items, await served_types(session))
+        items = await _with_waiting(session, items)
     return TaskList(items=items, next_cursor=next_cursor)
 
 

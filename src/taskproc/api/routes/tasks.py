@@ -13,6 +13,7 @@ from taskproc.api.deps import RedisDep, RegistryDep, SessionDep, SettingsDep
 from taskproc.api.routing import DocstringRoute
 from taskproc.api.schemas import ERROR_RESPONSES, SUBMIT_503
 from taskproc.models import (
+    QUEUE_PATTERN,
     Priority,
     TaskBatchCreate,
     TaskBatchPublic,
@@ -120,6 +121,7 @@ async def list_tasks(
     schedule: Annotated[
         str | None, Query(max_length=64, description="Only the tasks this schedule created (its history).")
     ] = None,
+    queue: Annotated[str | None, Query(pattern=QUEUE_PATTERN, description="Only the tasks of this queue.")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
     cursor: Annotated[str | None, Query(max_length=500, description="`next_cursor` of the previous page.")] = None,
 ) -> TaskList:
@@ -134,6 +136,7 @@ async def list_tasks(
         type_=type_,
         priority=priority,
         schedule=schedule,
+        queue=queue,
         limit=limit,
         cursor=cursor,
     )

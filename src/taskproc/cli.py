@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from taskproc.config import get_settings
+from taskproc.config import Settings, get_settings
 
 app = typer.Typer(
     name="taskproc",
@@ -52,13 +52,23 @@ def api(
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated queues to take tasks from (default: TASKPROC_WORKER_QUEUES, else every queue)."
+        ),
+    ] = None,
+) -> None:
     """Run a worker process (arq): takes tasks from Redis, records their state in Postgres."""
     from taskproc.logging import configure_logging
     from taskproc.tasks import load_task_modules
     from taskproc.worker.main import run_worker
 
     settings = get_settings()
+    if queues is not None:
+        # Through the settings' own validator: the same split and name check as TASKPROC_WORKER_QUEUES.
+        settings = Settings.model_validate({**settings.model_dump(), "worker_queues": queues})
     configure_logging(settings, "worker")
     load_task_modules(settings.task_modules)
     run_worker(settings)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from taskproc.models import QUEUE_PATTERN
 
 
 class Settings(BaseSettings):
@@ -34,6 +37,10 @@ class Settings(BaseSettings):
         description="Fallback queue poll interval; idle workers are woken at once by pub/sub.",
     )
     worker_metrics_port: int = Field(default=9100, ge=0, le=65535, description="Worker /metrics port (0 = off).")
+    worker_queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated queues a worker takes from (`taskproc worker --queues`); empty: every queue.",
+    )
     task_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated extra modules that register task types."
     )
@@ -110,6 +117,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("worker_queues", mode="before")
+    @classmethod
+    def _split_queues(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("worker_queues")
+    @classmethod
+    def _check_queues(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(QUEUE_PATTERN, name):
+                raise ValueError(f"queue {name!r}: use 1 to 64 lower-case letters, digits, '_' and '-'")
+        return sorted(set(value))
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -130,7 +130,7 @@ class Maintenance:
             if rows:
                 scanned += len(rows)
                 last = rows[-1].id
-                states = await queue.job_states(self.redis, [(r.id, r.generation, r.priority) for r in rows])
+                states = await queue.job_states(self.redis, [(r.id, r.generation, r.priority, r.queue) for r in rows])
                 missing = [
                     r for r, state in zip(rows, states, strict=True) if not state.queued and state.taken_ms_ago is None
                 ]

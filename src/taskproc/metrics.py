@@ -45,12 +45,21 @@ TASK_QUEUE_WAIT = Histogram(
 TASKS_RUNNING = Gauge("taskproc_tasks_running", "Tasks running in this worker process.", multiprocess_mode="livesum")
 QUEUE_DEPTH = Gauge(
     "taskproc_queue_depth",
-    "Tasks ready to run and not started, by priority (the Redis ready queue).",
-    ["priority"],
+    "Tasks ready to run and not started, by queue and priority (the queue's Redis ready set).",
+    ["queue", "priority"],
     multiprocess_mode="mostrecent",
 )
 QUEUE_DEFERRED = Gauge(
-    "taskproc_queue_deferred", "Tasks waiting for a delay or a retry backoff.", multiprocess_mode="mostrecent"
+    "taskproc_queue_deferred",
+    "Tasks waiting for a delay or a retry backoff, by queue.",
+    ["queue"],
+    multiprocess_mode="mostrecent",
+)
+QUEUE_RUNNING = Gauge(
+    "taskproc_queue_running", "Tasks running, by queue (Postgres counters).", ["queue"], multiprocess_mode="mostrecent"
+)
+QUEUE_PAUSED = Gauge(
+    "taskproc_queue_paused", "1 while the queue is paused, else 0.", ["queue"], multiprocess_mode="mostrecent"
 )
 DEPENDENCY_UP = Gauge(
     "taskproc_dependency_up",

@@ -378,8 +378,8 @@ class QueuePublic(SQLModel):
     name: str
     paused: bool = Field(description="Nothing new starts in a paused queue; running tasks finish.")
     paused_at: datetime | None = Field(default=None, description="When it was paused, while it is.")
-    ready: int = Field(description="Pending tasks (including delayed ones whose delay has not run out yet).")
-    deferred: int = Field(description="Tasks waiting out a retry backoff.")
+    ready: int = Field(description="Tasks due and not started (paused queues keep theirs here).")
+    deferred: int = Field(description="Tasks waiting out a delay or a retry backoff.")
     running: int
     oldest_ready_age_s: float | None = Field(
         description="How long the queue's longest-waiting due task has been due, in seconds; null if none is."

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from taskproc.models import Priority
+from taskproc.models import DEFAULT_QUEUE, Priority
 
 # arq's default queue and abort set (arq.constants); tests/unit/test_arq_fence.py checks that they still are.
 QUEUE_KEY = "arq:queue"
@@ -33,6 +33,11 @@ DEFERRED_KEY = "taskproc:deferred"
 # has its outcome written, so queue + deferred + running is the whole backlog (KEDA scales on all three).
 RUNNING_KEY = "taskproc:running"
 ABORT_KEY = "arq:abort"
+# Named queues (migration 0007): the default queue keeps the keys above, so workers older than named queues
+# and the KEDA triggers that read them go on working; queue `q` has `arq:queue:q` and `taskproc:deferred:q`.
+# QUEUES_KEY holds the names of the other queues that ever had a job enqueued (the enqueue script adds them),
+# which is what a worker without a list of queues and the API's promotion go through.
+QUEUES_KEY = "taskproc:queues"
 WAKE_CHANNEL = "taskproc:wake"
 JOB_FUNCTION = "run_task"
 # An abort request nobody acted on within this long is dropped (the task finished or was never ours).
@@ -43,6 +48,25 @@ ABORT_MAX_AGE_MS = 60_000
 # clock). 1e13 ms is ~300 years, far more than any wait.
 BAND = {Priority.high: -2e13, Priority.normal: -1e13, Priority.low: 0.0}
 _BAND_EDGES = (-1.5e13, -0.5e13)
+
+
+def ready_key(queue: str) -> str:
+    """The sorted set of a queue's ready jobs (the one workers take from and KEDA counts)."""
+    return QUEUE_KEY if queue == DEFAULT_QUEUE else f"{QUEUE_KEY}:{queue}"
+
+
+def deferred_key(queue: str) -> str:
+    """The sorted set of a queue's jobs waiting out a delay or backoff."""
+    return DEFERRED_KEY if queue == DEFAULT_QUEUE else f"{DEFERRED_KEY}:{queue}"
+
+
+# The same naming inside the scripts (a function of the queue name, for the queues a script finds itself).
+_LUA_KEYS = f"""
+local function ready_key(q) if q == '{DEFAULT_QUEUE}' then return '{QUEUE_KEY}' end return '{QUEUE_KEY}:' .. q end
+local function deferred_key(q)
+  if q == '{DEFAULT_QUEUE}' then return '{DEFERRED_KEY}' end return '{DEFERRED_KEY}:' .. q
+end
+"""
 
 
 def now_ms() -> int:
@@ -93,6 +117,7 @@ class Enqueue:
     generation: int
     priority: Priority
     delay_ms: int
+    queue: str = DEFAULT_QUEUE
 
 
 class Queueable(Protocol):
@@ -106,6 +131,8 @@ class Queueable(Protocol):
     def priority(self) -> Priority: ...
     @property
     def run_at(self) -> datetime: ...
+    @property
+    def queue(self) -> str: ...
 
 
 def entry(row: Queueable, now: datetime) -> Enqueue:
@@ -117,6 +144,7 @@ def entry(row: Queueable, now: datetime) -> Enqueue:
         generation=row.generation,
         priority=row.priority,
         delay_ms=int((row.run_at - now).total_seconds() * 1000),
+        queue=row.queue,
     )
 
 
@@ -124,14 +152,17 @@ def _deferred_member(priority: Priority, jid: str) -> str:
     return f"{priority.value}|{jid}"
 
 
-# ARGV: high band, normal band, then (job id, priority, delay ms) per job. Ready jobs are scored by when they
-# became due on Redis's clock (now + delay, delay <= 0) plus their band; deferred ones by when they fall due.
+# KEYS: the queue's ready set, its deferred set, the wake channel, QUEUES_KEY. ARGV: high band, normal band, the
+# queue's name to record in QUEUES_KEY ('' for the default queue), then (job id, priority, delay ms) per job.
+# Ready jobs are scored by when they became due on Redis's clock (now + delay, delay <= 0) plus their band;
+# deferred ones by when they fall due.
 ENQUEUE_SCRIPT = (
     _LUA_NOW
     + """
 local ready = {}
 local deferred = {}
-for i = 3, #ARGV, 3 do
+if ARGV[3] ~= '' then redis.call('SADD', KEYS[4], ARGV[3]) end
+for i = 4, #ARGV, 3 do
   local jid = ARGV[i]
   local prio = ARGV[i + 1]
   local delay = tonumber(ARGV[i + 2])
@@ -161,22 +192,31 @@ async def enqueue(redis: Redis, items: Sequence[Enqueue]) -> None:
     Also for deferred-only batches: an idle worker must learn the new earliest due time.
     """
     script = redis.register_script(ENQUEUE_SCRIPT)
-    for start in range(0, len(items), _ENQUEUE_CHUNK):
-        args: list[Any] = [BAND[Priority.high], BAND[Priority.normal]]
-        for item in items[start : start + _ENQUEUE_CHUNK]:
-            args += [job_id(item.task_id, item.generation), item.priority.value, int(item.delay_ms)]
-        await script(keys=[QUEUE_KEY, DEFERRED_KEY, WAKE_CHANNEL], args=args)
+    by_queue: dict[str, list[Enqueue]] = {}
+    for item in items:
+        by_queue.setdefault(item.queue, []).append(item)
+    for name, queued in by_queue.items():
+        keys = [ready_key(name), deferred_key(name), WAKE_CHANNEL, QUEUES_KEY]
+        for start in range(0, len(queued), _ENQUEUE_CHUNK):
+            args: list[Any] = [BAND[Priority.high], BAND[Priority.normal], "" if name == DEFAULT_QUEUE else name]
+            for item in queued[start : start + _ENQUEUE_CHUNK]:
+                args += [job_id(item.task_id, item.generation), item.priority.value, int(item.delay_ms)]
+            await script(keys=keys, args=args)
 
 
-async def remove_jobs(redis: Redis, jobs: Iterable[tuple[uuid.UUID, int, Priority]]) -> None:
-    """Delete obsolete job generations so they neither run nor count as backlog."""
-    jids = [job_id(task_id, generation) for task_id, generation, _ in jobs]
-    if not jids:
+async def remove_jobs(redis: Redis, jobs: Iterable[tuple[uuid.UUID, int, Priority, str]]) -> None:
+    """Delete obsolete job generations (task id, generation, priority, queue) so they neither run nor count as
+    backlog."""
+    by_queue: dict[str, list[str]] = {}
+    for task_id, generation, _, name in jobs:
+        by_queue.setdefault(name, []).append(job_id(task_id, generation))
+    if not by_queue:
         return
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zrem(QUEUE_KEY, *jids)
-        pipe.zrem(DEFERRED_KEY, *(_deferred_member(p, jid) for jid in jids for p in Priority))
-        pipe.zrem(RUNNING_KEY, *jids)
+        for name, jids in by_queue.items():
+            pipe.zrem(ready_key(name), *jids)
+            pipe.zrem(deferred_key(name), *(_deferred_member(p, jid) for jid in jids for p in Priority))
+            pipe.zrem(RUNNING_KEY, *jids)
         await pipe.execute()
 
 
@@ -199,14 +239,15 @@ return 0
 )
 
 
-async def defer_again(redis: Redis, jobs: Sequence[tuple[str, Priority]], delay_ms: int) -> None:
-    """Put taken jobs back, due in `delay_ms` (their claim could not be made: Postgres is unreachable)."""
-    if not jobs:
-        return
+async def defer_again(redis: Redis, jobs: Sequence[tuple[str, Priority, str]], delay_ms: int) -> None:
+    """Put taken jobs (job id, priority, queue) back into their queue's deferred set, due in `delay_ms` (their
+    claim could not be made, or was refused for now)."""
+    by_queue: dict[str, list[str]] = {}
+    for jid, prio, name in jobs:
+        by_queue.setdefault(name, []).append(_deferred_member(prio, jid))
     script = redis.register_script(DEFER_AGAIN_SCRIPT)
-    await script(
-        keys=[DEFERRED_KEY, RUNNING_KEY], args=[delay_ms, *(_deferred_member(prio, jid) for jid, prio in jobs)]
-    )
+    for name, members in by_queue.items():
+        await script(keys=[deferred_key(name), RUNNING_KEY], args=[delay_ms, *members])
 
 
 async def wake(redis: Redis) -> None:
@@ -242,13 +283,14 @@ class JobState:
     taken_ms_ago: int | None  # None: not in the running set
 
 
-async def job_states(redis: Redis, jobs: Sequence[tuple[uuid.UUID, int, Priority]]) -> list[JobState]:
+async def job_states(redis: Redis, jobs: Sequence[tuple[uuid.UUID, int, Priority, str]]) -> list[JobState]:
+    """Where Redis holds each job (task id, generation, priority, queue)."""
     current = await redis_now_ms(redis)
     async with redis.pipeline(transaction=False) as pipe:
-        for task_id, generation, priority in jobs:
+        for task_id, generation, priority, name in jobs:
             jid = job_id(task_id, generation)
-            pipe.zscore(QUEUE_KEY, jid)
-            pipe.zscore(DEFERRED_KEY, _deferred_member(priority, jid))
+            pipe.zscore(ready_key(name), jid)
+            pipe.zscore(deferred_key(name), _deferred_member(priority, jid))
             pipe.zscore(RUNNING_KEY, jid)
         raw = await pipe.execute()
     return [
@@ -282,10 +324,12 @@ async def requeue_taken(redis: Redis, items: Sequence[Enqueue]) -> None:
         await release(redis, [job_id(i.task_id, i.generation) for i in items])
 
 
-# Moves due members of the deferred set into the queue with their priority band (ARGV[1] at most, ARGV[2] and
-# ARGV[3] the high and normal bands); `now` is Redis's clock. Shared by the tick and by promote_due().
+# promote(deferred key, ready key) moves due members of a deferred set into its queue with their priority band
+# (ARGV[1] at most, ARGV[2] and ARGV[3] the high and normal bands) and returns how many; `now` is Redis's clock.
+# Shared by the tick and by promote_due().
 _PROMOTE_LUA = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
+local function promote(dkey, rkey)
+local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
 local moved = 0
 for i = 1, #due, 2 do
   local member = due[i]
@@ -296,21 +340,26 @@ for i = 1, #due, 2 do
     local jid = string.sub(member, sep + 1)
     local band = 0
     if prio == 'high' then band = tonumber(ARGV[2]) elseif prio == 'normal' then band = tonumber(ARGV[3]) end
-    redis.call('ZADD', KEYS[2], score + band, jid)
+    redis.call('ZADD', rkey, score + band, jid)
   end
-  redis.call('ZREM', KEYS[1], member)
+  redis.call('ZREM', dkey, member)
   moved = moved + 1
+end
+return moved
 end
 """
 
-# Due deferred jobs into the queue, without taking any: what API processes run while workers may be at zero, so
-# a delayed task that falls due shows up in arq:queue, where KEDA looks. Atomic, so any number of processes may
-# run it at once. Returns how many moved.
+# Due deferred jobs into their queues, without taking any: what API processes run while workers may be at zero,
+# so a delayed task that falls due shows up in its ready set, where KEDA looks. Every queue: the default one and
+# those in KEYS[2] (QUEUES_KEY). Atomic, so any number of processes may run it at once. Returns how many moved.
 PROMOTE_SCRIPT = (
     _LUA_NOW
+    + _LUA_KEYS
     + _PROMOTE_LUA
-    + """
-if moved > 0 then redis.call('PUBLISH', KEYS[3], '1') end
+    + f"""
+local moved = promote(deferred_key('{DEFAULT_QUEUE}'), ready_key('{DEFAULT_QUEUE}'))
+for _, q in ipairs(redis.call('SMEMBERS', KEYS[2])) do moved = moved + promote(deferred_key(q), ready_key(q)) end
+if moved > 0 then redis.call('PUBLISH', KEYS[1], '1') end
 return moved
 """
 )
@@ -318,49 +367,76 @@ return moved
 
 async def promote_due(redis: Redis, *, limit: int = 1000) -> int:
     script = redis.register_script(PROMOTE_SCRIPT)
-    moved = await script(
-        keys=[DEFERRED_KEY, QUEUE_KEY, WAKE_CHANNEL], args=[limit, BAND[Priority.high], BAND[Priority.normal]]
-    )
+    moved = await script(keys=[WAKE_CHANNEL, QUEUES_KEY], args=[limit, BAND[Priority.high], BAND[Priority.normal]])
     return int(moved)
 
 
 # One call per worker loop iteration, atomic, so two workers can neither lose nor share a job:
-# 1. move due members of the deferred set into the queue with their priority band;
-# 2. take up to ARGV[4] jobs, lowest score (highest priority, oldest) first, into the running set (every queue
-#    entry is due: only the deferred set holds future ones);
+# 1. for each of the worker's queues (ARGV[6] = 'all': the default one and every queue in QUEUES_KEY; else the
+#    names after the paused ones), move due members of its deferred set into its ready set with their band;
+# 2. take up to ARGV[4] jobs into the running set, lowest score (highest priority, then longest due) first across
+#    the worker's queues that are not paused (ARGV[7] names follow, the pause as the worker last read it from
+#    Postgres): so priority and FIFO hold within a queue, and across queues the oldest due work goes first;
 # 3. read the abort requests (dropping those older than ARGV[5] ms).
-# Times are Redis's (TIME). Returns {promoted, ms until the next deferred job is due or -1, {job, score, ...},
-# {aborted job, ...}}: a span, so the caller never compares a Redis time with its own clock.
+# Times are Redis's (TIME). Returns {promoted, ms until the next deferred job is due or -1, {job, score, queue,
+# ...}, {aborted job, ...}}: a span, so the caller never compares a Redis time with its own clock.
+# The keys of queues a script finds in QUEUES_KEY are not passed in KEYS: fine on a single Redis (what taskproc
+# runs on), not on Redis Cluster.
 TICK_SCRIPT = (
     _LUA_NOW
+    + _LUA_KEYS
     + _PROMOTE_LUA
-    + """
-local taken = {}
+    + f"""
+local npaused = tonumber(ARGV[7])
+local paused = {{}}
+for i = 8, 7 + npaused do paused[ARGV[i]] = true end
+local names = {{}}
+if ARGV[6] == 'all' then
+  names[1] = '{DEFAULT_QUEUE}'
+  for _, q in ipairs(redis.call('SMEMBERS', KEYS[4])) do names[#names + 1] = q end
+else
+  for i = 8 + npaused, #ARGV do names[#names + 1] = ARGV[i] end
+end
+local moved = 0
+for _, q in ipairs(names) do moved = moved + promote(deferred_key(q), ready_key(q)) end
+local taken = {{}}
 local want = tonumber(ARGV[4])
 if want > 0 then
-  taken = redis.call('ZRANGE', KEYS[2], 0, want - 1, 'WITHSCORES')
-  if #taken > 0 then
-    local members = {}
-    local running = {}
-    for i = 1, #taken, 2 do
-      members[#members + 1] = taken[i]
-      running[#running + 1] = now
-      running[#running + 1] = taken[i]
+  local candidates = {{}}
+  for _, q in ipairs(names) do
+    if not paused[q] then
+      local head = redis.call('ZRANGE', ready_key(q), 0, want - 1, 'WITHSCORES')
+      for i = 1, #head, 2 do candidates[#candidates + 1] = {{head[i], tonumber(head[i + 1]), q, head[i + 1]}} end
     end
-    redis.call('ZREM', KEYS[2], unpack(members))
-    redis.call('ZADD', KEYS[3], unpack(running))
+  end
+  table.sort(candidates, function(a, b) return a[2] < b[2] end)
+  local running = {{}}
+  for i = 1, math.min(want, #candidates) do
+    local c = candidates[i]
+    redis.call('ZREM', ready_key(c[3]), c[1])
+    running[#running + 1] = now
+    running[#running + 1] = c[1]
+    taken[#taken + 1] = c[1]
+    taken[#taken + 1] = c[4]
+    taken[#taken + 1] = c[3]
+  end
+  if #running > 0 then redis.call('ZADD', KEYS[1], unpack(running)) end
+end
+local aborts = {{}}
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[5]))
+  aborts = redis.call('ZRANGE', KEYS[2], 0, -1)
+end
+local next_in = -1
+for _, q in ipairs(names) do
+  local nxt = redis.call('ZRANGE', deferred_key(q), 0, 0, 'WITHSCORES')
+  if #nxt > 0 then
+    local d = math.max(0, tonumber(nxt[2]) - now)
+    if next_in < 0 or d < next_in then next_in = d end
   end
 end
-local aborts = {}
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[5]))
-  aborts = redis.call('ZRANGE', KEYS[4], 0, -1)
-end
-local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local next_in = -1
-if #nxt > 0 then next_in = math.max(0, tonumber(nxt[2]) - now) end
-if moved > 0 then redis.call('PUBLISH', KEYS[5], '1') end
-return {moved, tostring(next_in), taken, aborts}
+if moved > 0 then redis.call('PUBLISH', KEYS[3], '1') end
+return {{moved, tostring(next_in), taken, aborts}}
 """
 )
 
@@ -369,46 +445,71 @@ return {moved, tostring(next_in), taken, aborts}
 class Tick:
     promoted: int
     next_due_in_ms: int | None  # how long until the next deferred job falls due
-    taken: list[tuple[str, float]]  # (job id, queue score)
+    taken: list[tuple[str, float, str]]  # (job id, queue score, queue)
     aborts: list[str]
 
 
 class Ticker:
-    """The worker's one round trip per loop iteration (TICK_SCRIPT)."""
+    """The worker's one round trip per loop iteration (TICK_SCRIPT), over its queues (None: every queue)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, queues: Sequence[str] | None = None) -> None:
         self._script = redis.register_script(TICK_SCRIPT)
+        self.queues = None if queues is None else list(queues)
 
-    async def tick(self, take: int, *, promote_limit: int = 1000) -> Tick:
+    async def tick(self, take: int, *, promote_limit: int = 1000, paused: Sequence[str] = ()) -> Tick:
+        """Promote and take (up to `take`) from this worker's queues, none from the `paused` ones."""
+        args: list[Any] = [promote_limit, BAND[Priority.high], BAND[Priority.normal], take, ABORT_MAX_AGE_MS]
+        args += ["all" if self.queues is None else "list", len(paused), *paused, *(self.queues or ())]
         moved, next_in, taken, aborts = await self._script(
-            keys=[DEFERRED_KEY, QUEUE_KEY, RUNNING_KEY, ABORT_KEY, WAKE_CHANNEL],
-            args=[promote_limit, BAND[Priority.high], BAND[Priority.normal], take, ABORT_MAX_AGE_MS],
+            keys=[RUNNING_KEY, ABORT_KEY, WAKE_CHANNEL, QUEUES_KEY], args=args
         )
         nd = float(next_in)
         return Tick(
             promoted=int(moved),
             next_due_in_ms=None if nd < 0 else int(nd),
-            taken=[(taken[i].decode(), float(taken[i + 1])) for i in range(0, len(taken), 2)],
+            taken=[(taken[i].decode(), float(taken[i + 1]), taken[i + 2].decode()) for i in range(0, len(taken), 3)],
             aborts=[a.decode() for a in aborts],
         )
 
 
-async def ready_by_priority(redis: Redis) -> dict[Priority, int]:
-    """Entries of the ready queue per priority: ZCOUNT over each band, O(log n) whatever the backlog."""
+async def queue_names(redis: Redis) -> list[str]:
+    """The default queue and every other one that ever had a job enqueued, by name."""
+    return sorted({DEFAULT_QUEUE, *(n.decode() for n in await redis.smembers(QUEUES_KEY))})  # type: ignore[misc]
+
+
+async def ready_by_priority(redis: Redis, queue: str = DEFAULT_QUEUE) -> dict[Priority, int]:
+    """Entries of a queue's ready set per priority: ZCOUNT over each band, O(log n) whatever the backlog."""
     low_edge, high_edge = _BAND_EDGES
+    key = ready_key(queue)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcount(QUEUE_KEY, "-inf", f"({low_edge}")
-        pipe.zcount(QUEUE_KEY, low_edge, f"({high_edge}")
-        pipe.zcount(QUEUE_KEY, high_edge, "+inf")
+        pipe.zcount(key, "-inf", f"({low_edge}")
+        pipe.zcount(key, low_edge, f"({high_edge}")
+        pipe.zcount(key, high_edge, "+inf")
         high, normal, low = await pipe.execute()
     return {Priority.high: int(high), Priority.normal: int(normal), Priority.low: int(low)}
 
 
-async def queue_sizes(redis: Redis) -> tuple[int, int, int]:
-    """ZCARD of the ready queue, the deferred set and the running set, as KEDA reads them."""
+@dataclass(frozen=True)
+class QueueSizes:
+    """ZCARD of one queue's ready and deferred sets."""
+
+    ready: int
+    deferred: int
+
+
+async def sizes_by_queue(redis: Redis) -> dict[str, QueueSizes]:
+    """Ready and deferred jobs of every queue (queue_names)."""
+    names = await queue_names(redis)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(QUEUE_KEY)
-        pipe.zcard(DEFERRED_KEY)
-        pipe.zcard(RUNNING_KEY)
-        ready, deferred, running = await pipe.execute()
-    return int(ready), int(deferred), int(running)
+        for name in names:
+            pipe.zcard(ready_key(name))
+            pipe.zcard(deferred_key(name))
+        raw = await pipe.execute()
+    return {name: QueueSizes(int(raw[2 * i]), int(raw[2 * i + 1])) for i, name in enumerate(names)}
+
+
+async def queue_sizes(redis: Redis) -> tuple[int, int, int]:
+    """Ready and deferred jobs summed over every queue, and the running set (shared by all queues)."""
+    sizes = await sizes_by_queue(redis)
+    running = await redis.zcard(RUNNING_KEY)
+    return sum(s.ready for s in sizes.values()), sum(s.deferred for s in sizes.values()), int(running)

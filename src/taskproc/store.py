@@ -208,12 +208,13 @@ class Claimed:
 
 @dataclass(frozen=True, slots=True)
 class Unserved:
-    """A job this worker could have claimed but does not serve the type of."""
+    """A job this worker could have claimed but does not serve the type of, or whose queue is paused."""
 
     id: uuid.UUID
     generation: int
     type: str
     priority: Priority
+    queue: str
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priority", Priority(self.priority))
@@ -245,6 +246,7 @@ class WaitingJob:
     priority: Priority
     run_at: datetime
     db_now: datetime
+    queue: str
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priority", Priority(self.priority))
@@ -260,6 +262,7 @@ class JobState:
     priority: Priority
     run_at: datetime
     db_now: datetime
+    queue: str
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TaskStatus(self.status))
@@ -624,13 +627,13 @@ CLAIM_SQL = sql.SQL(
     # Jobs this worker would claim if it served their type, or if their queue were not paused: left untouched,
     # for a worker that does or for the resume.
     # Only the jobs the claim did not take are looked up again (usually none).
-    "u AS (SELECT task.id, task.generation, task.type, task.priority FROM input JOIN task "
+    "u AS (SELECT task.id, task.generation, task.type, task.priority, task.queue FROM input JOIN task "
     "ON task.id = input.id AND task.generation = input.gen WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.id = input.id) "
     "AND task.status = ANY(%(waiting)s::text[]) AND NOT task.cancel_requested "
     "AND (NOT (task.type = ANY(%(types)s::text[])) "
     "OR EXISTS (SELECT 1 FROM queue q WHERE q.name = task.queue AND q.paused))) "
-    "SELECT TRUE AS claimed, * FROM t UNION ALL SELECT FALSE, u.id, u.generation, u.type, u.priority, "
-    "NULL::jsonb, NULL::int, NULL::float8, NULL::timestamptz, NULL::timestamptz FROM u"
+    "SELECT TRUE AS claimed, *, NULL::text AS queue FROM t UNION ALL SELECT FALSE, u.id, u.generation, u.type, "
+    "u.priority, NULL::jsonb, NULL::int, NULL::float8, NULL::timestamptz, NULL::timestamptz, u.queue FROM u"
 )
 
 
@@ -694,7 +697,8 @@ HEARTBEAT_SQL = sql.SQL(
     "%(queues)s::text[]) "
     "ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, task_types = EXCLUDED.task_types, "
     "queues = EXCLUDED.queues "
-    "RETURNING expires_at"
+    # The paused queues ride along (migration 0007): the worker's tick skips them, learnt once per lease tick.
+    "RETURNING expires_at, ARRAY(SELECT name FROM queue WHERE paused ORDER BY name) AS paused"
 )
 
 
@@ -711,6 +715,23 @@ async def heartbeat(
     """Register the worker or renew its lease (`expires_at` = now + lease) with the types it serves
     ({type: payload schema fingerprint}) and the queues it takes from (None: every queue); returns the new
     expiry."""
+    expires_at, _ = await heartbeat_paused(
+        writer, worker_id, hostname=hostname, pid=pid, lease_s=lease_s, task_types=task_types, queues=queues
+    )
+    return expires_at
+
+
+async def heartbeat_paused(
+    writer: PgWriter,
+    worker_id: str,
+    *,
+    hostname: str,
+    pid: int,
+    lease_s: float,
+    task_types: Mapping[str, str],
+    queues: Sequence[str] | None = None,
+) -> tuple[datetime, list[str]]:
+    """heartbeat(), also returning the names of the paused queues, in the same statement."""
     [row] = await writer.fetch(
         HEARTBEAT_SQL,
         {
@@ -723,7 +744,7 @@ async def heartbeat(
         },
     )
     expires_at: datetime = row["expires_at"]
-    return expires_at
+    return expires_at, list(row["paused"])
 
 
 UNREGISTER_SQL = sql.SQL("DELETE FROM worker WHERE id = %(id)s RETURNING id")
@@ -994,7 +1015,7 @@ async def save_reconcile_cursor(db: Db, last: uuid.UUID) -> None:
 
 
 RECONCILE_PAGE = sa.text(
-    "SELECT id, generation, priority, run_at, clock_timestamp() AS db_now FROM task "
+    "SELECT id, generation, priority, run_at, clock_timestamp() AS db_now, queue FROM task "
     "WHERE status = ANY(CAST(:waiting AS text[])) AND id > :last AND (NOT :wrapped OR id <= :start) "
     "AND updated_at < now() - interval '2 seconds' ORDER BY id LIMIT :limit"
 )
@@ -1010,7 +1031,7 @@ async def reconcile_page(
 
 
 JOB_STATES = sa.text(
-    "SELECT id, generation, status, priority, run_at, clock_timestamp() AS db_now FROM task "
+    "SELECT id, generation, status, priority, run_at, clock_timestamp() AS db_now, queue FROM task "
     "WHERE id = ANY(CAST(:ids AS uuid[]))"
 )
 

@@ -275,7 +275,7 @@ async def update_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID
         status = await _current_status(session, task_id)
         raise ConflictError(f"task {task_id} is {status.value}; only a pending task's priority can change")
     await session.commit()
-    old = [(row.id, row.generation - 1, row.priority)]
+    old = [(row.id, row.generation - 1, row.priority, row.queue)]
     await _redis_best_effort("re-enqueue", queue.enqueue(redis, [enqueue_item(row)]))
     await _redis_best_effort("cleanup", queue.remove_jobs(redis, old))
     return to_public(row)
@@ -291,7 +291,9 @@ async def cancel_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID
         raise ConflictError(f"task {task_id} is already {status.value}")
     await session.commit()
     if row.status == TaskStatus.canceled.value:
-        await _redis_best_effort("cleanup", queue.remove_jobs(redis, [(row.id, row.generation - 1, row.priority)]))
+        await _redis_best_effort(
+            "cleanup", queue.remove_jobs(redis, [(row.id, row.generation - 1, row.priority, row.queue)])
+        )
     else:
         # Best effort: the worker also finds the flag in Postgres (once per lease tick) if this request is lost.
         await _redis_best_effort("abort", queue.request_abort(redis, row.id, row.generation))

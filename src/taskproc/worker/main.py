@@ -23,6 +23,7 @@ from taskproc.config import Settings
 from taskproc.db import create_engine, create_sessionmaker
 from taskproc.logging import bind
 from taskproc.maintenance import TRANSIENT, every
+from taskproc.models import DEFAULT_QUEUE
 from taskproc.tasks.registry import registry
 from taskproc.worker.arq_fence import FencedWorker, redis_settings
 from taskproc.worker.httpserver import WorkerHttpServer, health_app
@@ -41,7 +42,7 @@ async def run_task(ctx: dict[str, Any], *, task_id: str, generation: int) -> Non
     The loop never goes through it: it takes jobs in batches with TICK_SCRIPT instead of arq's per-job protocol.
     """
     runtime: WorkerRuntime = ctx["runtime"]
-    for claimed in await runtime.claim([(queue.job_id(task_id, generation), 0.0)]):
+    for claimed in await runtime.claim([(queue.job_id(task_id, generation), 0.0, DEFAULT_QUEUE)]):
         await runtime.execute(claimed)
 
 
@@ -94,7 +95,7 @@ class TaskprocWorker(FencedWorker):
         want = 0
         if self.picking_allowed and not runtime.shutting_down:
             want = max(0, self.settings.worker_concurrency - self.running_jobs())
-        tick = await runtime.ticker.tick(want)
+        tick = await runtime.ticker.tick(want, paused=runtime.paused)
         if tick.aborts:
             await self._abort(tick.aborts)
         if tick.taken:

@@ -88,9 +88,11 @@ class WorkerRuntime:
     # that kept everyone from renewing does not make live workers look dead the moment it ends, also to a
     # worker that starts just after it.
     lease_ok_since: float | None = None
+    # The paused queues as of the last heartbeat: the tick takes nothing from them (the claim refuses them too).
+    paused: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        self.ticker = queue.Ticker(self.redis)
+        self.ticker = queue.Ticker(self.redis, self.settings.worker_queues or None)
         self.claims = PgWriter(self.settings, name="claims")
         self.completer = batch.Completer(PgWriter(self.settings, name="outcomes"))
         # What this worker advertises in its heartbeat: the types it serves, each with its schema fingerprint.
@@ -108,7 +110,7 @@ class WorkerRuntime:
 
     # ---- jobs --------------------------------------------------------------------------------------------
 
-    async def claim(self, taken: list[tuple[str, float]]) -> list[Claimed]:
+    async def claim(self, taken: list[tuple[str, float, str]]) -> list[Claimed]:
         """Claim every job one loop iteration took off the queue, in one statement.
 
         Jobs whose claim fails (a stale generation, a canceled task) leave the running set at once. If
@@ -135,7 +137,9 @@ class WorkerRuntime:
             log.warning("claim of %d jobs deferred, postgres unavailable: %s", len(jobs), type(exc).__name__)
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await queue.defer_again(
-                    self.redis, [(jid, queue.priority_of_score(score)) for jid, score in taken], delay_ms=2000
+                    self.redis,
+                    [(jid, queue.priority_of_score(score), name) for jid, score, name in taken],
+                    delay_ms=2000,
                 )
             return []
         claimed = {(r.id, r.generation) for r in rows}
@@ -145,10 +149,10 @@ class WorkerRuntime:
         await self._release_stale([job for job in jobs if job not in claimed and job not in handed_back])
         return rows
 
-    async def _parse_jobs(self, taken: list[tuple[str, float]]) -> list[tuple[uuid.UUID, int]]:
+    async def _parse_jobs(self, taken: list[tuple[str, float, str]]) -> list[tuple[uuid.UUID, int]]:
         """(task id, generation) of each job taken; a job id that is not ours is dropped from the queue."""
         jobs: list[tuple[uuid.UUID, int]] = []
-        for jid, _ in taken:
+        for jid, _, _ in taken:
             try:
                 jobs.append(queue.parse_job_id(jid))
             except ValueError:
@@ -169,7 +173,7 @@ class WorkerRuntime:
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await queue.defer_again(
                 self.redis,
-                [(queue.job_id(u.id, u.generation), u.priority) for u in unserved],
+                [(queue.job_id(u.id, u.generation), u.priority, u.queue) for u in unserved],
                 delay_ms=HAND_BACK_DELAY_MS,
             )
 
@@ -540,7 +544,7 @@ class WorkerRuntime:
     async def _enqueue_rows(self, rows: Sequence[TaskRow]) -> None:
         try:
             await queue.enqueue(self.redis, [queue.entry(r, r.updated_at) for r in rows])
-            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, r.priority) for r in rows])
+            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, r.priority, r.queue) for r in rows])
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("redis unavailable; the reconciler will enqueue: %s", type(exc).__name__)
 
@@ -561,13 +565,14 @@ class WorkerRuntime:
             self.lease_ok_since = now
 
     async def _heartbeat(self) -> None:
-        await store.heartbeat(
+        _, self.paused = await store.heartbeat_paused(
             self.liveness,
             self.worker_id,
             hostname=socket.gethostname(),
             pid=os.getpid(),
             lease_s=self.settings.lease_s,
             task_types=self.task_types,
+            queues=self.ticker.queues,
         )
 
     async def unregister(self) -> None:
@@ -609,7 +614,7 @@ class WorkerRuntime:
         try:
             if pending:
                 await queue.enqueue(self.redis, [queue.entry(r, r.updated_at) for r in pending])
-            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, r.priority) for r in rows])
+            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, r.priority, r.queue) for r in rows])
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("redis unavailable; the reconciler will enqueue: %s", type(exc).__name__)
         return len(rows)
@@ -636,7 +641,7 @@ class WorkerRuntime:
         try:
             if retry:
                 await queue.enqueue(self.redis, [queue.entry(r, r.updated_at) for r in retry])
-            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, r.priority) for r in rows])
+            await queue.remove_jobs(self.redis, [(r.id, r.generation - 1, r.priority, r.queue) for r in rows])
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("redis unavailable; the reconciler will enqueue: %s", type(exc).__name__)
         return len(rows)

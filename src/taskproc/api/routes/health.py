@@ -108,19 +108,25 @@ async def _refresh_gauges(request: Request) -> None:
     try:
         async with state.sessions() as session:
             stats = await asyncio.wait_for(get_stats(session=session), timeout=2.0)
+            queues = await asyncio.wait_for(store.list_queues(session), timeout=2.0)
         metrics.WORKERS.set(stats.workers)
         metrics.TASKS_WAITING_NO_WORKER.set(stats.waiting_no_worker)
+        for q in queues:
+            metrics.QUEUE_RUNNING.labels(q.name).set(q.running)
+            metrics.QUEUE_PAUSED.labels(q.name).set(1 if q.paused else 0)
         _record(request, "postgres", True, "ok")
     except Exception as exc:
         log.warning("could not refresh task gauges: %s", type(exc).__name__)
         _record(request, "postgres", False, f"unavailable ({type(exc).__name__})")
     try:
-        _, deferred, _ = await asyncio.wait_for(queue.queue_sizes(state.redis), timeout=2.0)
-        metrics.QUEUE_DEFERRED.set(deferred)
-        # Ready = in the queue workers take from: due now and not started (Postgres' counters can't tell due
-        # from delayed, time moves without a write).
-        for prio, n in (await asyncio.wait_for(queue.ready_by_priority(state.redis), timeout=2.0)).items():
-            metrics.QUEUE_DEPTH.labels(prio.value).set(n)
+        sizes = await asyncio.wait_for(queue.sizes_by_queue(state.redis), timeout=2.0)
+        for name, size in sizes.items():
+            metrics.QUEUE_DEFERRED.labels(name).set(size.deferred)
+            # Ready = in the set workers take from: due now and not started (Postgres' counters can't tell due
+            # from delayed, time moves without a write).
+            by_priority = await asyncio.wait_for(queue.ready_by_priority(state.redis, name), timeout=2.0)
+            for prio, n in by_priority.items():
+                metrics.QUEUE_DEPTH.labels(name, prio.value).set(n)
         _record(request, "redis", True, "ok")
     except Exception as exc:
         log.warning("could not read the deferred queue: %s", type(exc).__name__)

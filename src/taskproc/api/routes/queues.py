@@ -18,23 +18,24 @@ Name = Annotated[str, Path(pattern=QUEUE_PATTERN, description="The queue's name.
 
 
 @router.get("", response_model=list[QueuePublic])
-async def list_queues(session: SessionDep) -> list[QueuePublic]:
+async def list_queues(session: SessionDep, redis: RedisDep) -> list[QueuePublic]:
     """List the queues, by name, with their counts and pause state.
 
-    Every queue that has waiting or running tasks or was ever paused, and `default`. Counts come from counters
-    kept by triggers; `workers` counts the live workers that take from the queue.
+    Every queue that has waiting or running tasks or was ever paused, and `default`. `ready` and `deferred` are
+    the sizes of the queue's Redis sets, `running` a counter kept by triggers in Postgres; `workers` counts the
+    live workers that take from the queue.
     """
-    return await service.list_queues(session=session)
+    return await service.list_queues(session=session, redis=redis)
 
 
 @router.post("/{name}/pause", response_model=QueuePublic)
-async def pause_queue(name: Name, session: SessionDep) -> QueuePublic:
+async def pause_queue(name: Name, session: SessionDep, redis: RedisDep) -> QueuePublic:
     """Pause a queue: nothing new starts there; running tasks finish.
 
     The pause is stored in Postgres, so it holds across restarts and a loss of Redis. Pausing a paused queue
     changes nothing.
     """
-    return await service.pause_queue(session=session, name=name)
+    return await service.pause_queue(session=session, redis=redis, name=name)
 
 
 @router.post("/{name}/resume", response_model=QueuePublic)

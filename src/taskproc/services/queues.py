@@ -16,7 +16,6 @@ from taskproc import queue, store
 from taskproc.models import QueuePublic
 from taskproc.services.tasks import _redis_best_effort
 
-
 log = logging.getLogger("taskproc.service")
 
 

@@ -40,6 +40,7 @@ from taskproc.client import (
     APIConnectionError,
     APIStatusError,
     Overlap,
+    QueuePublic,
     Reset,
     SchedulePublic,
     Stats,
@@ -336,6 +337,7 @@ def submit(
     timeout: Annotated[float | None, typer.Option(min=0, help="Per-attempt timeout in seconds.")] = None,
     delay: Annotated[float | None, typer.Option(min=0, help="Run no earlier than this many seconds from now.")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Submitting the same key again creates nothing.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Named queue (default: `default`).")] = None,
     wait: Annotated[
         bool, typer.Option("--wait", "-w", help="Wait until the task ends; exit 0 only if completed.")
     ] = False,
@@ -357,6 +359,7 @@ def submit(
             timeout_s=timeout,
             delay_s=delay,
             idempotency_key=idempotency_key,
+            queue=queue,
         )
         if not wait:
             if json_out:
@@ -439,6 +442,7 @@ def list_(
     status: Annotated[StatusChoice | None, typer.Option(help="Only tasks in this status.")] = None,
     type_: Annotated[str | None, typer.Option("--type", help="Only this task type.")] = None,
     priority: Annotated[PriorityChoice | None, typer.Option(help="Only this priority.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=200, help="Page size.")] = 20,
     cursor: Annotated[str | None, typer.Option(help="Continue from a previous page's next cursor.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Follow the cursor to the last page.")] = False,
@@ -452,7 +456,9 @@ def list_(
         next_cursor = cursor
         # Page by page rather than client.list(): the last cursor is part of the output.
         while True:
-            page = client.page(status=status, type=type_, priority=priority, limit=limit, cursor=next_cursor)
+            page = client.page(
+                status=status, type=type_, priority=priority, queue=queue, limit=limit, cursor=next_cursor
+            )
             items.extend(page.items)
             next_cursor = page.next_cursor
             if not all_ or not next_cursor:
@@ -806,6 +812,62 @@ schedules_app.command("pause", help="Pause a schedule: no fires until it is resu
 schedules_app.command("resume", help="Resume a paused schedule (from now: no catch-up).")(_set_enabled(True, "resumed"))
 
 
+queues_app = typer.Typer(help="Named queues: list them (no subcommand), pause, resume.", invoke_without_command=True)
+QueueArg = Annotated[str, typer.Argument(metavar="NAME", help="Queue name.")]
+
+
+def queues_table(items: Sequence[QueuePublic]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title=None)
+    for column in ("name", "state", "ready", "deferred", "running", "oldest ready", "workers"):
+        table.add_column(column)
+    for q in items:
+        table.add_row(
+            q.name,
+            "[yellow]paused[/yellow]" if q.paused else "[green]active[/green]",
+            str(q.ready),
+            str(q.deferred),
+            str(q.running),
+            fmt_duration(q.oldest_ready_age_s),
+            str(q.workers) if q.workers else "[red]0[/red]",
+        )
+    return table
+
+
+@queues_app.callback()
+def queues_list(
+    ctx: typer.Context, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False
+) -> None:
+    """List the queues with their counts and pause state."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with client_for(api_url, api_key) as client:
+        items = client.queues()
+    if json_out:
+        emit_json(dump(items))
+    else:
+        out.print(queues_table(items))
+
+
+def _set_paused(paused: bool, verb: str) -> Callable[..., None]:
+    def command(
+        name: QueueArg, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False
+    ) -> None:
+        with client_for(api_url, api_key) as client:
+            q = client.pause_queue(name) if paused else client.resume_queue(name)
+        if json_out:
+            emit_json(dump(q))
+        else:
+            out.print(f"[green]✓[/green] {verb} {q.name}: {q.ready} ready, {q.running} running")
+
+    return command
+
+
+queues_app.command("pause", help="Pause a queue: nothing new starts there; running tasks finish.")(
+    _set_paused(True, "paused")
+)
+queues_app.command("resume", help="Resume a paused queue.")(_set_paused(False, "resumed"))
+
+
 def register(app: typer.Typer) -> None:
     """Add the client commands to the `taskproc` command."""
     panel = "Client commands (talk to a running API)"
@@ -825,3 +887,4 @@ def register(app: typer.Typer) -> None:
     app.command(rich_help_panel=panel)(types)
     app.command(rich_help_panel=panel)(watch)
     app.add_typer(schedules_app, name="schedules", rich_help_panel=panel)
+    app.add_typer(queues_app, name="queues", rich_help_panel=panel)

@@ -18,7 +18,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -239,15 +239,26 @@ return 0
 )
 
 
-async def defer_again(redis: Redis, jobs: Sequence[tuple[str, Priority, str]], delay_ms: int) -> None:
-    """Put taken jobs (job id, priority, queue) back into their queue's deferred set, due in `delay_ms` (their
-    claim could not be made, or was refused for now)."""
-    by_queue: dict[str, list[str]] = {}
-    for jid, prio, name in jobs:
-        by_queue.setdefault(name, []).append(_deferred_member(prio, jid))
+async def defer_again(
+    redis: Redis, jobs: Sequence[tuple[str, Priority]], delay_ms: int, *, queue: str = DEFAULT_QUEUE
+) -> None:
+    """Put taken jobs (job id, priority) of `queue` back into its deferred set, due in `delay_ms` (their claim
+    could not be made, or was refused for now)."""
+    if not jobs:
+        return
     script = redis.register_script(DEFER_AGAIN_SCRIPT)
-    for name, members in by_queue.items():
-        await script(keys=[deferred_key(name), RUNNING_KEY], args=[delay_ms, *members])
+    await script(
+        keys=[deferred_key(queue), RUNNING_KEY], args=[delay_ms, *(_deferred_member(prio, jid) for jid, prio in jobs)]
+    )
+
+
+async def defer_again_by_queue(redis: Redis, jobs: Sequence[tuple[str, Priority, str]], delay_ms: int) -> None:
+    """defer_again() for jobs (job id, priority, queue) of several queues."""
+    by_queue: dict[str, list[tuple[str, Priority]]] = {}
+    for jid, prio, name in jobs:
+        by_queue.setdefault(name, []).append((jid, prio))
+    for name, queued in by_queue.items():
+        await defer_again(redis, queued, delay_ms, queue=name)
 
 
 async def wake(redis: Redis) -> None:
@@ -445,8 +456,9 @@ return {{moved, tostring(next_in), taken, aborts}}
 class Tick:
     promoted: int
     next_due_in_ms: int | None  # how long until the next deferred job falls due
-    taken: list[tuple[str, float, str]]  # (job id, queue score, queue)
+    taken: list[tuple[str, float]]  # (job id, queue score)
     aborts: list[str]
+    queue_of: dict[str, str] = field(default_factory=dict)  # job id -> its queue, for the jobs taken
 
 
 class Ticker:
@@ -467,8 +479,9 @@ class Ticker:
         return Tick(
             promoted=int(moved),
             next_due_in_ms=None if nd < 0 else int(nd),
-            taken=[(taken[i].decode(), float(taken[i + 1]), taken[i + 2].decode()) for i in range(0, len(taken), 3)],
+            taken=[(taken[i].decode(), float(taken[i + 1])) for i in range(0, len(taken), 3)],
             aborts=[a.decode() for a in aborts],
+            queue_of={taken[i].decode(): taken[i + 2].decode() for i in range(0, len(taken), 3)},
         )
 
 

@@ -25,6 +25,7 @@ from taskproc.models import (
     TERMINAL,
     Overlap,
     Priority,
+    QueuePublic,
     SchedulePublic,
     ScheduleTask,
     Stats,
@@ -46,6 +47,8 @@ _HISTORY = TypeAdapter(builtins.list[TaskEventPublic])
 _STATS = TypeAdapter(Stats)
 _TYPES = TypeAdapter(builtins.list[TaskTypePublic])
 _SCHEDULE = TypeAdapter(SchedulePublic)
+_QUEUE = TypeAdapter(QueuePublic)
+_QUEUES = TypeAdapter(builtins.list[QueuePublic])
 _SCHEDULES = TypeAdapter(builtins.list[SchedulePublic])
 
 
@@ -117,6 +120,7 @@ class AsyncTaskprocClient:
         timeout_s: float | None = None,
         delay_s: float | None = None,
         idempotency_key: str | None = None,
+        queue: str | None = None,
     ) -> TaskPublic:
         """Submit one task. With an `idempotency_key`, a repeat returns the task created first (and is retried)."""
         body = _base.submit_body(
@@ -127,6 +131,7 @@ class AsyncTaskprocClient:
             timeout_s=timeout_s,
             delay_s=delay_s,
             idempotency_key=idempotency_key,
+            queue=queue,
         )
         return await self._call(_base.Call("POST", "/tasks", idempotency_key is not None, json=body), _TASK)
 
@@ -154,9 +159,10 @@ class AsyncTaskprocClient:
         limit: int = 50,
         cursor: str | None = None,
         schedule: str | None = None,
+        queue: str | None = None,
     ) -> TaskList:
         """One page of tasks, newest first; pass its `next_cursor` as `cursor` for the next one."""
-        params = {**_base.filters(status, type, priority, schedule), "limit": limit}
+        params = {**_base.filters(status, type, priority, schedule, queue), "limit": limit}
         if cursor:
             params["cursor"] = cursor
         return await self._call(_base.Call("GET", "/tasks", True, params=params), _PAGE)
@@ -170,11 +176,18 @@ class AsyncTaskprocClient:
         page_size: int = 50,
         cursor: str | None = None,
         schedule: str | None = None,
+        queue: str | None = None,
     ) -> AsyncIterator[TaskPublic]:
         """Every matching task, newest first, fetching pages of `page_size` as the iteration reaches them."""
         while True:
             page = await self.page(
-                status=status, type=type, priority=priority, limit=page_size, cursor=cursor, schedule=schedule
+                status=status,
+                type=type,
+                priority=priority,
+                limit=page_size,
+                cursor=cursor,
+                schedule=schedule,
+                queue=queue,
             )
             for task in page.items:
                 yield task
@@ -199,6 +212,20 @@ class AsyncTaskprocClient:
         """Delete a finished task and its history."""
         # Not repeated on 503: a delete that went through would then answer 404.
         _base.check(await self._send(_base.Call("DELETE", _base.task_path(task_id), False)))
+
+    # ---- queues ----
+
+    async def queues(self) -> builtins.list[QueuePublic]:
+        """Every known queue, by name, with its counts and pause state."""
+        return await self._call(_base.Call("GET", "/queues", True), _QUEUES)
+
+    async def pause_queue(self, name: str) -> QueuePublic:
+        """Pause a queue: nothing new starts there (running tasks finish); survives restarts and Redis loss."""
+        return await self._call(_base.Call("POST", _base.queue_path(name, "/pause"), True), _QUEUE)
+
+    async def resume_queue(self, name: str) -> QueuePublic:
+        """Resume a paused queue."""
+        return await self._call(_base.Call("POST", _base.queue_path(name, "/resume"), True), _QUEUE)
 
     # ---- schedules ----
 

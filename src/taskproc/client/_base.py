@@ -26,6 +26,7 @@ from taskproc.client.errors import (
 )
 from taskproc.client.stream import StreamEvent, TaskChange
 from taskproc.models import (
+    QUEUE_PATTERN,
     SCHEDULE_NAME,
     TERMINAL,
     Overlap,
@@ -47,6 +48,7 @@ RETRY_AFTER_MAX_S = 10.0
 
 TaskId = uuid.UUID | str
 SCHEDULE_NAME_RE = re.compile(SCHEDULE_NAME)
+QUEUE_NAME_RE = re.compile(QUEUE_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +89,13 @@ def filters(
     type: str | None,
     priority: Priority | str | None,
     schedule: str | None = None,
+    queue: str | None = None,
 ) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if schedule is not None:
         params["schedule"] = schedule
+    if queue is not None:
+        params["queue"] = queue
     if status is not None:
         params["status"] = str(status)
     if type is not None:
@@ -105,6 +110,13 @@ def schedule_path(name: str, suffix: str = "") -> str:
     if not SCHEDULE_NAME_RE.fullmatch(name):
         raise ValueError(f"{name!r} is not a schedule name (1 to 64 of a-z, 0-9, '_', '-')")
     return f"/schedules/{name}{suffix}"
+
+
+def queue_path(name: str, suffix: str = "") -> str:
+    # Checked like a schedule name: a name with a "/" or ".." must not reach another route.
+    if not QUEUE_NAME_RE.fullmatch(name):
+        raise ValueError(f"{name!r} is not a queue name (1 to 64 of a-z, 0-9, '_', '-')")
+    return f"/queues/{name}{suffix}"
 
 
 def schedule_body(
@@ -127,9 +139,11 @@ def submit_body(
     timeout_s: float | None,
     delay_s: float | None,
     idempotency_key: str | None,
+    queue: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"type": task_type, "payload": dict(payload or {})}
     optional = {
+        "queue": queue,
         "priority": None if priority is None else str(priority),
         "max_retries": max_retries,
         "timeout_s": timeout_s,

@@ -23,7 +23,6 @@ from taskproc.config import Settings
 from taskproc.db import create_engine, create_sessionmaker
 from taskproc.logging import bind
 from taskproc.maintenance import TRANSIENT, every
-from taskproc.models import DEFAULT_QUEUE
 from taskproc.tasks.registry import registry
 from taskproc.worker.arq_fence import FencedWorker, redis_settings
 from taskproc.worker.httpserver import WorkerHttpServer, health_app
@@ -42,7 +41,7 @@ async def run_task(ctx: dict[str, Any], *, task_id: str, generation: int) -> Non
     The loop never goes through it: it takes jobs in batches with TICK_SCRIPT instead of arq's per-job protocol.
     """
     runtime: WorkerRuntime = ctx["runtime"]
-    for claimed in await runtime.claim([(queue.job_id(task_id, generation), 0.0, DEFAULT_QUEUE)]):
+    for claimed in await runtime.claim([(queue.job_id(task_id, generation), 0.0)]):
         await runtime.execute(claimed)
 
 
@@ -99,7 +98,7 @@ class TaskprocWorker(FencedWorker):
         if tick.aborts:
             await self._abort(tick.aborts)
         if tick.taken:
-            for claimed in await runtime.claim(tick.taken):
+            for claimed in await runtime.claim(tick.taken, tick.queue_of):
                 self.start_job(queue.job_id(claimed.id, claimed.generation), runtime.execute(claimed))
         await self.beat()
         return want, len(tick.taken), tick.next_due_in_ms

@@ -16,7 +16,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from taskproc.maintenance import TRANSIENT as TRANSIENT
 from taskproc.maintenance import Maintenance
 from taskproc.maintenance import every as every
 from taskproc.maintenance import is_transient as is_transient
-from taskproc.models import TaskStatus
+from taskproc.models import DEFAULT_QUEUE, TaskStatus
 from taskproc.store import AttemptRef, Claimed, TaskRow
 from taskproc.store import storable as storable
 from taskproc.tasks.outcomes import PermanentFailure, RetryAfter
@@ -110,9 +110,10 @@ class WorkerRuntime:
 
     # ---- jobs --------------------------------------------------------------------------------------------
 
-    async def claim(self, taken: list[tuple[str, float, str]]) -> list[Claimed]:
+    async def claim(self, taken: list[tuple[str, float]], queue_of: Mapping[str, str] | None = None) -> list[Claimed]:
         """Claim every job one loop iteration took off the queue, in one statement.
 
+        `queue_of` names the queue of each job (the tick's answer); a job it leaves out is of the default queue.
         Jobs whose claim fails (a stale generation, a canceled task) leave the running set at once. If
         Postgres is unreachable they go back to the deferred set for a couple of seconds; if the claim did
         commit but its answer was lost, the rows are orphans of this worker and reap_lost() hands them back.
@@ -136,11 +137,9 @@ class WorkerRuntime:
                 self._inactive(task_id)
             log.warning("claim of %d jobs deferred, postgres unavailable: %s", len(jobs), type(exc).__name__)
             with contextlib.suppress(RedisError, OSError, TimeoutError):
-                await queue.defer_again(
-                    self.redis,
-                    [(jid, queue.priority_of_score(score), name) for jid, score, name in taken],
-                    delay_ms=2000,
-                )
+                names = queue_of or {}
+                back = [(j, queue.priority_of_score(score), names.get(j, DEFAULT_QUEUE)) for j, score in taken]
+                await queue.defer_again_by_queue(self.redis, back, delay_ms=2000)
             return []
         claimed = {(r.id, r.generation) for r in rows}
         handed_back = {(u.id, u.generation) for u in unserved}
@@ -149,10 +148,10 @@ class WorkerRuntime:
         await self._release_stale([job for job in jobs if job not in claimed and job not in handed_back])
         return rows
 
-    async def _parse_jobs(self, taken: list[tuple[str, float, str]]) -> list[tuple[uuid.UUID, int]]:
+    async def _parse_jobs(self, taken: list[tuple[str, float]]) -> list[tuple[uuid.UUID, int]]:
         """(task id, generation) of each job taken; a job id that is not ours is dropped from the queue."""
         jobs: list[tuple[uuid.UUID, int]] = []
-        for jid, _, _ in taken:
+        for jid, _ in taken:
             try:
                 jobs.append(queue.parse_job_id(jid))
             except ValueError:
@@ -163,15 +162,17 @@ class WorkerRuntime:
     async def _hand_back_unserved(self, unserved: Sequence[store.Unserved]) -> None:
         # Never failed for being newer than this worker: left, untouched in Postgres, to a worker that serves
         # the type (one of a newer version in a rolling upgrade).
+        # Or of a type it serves but in a queue paused after our last heartbeat: left for the resume.
         for u in unserved:
             self._inactive(u.id)
-            metrics.TASKS_HANDED_BACK.labels(metrics.type_label(u.type), "unknown_type").inc()
+            reason = "queue_paused" if u.type in self.task_types else "unknown_type"
+            metrics.TASKS_HANDED_BACK.labels(metrics.type_label(u.type), reason).inc()
         log.info(
-            "jobs of task types this worker does not serve handed back",
+            "jobs of task types this worker does not serve, or of paused queues, handed back",
             extra={"count": len(unserved), "type": ",".join(sorted({u.type for u in unserved}))},
         )
         with contextlib.suppress(RedisError, OSError, TimeoutError):
-            await queue.defer_again(
+            await queue.defer_again_by_queue(
                 self.redis,
                 [(queue.job_id(u.id, u.generation), u.priority, u.queue) for u in unserved],
                 delay_ms=HAND_BACK_DELAY_MS,

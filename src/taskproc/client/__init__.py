@@ -31,6 +31,7 @@ from taskproc.client.stream import Ready, Reset, StreamEvent, TaskChange
 from taskproc.models import (
     Overlap,
     Priority,
+    QueuePublic,
     ScheduleFirePublic,
     SchedulePublic,
     ScheduleTask,
@@ -55,6 +56,7 @@ __all__ = [
     "NotFoundError",
     "Overlap",
     "Priority",
+    "QueuePublic",
     "Ready",
     "Reset",
     "ScheduleFirePublic",

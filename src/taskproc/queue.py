@@ -34,10 +34,12 @@ DEFERRED_KEY = "taskproc:deferred"
 RUNNING_KEY = "taskproc:running"
 ABORT_KEY = "arq:abort"
 # Named queues (migration 0007): the default queue keeps the keys above, so workers older than named queues
-# and the KEDA triggers that read them go on working; queue `q` has `arq:queue:q` and `taskproc:deferred:q`.
+# and the KEDA triggers that read them go on working; queue `q` has `taskproc:queue:q` and
+# `taskproc:deferred:q` (not `arq:queue:q`: arq keeps its health check at `arq:queue:health-check`).
 # QUEUES_KEY holds the names of the other queues that ever had a job enqueued (the enqueue script adds them),
 # which is what a worker without a list of queues and the API's promotion go through.
 QUEUES_KEY = "taskproc:queues"
+NAMED_READY_PREFIX = "taskproc:queue:"
 WAKE_CHANNEL = "taskproc:wake"
 JOB_FUNCTION = "run_task"
 # An abort request nobody acted on within this long is dropped (the task finished or was never ours).
@@ -52,7 +54,7 @@ _BAND_EDGES = (-1.5e13, -0.5e13)
 
 def ready_key(queue: str) -> str:
     """The sorted set of a queue's ready jobs (the one workers take from and KEDA counts)."""
-    return QUEUE_KEY if queue == DEFAULT_QUEUE else f"{QUEUE_KEY}:{queue}"
+    return QUEUE_KEY if queue == DEFAULT_QUEUE else f"{NAMED_READY_PREFIX}{queue}"
 
 
 def deferred_key(queue: str) -> str:
@@ -62,7 +64,9 @@ def deferred_key(queue: str) -> str:
 
 # The same naming inside the scripts (a function of the queue name, for the queues a script finds itself).
 _LUA_KEYS = f"""
-local function ready_key(q) if q == '{DEFAULT_QUEUE}' then return '{QUEUE_KEY}' end return '{QUEUE_KEY}:' .. q end
+local function ready_key(q)
+  if q == '{DEFAULT_QUEUE}' then return '{QUEUE_KEY}' end return '{NAMED_READY_PREFIX}' .. q
+end
 local function deferred_key(q)
   if q == '{DEFAULT_QUEUE}' then return '{DEFERRED_KEY}' end return '{DEFERRED_KEY}:' .. q
 end
@@ -226,10 +230,13 @@ async def release(redis: Redis, jids: Sequence[str]) -> None:
         await redis.zrem(RUNNING_KEY, *jids)
 
 
+# KEYS: the queue's deferred set, the running set, QUEUES_KEY; ARGV: delay, the queue's name ('' for default),
+# the members. The name is recorded again: after a Redis flush only this job may know of its queue.
 DEFER_AGAIN_SCRIPT = (
     _LUA_NOW
     + """
-for i = 2, #ARGV do
+if ARGV[2] ~= '' then redis.call('SADD', KEYS[3], ARGV[2]) end
+for i = 3, #ARGV do
   local member = ARGV[i]
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), member)
   redis.call('ZREM', KEYS[2], string.sub(member, string.find(member, '|', 1, true) + 1))
@@ -247,9 +254,9 @@ async def defer_again(
     if not jobs:
         return
     script = redis.register_script(DEFER_AGAIN_SCRIPT)
-    await script(
-        keys=[deferred_key(queue), RUNNING_KEY], args=[delay_ms, *(_deferred_member(prio, jid) for jid, prio in jobs)]
-    )
+    name = "" if queue == DEFAULT_QUEUE else queue
+    members = [_deferred_member(prio, jid) for jid, prio in jobs]
+    await script(keys=[deferred_key(queue), RUNNING_KEY, QUEUES_KEY], args=[delay_ms, name, *members])
 
 
 async def defer_again_by_queue(redis: Redis, jobs: Sequence[tuple[str, Priority, str]], delay_ms: int) -> None:

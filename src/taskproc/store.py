@@ -1353,27 +1353,38 @@ class QueueRow:
     now: datetime
 
 
-# Every queue that has a row (paused or resumed once) or a counter, plus `default`. The counters are at most
-# queues x 3 statuses x 16 shards rows; the oldest due task is one probe of ix_task_queue_waiting per queue.
-LIST_QUEUES = sa.text(
-    "WITH names AS (SELECT name FROM queue UNION SELECT DISTINCT queue FROM task_queue_count WHERE n <> 0 "
-    "UNION SELECT CAST(:default AS text)), "
-    "c AS (SELECT queue, status, sum(n)::bigint AS n FROM task_queue_count GROUP BY queue, status) "
-    "SELECT names.name, coalesce(q.paused, FALSE) AS paused, CASE WHEN q.paused THEN q.paused_at END AS paused_at, "
-    "coalesce((SELECT n FROM c WHERE c.queue = names.name AND c.status = :s_pending), 0) AS pending, "
-    "coalesce((SELECT n FROM c WHERE c.queue = names.name AND c.status = :s_retrying), 0) AS retrying, "
-    "coalesce((SELECT n FROM c WHERE c.queue = names.name AND c.status = :s_running), 0) AS running, "
+def _list_queues(oldest: str) -> sa.TextClause:
+    """Every queue that has a row (paused or resumed once) or a counter, plus `default`, with its counters (at
+    most queues x 3 statuses x 16 shards rows) and live workers; `oldest` is the expression for oldest_due_at."""
+    return sa.text(
+        "WITH names AS (SELECT name FROM queue UNION SELECT DISTINCT queue FROM task_queue_count WHERE n <> 0 "  # noqa: S608 - constant fragments
+        "UNION SELECT CAST(:default AS text)), "
+        "c AS (SELECT queue, status, sum(n)::bigint AS n FROM task_queue_count GROUP BY queue, status) "
+        "SELECT names.name, coalesce(q.paused, FALSE) AS paused, "
+        "CASE WHEN q.paused THEN q.paused_at END AS paused_at, "
+        "coalesce((SELECT n FROM c WHERE c.queue = names.name AND c.status = :s_pending), 0) AS pending, "
+        "coalesce((SELECT n FROM c WHERE c.queue = names.name AND c.status = :s_retrying), 0) AS retrying, "
+        "coalesce((SELECT n FROM c WHERE c.queue = names.name AND c.status = :s_running), 0) AS running, "
+        f"{oldest} AS oldest_due_at, "
+        "(SELECT count(*) FROM worker w WHERE w.expires_at > now() "
+        "AND (w.queues IS NULL OR names.name = ANY(w.queues))) AS workers, now() AS now "
+        "FROM names LEFT JOIN queue q ON q.name = names.name ORDER BY names.name"
+    )
+
+
+# GET /api/v1/queues also wants the oldest due task of each queue: one probe of ix_task_queue_waiting per queue.
+LIST_QUEUES = _list_queues(
     "(SELECT min(t.run_at) FROM task t WHERE t.queue = names.name AND t.status IN (:s_pending, :s_retrying) "
-    "AND t.run_at <= now()) AS oldest_due_at, "
-    "(SELECT count(*) FROM worker w WHERE w.expires_at > now() "
-    "AND (w.queues IS NULL OR names.name = ANY(w.queues))) AS workers, now() AS now "
-    "FROM names LEFT JOIN queue q ON q.name = names.name ORDER BY names.name"
+    "AND t.run_at <= now())"
 )
+# /metrics reads no task row at all (tests/integration/test_stats_cost.py).
+QUEUE_COUNTS = _list_queues("CAST(NULL AS timestamptz)")
 
 
-async def list_queues(db: Db) -> list[QueueRow]:
-    """Every known queue (see LIST_QUEUES) with its counts, by name."""
-    return _rows(QueueRow, await db.execute(LIST_QUEUES, _params(default=DEFAULT_QUEUE)))
+async def list_queues(db: Db, *, oldest: bool = True) -> list[QueueRow]:
+    """Every known queue (see _list_queues) with its counts, by name; without `oldest` (and oldest_due_at None)
+    it reads counters only."""
+    return _rows(QueueRow, await db.execute(LIST_QUEUES if oldest else QUEUE_COUNTS, _params(default=DEFAULT_QUEUE)))
 
 
 SET_QUEUE_PAUSED = sa.text(

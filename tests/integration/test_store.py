@@ -314,7 +314,9 @@ async def test_claim_batch_claims_served_current_jobs_and_returns_unserved_ones_
     [c] = claimed
     assert c.attempts == 1 and c.generation == 1 and c.payload == {"a": 1} and c.priority is Priority.normal
     assert c.timeout_s == 30.0 and c.started_at >= c.run_at
-    assert unserved == [store.Unserved(id=sleep.id, generation=1, type="sleep", priority=Priority.normal)]
+    assert unserved == [
+        store.Unserved(id=sleep.id, generation=1, type="sleep", priority=Priority.normal, queue="default")
+    ]
     row = await pg.row(add.id)
     assert row.status is TaskStatus.running and row.worker_id == "w2" and row.started_at == c.started_at
     assert (await pg.details(add.id))[-1] == (TaskStatus.running, "started by w2")
@@ -781,3 +783,54 @@ def test_every_store_function_is_called_here() -> None:
     assert len(functions) >= 15
     untested = [name for name in functions if f"store.{name}(" not in source]
     assert not untested, f"store functions without a test here: {untested}"
+
+
+# ---- named queues (migration 0007) ------------------------------------------------------------------------------
+
+
+async def test_queue_counters_pause_and_the_claim_of_a_paused_queue(pg: Pg) -> None:
+    a1, a2, b1, d1 = await create(pg, new(queue="a"), new(queue="a"), new(queue="b", delay_s=60.0), new())
+    assert (a1.queue, b1.queue, d1.queue) == ("a", "b", "default")
+    await claim(pg, a1)
+    async with pg.auto() as s:
+        rows = {q.name: q for q in await store.list_queues(s)}
+        assert set(rows) == {"a", "b", "default"}
+        assert (rows["a"].pending, rows["a"].running, rows["a"].retrying) == (1, 1, 0)
+        assert rows["a"].oldest_due_at == a2.run_at
+        assert rows["b"].pending == 1 and rows["b"].oldest_due_at is None, "b's task is not due yet"
+        assert rows["default"].pending == 1
+        assert not any(q.paused for q in rows.values()) and rows["a"].workers == 0
+        assert [q.oldest_due_at for q in await store.list_queues(s, oldest=False)] == [None, None, None]
+        await store.set_queue_paused(s, "a", paused=True)
+        await store.set_queue_paused(s, "empty", paused=True)
+        [first] = [q.paused_at for q in await store.list_queues(s) if q.name == "a"]
+        await store.set_queue_paused(s, "a", paused=True)
+        assert [q.paused_at for q in await store.list_queues(s) if q.name == "a"] == [first], "a second pause"
+        assert await store.paused_queues(s) == ["a", "empty"]
+    # The claim refuses a paused queue's task and returns it with the unserved ones, untouched.
+    claimed, unserved = await store.claim_batch(
+        pg.writer, [JobRef(a2.id, 1), JobRef(d1.id, 1)], worker_id="w1", types=["add"]
+    )
+    assert [c.id for c in claimed] == [d1.id]
+    assert unserved == [store.Unserved(id=a2.id, generation=1, type="add", priority=Priority.normal, queue="a")]
+    assert (await pg.row(a2.id)).status is TaskStatus.pending
+    # The heartbeat advertises the worker's queues and brings back the paused ones.
+    expires, paused = await store.heartbeat_paused(
+        pg.writer, "w9", hostname="h", pid=1, lease_s=30, task_types={"add": "f1"}, queues=["b"]
+    )
+    assert paused == ["a", "empty"] and expires is not None
+    async with pg.auto() as s:
+        await store.set_queue_paused(s, "a", paused=False)
+        rows = {q.name: q for q in await store.list_queues(s)}
+        assert rows["a"].paused is False and rows["a"].paused_at is None
+        assert rows["b"].workers == 1 and rows["a"].workers == 0
+        assert await store.paused_queues(s) == ["empty"]
+    assert pg.sql("SELECT queues FROM worker WHERE id = 'w9'") == [(["b"],)]
+    # The counters agree with a full count.
+    assert pg.sql(
+        "SELECT queue, status, sum(n)::int FROM task_queue_count GROUP BY queue, status HAVING sum(n) <> 0 "
+        "ORDER BY 1, 2"
+    ) == pg.sql(
+        "SELECT queue, status, count(*)::int FROM task WHERE status IN ('pending', 'retrying', 'running') "
+        "GROUP BY queue, status ORDER BY 1, 2"
+    )

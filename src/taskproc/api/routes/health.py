@@ -108,7 +108,7 @@ async def _refresh_gauges(request: Request) -> None:
     try:
         async with state.sessions() as session:
             stats = await asyncio.wait_for(get_stats(session=session), timeout=2.0)
-            queues = await asyncio.wait_for(store.list_queues(session), timeout=2.0)
+            queues = await asyncio.wait_for(store.list_queues(session, oldest=False), timeout=2.0)
         metrics.WORKERS.set(stats.workers)
         metrics.TASKS_WAITING_NO_WORKER.set(stats.waiting_no_worker)
         for q in queues:

@@ -186,7 +186,10 @@ class Task(TaskBase, table=True):
 class TaskWaiting(SQLModel):
     """Why a waiting task is not running yet, when the API knows of a reason."""
 
-    reason: str = Field(description="`no_worker`: no live worker serves the task's type (say, mid rolling upgrade).")
+    reason: str = Field(
+        description="`no_worker`: no live worker serves the task's type (say, mid rolling upgrade) or takes from its "
+        "queue; `queue_paused`: its queue is paused."
+    )
     until: datetime | None = Field(default=None, description="When the wait ends, if known.")
     detail: str | None = Field(default=None, description="A sentence for people.")
 
@@ -369,6 +372,10 @@ class Stats(SQLModel):
     workers: int = Field(description="Live worker processes (heartbeat within the lease).")
     waiting_no_worker: int = Field(
         default=0, description="Waiting tasks whose type no live worker serves (they run once one that does starts)."
+    )
+    waiting_no_queue_worker: int = Field(
+        default=0,
+        description="Waiting tasks of queues no live worker takes from (they run once one that does starts).",
     )
 
 

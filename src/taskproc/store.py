@@ -186,6 +186,7 @@ class StatsRow:
     retried_total: int
     workers: int
     waiting_no_worker: int
+    waiting_no_queue_worker: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,6 +440,17 @@ async def list_events(db: Db, task_id: uuid.UUID) -> list[EventRow]:
 
 
 SERVED_TYPES = sa.text("SELECT task_types FROM worker WHERE expires_at > now()")
+SERVED_QUEUES = sa.text("SELECT queues FROM worker WHERE expires_at > now()")
+
+
+async def served_queues(db: Db) -> frozenset[str] | None:
+    """The queues some live worker takes from; None if a live worker takes from every queue."""
+    served: set[str] = set()
+    for queues in (await db.execute(SERVED_QUEUES)).scalars():
+        if queues is None:
+            return None
+        served.update(queues)
+    return frozenset(served)
 
 
 async def served_types(db: Db) -> frozenset[str] | None:
@@ -460,7 +472,11 @@ STATS = sa.text(
     # types x shards, never to the backlog.
     "UNION ALL SELECT 'n', '', coalesce(sum(c.n), 0)::bigint FROM task_type_waiting c "
     "WHERE NOT EXISTS (SELECT 1 FROM worker w WHERE w.expires_at > now() "
-    "AND (w.task_types IS NULL OR w.task_types -> c.type IS NOT NULL))"
+    "AND (w.task_types IS NULL OR w.task_types -> c.type IS NOT NULL)) "
+    # Per-queue counters (migration 0007) against the queues live workers take from (NULL: every queue).
+    "UNION ALL SELECT 'm', '', coalesce(sum(c.n), 0)::bigint FROM task_queue_count c "
+    "WHERE c.status = ANY(CAST(:waiting AS text[])) AND NOT EXISTS (SELECT 1 FROM worker w "
+    "WHERE w.expires_at > now() AND (w.queues IS NULL OR c.queue = ANY(w.queues)))"
 )
 # The pseudo-status under which the counter triggers (migration 0002) count transitions into `retrying`.
 RETRIED_KEY = "_retried"
@@ -472,8 +488,8 @@ async def stats(db: Db) -> StatsRow:
     same at 10 waiting tasks as at 10 million."""
     by_status: dict[str, int] = {}
     by_priority: dict[str, int] = {}
-    retried = workers = no_worker = 0
-    for r in (await db.execute(STATS)).mappings():
+    retried = workers = no_worker = no_queue_worker = 0
+    for r in (await db.execute(STATS, STATUS_PARAMS)).mappings():
         kind, key, n = r["kind"], r["k"], int(r["n"])
         if kind == "s":
             if key == RETRIED_KEY:
@@ -484,6 +500,8 @@ async def stats(db: Db) -> StatsRow:
             by_priority[key] = n
         elif kind == "n":
             no_worker = n
+        elif kind == "m":
+            no_queue_worker = n
         else:
             workers = n
     return StatsRow(
@@ -492,6 +510,7 @@ async def stats(db: Db) -> StatsRow:
         retried_total=retried,
         workers=workers,
         waiting_no_worker=no_worker,
+        waiting_no_queue_worker=no_queue_worker,
     )
 
 

@@ -188,7 +188,10 @@ async def test_a_worker_runs_only_its_queues_and_the_other_queue_waits_for_its_w
         a_task = await api.submit(queue="a")
         await api.wait_status(a_task["id"], "completed")
         # The a-worker took a's job after b's was enqueued: it passed b by. It is still in b's ready set.
-        assert (await api.get(b_task["id"]))["status"] == "pending"
+        waiting = await api.get(b_task["id"])
+        assert waiting["status"] == "pending"
+        assert waiting["waiting"]["reason"] == "no_worker" and "queue 'b'" in waiting["waiting"]["detail"]
+        assert (await api.client.get("/api/v1/stats")).json()["waiting_no_queue_worker"] == 1
         assert api.sql("SELECT queues FROM worker") == [(["a"],)]
         queues = await _queues(api)
         assert queues["b"]["workers"] == 0
@@ -196,6 +199,7 @@ async def test_a_worker_runs_only_its_queues_and_the_other_queue_waits_for_its_w
         assert queues["a"]["workers"] == 1
         await api.start_worker(env={"TASKPROC_WORKER_QUEUES": "b"})
         done = await api.wait_status(b_task["id"], "completed")
+        assert done["waiting"] is None
         assert done["attempts"] == 1
         assert (await _queues(api))["b"]["workers"] == 1
 

@@ -826,6 +826,12 @@ async def test_queue_counters_pause_and_the_claim_of_a_paused_queue(pg: Pg) -> N
         assert rows["b"].workers == 1 and rows["a"].workers == 0
         assert await store.paused_queues(s) == ["empty"]
     assert pg.sql("SELECT queues FROM worker WHERE id = 'w9'") == [(["b"],)]
+    async with pg.auto() as s:
+        assert await store.served_queues(s) == frozenset({"b"})
+        assert (await store.stats(s)).waiting_no_queue_worker == 1, "a2 waits in a queue nobody takes from"
+        await store.heartbeat(pg.writer, "w10", hostname="h", pid=1, lease_s=30, task_types={"add": "f1"})
+        assert await store.served_queues(s) is None, "a worker without a list takes from every queue"
+        assert (await store.stats(s)).waiting_no_queue_worker == 0
     # The counters agree with a full count.
     assert pg.sql(
         "SELECT queue, status, sum(n)::int FROM task_queue_count GROUP BY queue, status HAVING sum(n) <> 0 "

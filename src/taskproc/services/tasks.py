@@ -179,10 +179,13 @@ async def served_types(session: AsyncSession) -> frozenset[str] | None:
 
 
 def with_waiting(
-    tasks: list[TaskPublic], served: frozenset[str] | None, paused: frozenset[str] = frozenset()
+    tasks: list[TaskPublic],
+    served: frozenset[str] | None,
+    paused: frozenset[str] = frozenset(),
+    queues: frozenset[str] | None = None,
 ) -> list[TaskPublic]:
-    """Mark the waiting tasks of a paused queue (`waiting.reason = "queue_paused"`) and those whose type no live
-    worker serves (`"no_worker"`)."""
+    """Mark the waiting tasks of a paused queue (`waiting.reason = "queue_paused"`) and those whose type (of the
+    `served` ones) or queue (of `queues`) no live worker serves (`"no_worker"`); None: every one is served."""
     for task in tasks:
         if task.status not in WAITING:
             continue
@@ -194,11 +197,20 @@ def with_waiting(
             task.waiting = TaskWaiting(
                 reason="no_worker", detail=f"no live worker serves task type {task.type!r}; it runs once one does"
             )
+        elif queues is not None and task.queue not in queues:
+            task.waiting = TaskWaiting(
+                reason="no_worker", detail=f"no live worker takes from queue {task.queue!r}; it runs once one does"
+            )
     return tasks
 
 
 async def _with_waiting(session: AsyncSession, tasks: list[TaskPublic]) -> list[TaskPublic]:
-    return with_waiting(tasks, await served_types(session), frozenset(await store.paused_queues(session)))
+    return with_waiting(
+        tasks,
+        await served_types(session),
+        frozenset(await store.paused_queues(session)),
+        await store.served_queues(session),
+    )
 
 
 async def get_task(*, session: AsyncSession, task_id: uuid.UUID) -> TaskPublic:
@@ -343,6 +355,7 @@ async def get_stats(*, session: AsyncSession) -> Stats:
         retried_total=row.retried_total,
         workers=row.workers,
         waiting_no_worker=row.waiting_no_worker,
+        waiting_no_queue_worker=row.waiting_no_queue_worker,
     )
 
 

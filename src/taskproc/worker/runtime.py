@@ -163,14 +163,21 @@ class WorkerRuntime:
         # Never failed for being newer than this worker: left, untouched in Postgres, to a worker that serves
         # the type (one of a newer version in a rolling upgrade).
         # Or of a type it serves but in a queue paused after our last heartbeat: left for the resume.
+        unknown = [u for u in unserved if u.type not in self.task_types]
         for u in unserved:
             self._inactive(u.id)
-            reason = "queue_paused" if u.type in self.task_types else "unknown_type"
+            reason = "unknown_type" if u in unknown else "queue_paused"
             metrics.TASKS_HANDED_BACK.labels(metrics.type_label(u.type), reason).inc()
-        log.info(
-            "jobs of task types this worker does not serve, or of paused queues, handed back",
-            extra={"count": len(unserved), "type": ",".join(sorted({u.type for u in unserved}))},
-        )
+        if unknown:
+            log.info(
+                "jobs of task types this worker does not serve handed back",
+                extra={"count": len(unknown), "type": ",".join(sorted({u.type for u in unknown}))},
+            )
+        if len(unknown) < len(unserved):
+            log.info(
+                "jobs of paused queues handed back",
+                extra={"count": len(unserved) - len(unknown), "queue": ",".join(sorted({u.queue for u in unserved}))},
+            )
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await queue.defer_again_by_queue(
                 self.redis,

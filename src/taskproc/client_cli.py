@@ -11,6 +11,7 @@ Exit codes: 0 success (with `--wait`: the task completed), 1 the task failed or 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import threading
@@ -52,7 +53,7 @@ from taskproc.client import (
     TaskTypePublic,
     WaitTimeoutError,
 )
-from taskproc.models import Priority, TaskStatus
+from taskproc.models import QUEUE_PATTERN, Priority, TaskStatus
 
 EXIT_OK = 0
 EXIT_TASK = 1
@@ -813,7 +814,15 @@ schedules_app.command("resume", help="Resume a paused schedule (from now: no cat
 
 
 queues_app = typer.Typer(help="Named queues: list them (no subcommand), pause, resume.", invoke_without_command=True)
-QueueArg = Annotated[str, typer.Argument(metavar="NAME", help="Queue name.")]
+
+
+def _queue_name(value: str) -> str:
+    if not re.fullmatch(QUEUE_PATTERN, value):
+        raise typer.BadParameter(f"{value!r} is not a queue name (1 to 64 of a-z, 0-9, '_', '-')")
+    return value
+
+
+QueueArg = Annotated[str, typer.Argument(metavar="NAME", help="Queue name.", callback=_queue_name)]
 
 
 def queues_table(items: Sequence[QueuePublic]) -> Table:

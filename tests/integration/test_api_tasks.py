@@ -354,7 +354,7 @@ async def test_stats_shape_and_workers(inprocess: InProcess) -> None:
     r = await inprocess.client.get("/api/v1/stats")
     assert r.status_code == 200
     stats = r.json()
-    assert set(stats) == {"tasks", "queue", "retried_total", "workers", "waiting_no_worker"}
+    assert set(stats) == {"tasks", "queue", "retried_total", "workers", "waiting_no_worker", "waiting_no_queue_worker"}
     assert set(stats["tasks"]) == {"pending", "running", "retrying", "completed", "failed", "canceled", "total"}
     assert set(stats["queue"]) == {"high", "normal", "low"}
     assert stats["tasks"]["total"] == sum(v for k, v in stats["tasks"].items() if k != "total")

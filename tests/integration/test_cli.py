@@ -275,3 +275,23 @@ def test_help(command: str) -> None:
     result = run(None, command, "--help")
     assert result.returncode == 0
     assert "--api-url" in result.stdout and "--json" in result.stdout
+
+
+def test_queues_list_pause_resume_and_queue_options(stack_factory: StackFactory) -> None:
+    with stack_factory(workers=0) as stack:
+        submitted = run_json(stack, "submit", "add", "--payload", '{"a": 1, "b": 2}', "--queue", "cli-q")
+        assert submitted["queue"] == "cli-q"
+        stack.submit("add")
+        assert [t["id"] for t in run_json(stack, "list", "--queue", "cli-q")["items"]] == [submitted["id"]]
+        paused = run_json(stack, "queues", "pause", "cli-q")
+        assert paused["paused"] is True and paused["name"] == "cli-q"
+        listed = {q["name"]: q for q in run_json(stack, "queues")}
+        assert listed["cli-q"]["paused"] is True and listed["cli-q"]["ready"] == 1
+        assert listed["default"]["paused"] is False
+        table = run(stack, "queues")
+        assert table.returncode == 0 and "cli-q" in table.stdout and "paused" in table.stdout
+        resumed = run(stack, "queues", "resume", "cli-q")
+        assert resumed.returncode == 0 and "resumed cli-q" in resumed.stdout
+        assert run_json(stack, "queues")[0]["paused"] is False
+        bad = run(stack, "queues", "pause", "Bad Name")
+        assert bad.returncode == 2 and "not a queue name" in bad.stderr and "Traceback" not in bad.stderr

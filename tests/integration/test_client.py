@@ -575,3 +575,22 @@ def test_docs_examples_run_as_printed(stack: Stack) -> None:
     ):
         assert expected in out, (expected, out)
     assert "already canceled" in out
+
+
+async def test_async_queues_submit_list_pause_and_resume(aclient: AsyncTaskprocClient) -> None:
+    task = await aclient.submit("add", {"a": 1, "b": 2}, queue="sdk")
+    await aclient.submit("add", {"a": 1, "b": 2})
+    assert task.queue == "sdk"
+    assert [t.id async for t in aclient.list(queue="sdk")] == [task.id]
+    assert [t.id for t in (await aclient.page(queue="sdk")).items] == [task.id]
+    paused = await aclient.pause_queue("sdk")
+    assert paused.name == "sdk" and paused.paused and paused.ready == 1
+    queues = {q.name: q for q in await aclient.queues()}
+    assert queues["sdk"].paused and not queues["default"].paused
+    assert (await aclient.get(task.id)).waiting is not None
+    resumed = await aclient.resume_queue("sdk")
+    assert not resumed.paused and resumed.paused_at is None
+    with pytest.raises(ValueError, match="not a queue name"):
+        await aclient.pause_queue("../tasks")
+    with pytest.raises(InvalidInputError):
+        await aclient.submit("add", {"a": 1, "b": 2}, queue="Not A Queue")

@@ -13,6 +13,7 @@ def test_defaults() -> None:
     assert t.priority is Priority.normal
     assert t.payload == {}
     assert t.max_retries is None and t.timeout_s is None and t.delay_s is None and t.idempotency_key is None
+    assert t.queue == "default"
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,10 @@ def test_defaults() -> None:
         {"type": "add", "idempotency_key": "k" * 201},
         {"type": "add", "unknown": 1},
         {"type": "add", "payload": [1, 2]},
+        {"type": "add", "queue": ""},
+        {"type": "add", "queue": "q" * 65},
+        {"type": "add", "queue": "Upper"},
+        {"type": "add", "queue": "a.b"},
     ],
 )
 def test_rejects(fields: dict[str, object]) -> None:
@@ -63,3 +68,13 @@ def test_update_requires_a_valid_priority() -> None:
 def test_status_sets_partition_the_states() -> None:
     assert TERMINAL | WAITING | {TaskStatus.running} == set(TaskStatus)
     assert not TERMINAL & WAITING
+
+
+def test_queue_names_accepted_and_carried_by_a_schedules_task() -> None:
+    from taskproc.models import ScheduleTask
+    from taskproc.services.schedules import task_create
+
+    for name in ("a", "q" * 64, "video_hd-2"):
+        assert TaskCreate(type="add", queue=name).queue == name
+    body = ScheduleTask(type="add", queue="nightly").model_dump(mode="json", exclude_none=True)
+    assert task_create(body).queue == "nightly"

@@ -152,7 +152,7 @@ def test_cancel_retry_and_delete(stack: Stack) -> None:
 
 def test_stats(stack: Stack) -> None:
     data = run_json(stack, "stats")
-    assert set(data) == {"tasks", "queue", "retried_total", "workers", "waiting_no_worker"}
+    assert set(data) == {"tasks", "queue", "retried_total", "workers", "waiting_no_worker", "waiting_no_queue_worker"}
     assert data["workers"] == 2
     human = run(stack, "stats")
     assert human.returncode == 0

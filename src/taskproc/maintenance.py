@@ -67,6 +67,7 @@ _ZERO = store.NIL_ID
 
 async def every(interval_s: float, fn: Any, name: str, *, jitter: float = 0.1) -> None:
     """Run `fn` forever every interval; transient failures are logged and retried next round."""
+    me = asyncio.current_task()
     while True:
         try:
             await fn()
@@ -76,6 +77,10 @@ async def every(interval_s: float, fn: Any, name: str, *, jitter: float = 0.1) -
             log.warning("%s failed, will retry: %s", name, type(exc).__name__)
         except Exception:
             log.exception("%s crashed, will retry", name)
+        if me is not None and me.cancelling():
+            # A cancel delivered while `fn` ran was swallowed below us (a connection attempt cut short comes back
+            # as a connection error): honour it, or the loop would outlive its owner's shutdown.
+            raise asyncio.CancelledError
         await asyncio.sleep(interval_s * (1 + random.uniform(-jitter, jitter)))
 
 

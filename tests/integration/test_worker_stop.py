@@ -1,10 +1,12 @@
-"""A worker asked to stop stops: arq's hard stop (SIGINT, or SIGTERM without a grace period) cancels the loop
-while it waits for a wake-up, and that cancel must not be lost."""
+"""Processes asked to stop stop: arq's hard stop (SIGINT, or SIGTERM without a grace period) cancels the worker
+loop while it waits for a wake-up, and an API shut down right after start cancels its maintenance loops while
+their first pass connects; neither cancel may be lost."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 import warnings
 
 from inprocess import InProcessFactory
@@ -26,3 +28,13 @@ async def test_a_hard_stop_ends_an_idle_worker_loop(inprocess_factory: InProcess
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)  # arq 0.28's close
             await worker.close()
+
+
+async def test_an_api_stopped_right_after_start_ends_its_maintenance_loops(inprocess_factory: InProcessFactory) -> None:
+    started = time.monotonic()
+    # The in-process stack bounds its shutdown at 30 s and fails with the coroutines still waiting. Before the
+    # fix a maintenance loop whose cancel arrived during its first connection swallowed it and slept on.
+    async with inprocess_factory() as stack:
+        r = await stack.client.post("/api/v1/tasks", json={"type": "add", "payload": {"a": "x"}})
+        assert r.status_code == 422
+    assert time.monotonic() - started < 15

@@ -187,10 +187,15 @@ class TaskWaiting(SQLModel):
     """Why a waiting task is not running yet, when the API knows of a reason."""
 
     reason: str = Field(
-        description="`no_worker`: no live worker serves the task's type (say, mid rolling upgrade) or takes from its "
-        "queue; `queue_paused`: its queue is paused."
+        description="`queue_paused`: its queue is paused; `no_worker`: no live worker serves the task's type (say, "
+        "mid rolling upgrade) or takes from its queue; `delayed`: waiting out its delay until `until`; `backoff`: "
+        "waiting out a retry backoff until `until`; `ready`: due, waiting for a free worker slot (`position`: "
+        "ready jobs of its queue taken before it, on a single task's read)."
     )
     until: datetime | None = Field(default=None, description="When the wait ends, if known.")
+    position: int | None = Field(
+        default=None, ge=0, description="For `ready`: how many ready jobs of its queue are taken before it."
+    )
     detail: str | None = Field(default=None, description="A sentence for people.")
 
     @field_serializer("until")

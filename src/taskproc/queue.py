@@ -57,6 +57,12 @@ def ready_key(queue: str) -> str:
     return QUEUE_KEY if queue == DEFAULT_QUEUE else f"{NAMED_READY_PREFIX}{queue}"
 
 
+async def ready_position(redis: Redis, queue: str, task_id: uuid.UUID, generation: int) -> int | None:
+    """The job's rank in its queue's ready set (workers take the lowest scores first); None if it is not there."""
+    rank = await redis.zrank(ready_key(queue), job_id(task_id, generation))
+    return None if rank is None else int(rank)
+
+
 def deferred_key(queue: str) -> str:
     """The sorted set of a queue's jobs waiting out a delay or backoff."""
     return DEFERRED_KEY if queue == DEFAULT_QUEUE else f"{DEFERRED_KEY}:{queue}"

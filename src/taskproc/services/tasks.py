@@ -183,25 +183,44 @@ def with_waiting(
     served: frozenset[str] | None,
     paused: frozenset[str] = frozenset(),
     queues: frozenset[str] | None = None,
+    now: datetime | None = None,
 ) -> list[TaskPublic]:
-    """Mark the waiting tasks of a paused queue (`waiting.reason = "queue_paused"`) and those whose type (of the
-    `served` ones) or queue (of `queues`) no live worker serves (`"no_worker"`); None: every one is served."""
+    """Say why each waiting task is not running: its queue is paused (`queue_paused`); no live worker serves its
+    type (of the `served` ones) or takes from its queue (of `queues`; `no_worker`; None: every one is served);
+    else, given Postgres's `now`, it waits out a delay (`delayed`) or a retry backoff (`backoff`) until `run_at`,
+    or it is due and waits for a free worker slot (`ready`)."""
     for task in tasks:
-        if task.status not in WAITING:
-            continue
-        if task.queue in paused:
-            task.waiting = TaskWaiting(
-                reason="queue_paused", detail=f"queue {task.queue!r} is paused; it starts once the queue is resumed"
-            )
-        elif served is not None and task.type not in served:
-            task.waiting = TaskWaiting(
-                reason="no_worker", detail=f"no live worker serves task type {task.type!r}; it runs once one does"
-            )
-        elif queues is not None and task.queue not in queues:
-            task.waiting = TaskWaiting(
-                reason="no_worker", detail=f"no live worker takes from queue {task.queue!r}; it runs once one does"
-            )
+        if task.status in WAITING:
+            task.waiting = _why_waiting(task, served, paused, queues, now)
     return tasks
+
+
+def _why_waiting(
+    task: TaskPublic,
+    served: frozenset[str] | None,
+    paused: frozenset[str],
+    queues: frozenset[str] | None,
+    now: datetime | None,
+) -> TaskWaiting | None:
+    if task.queue in paused:
+        return TaskWaiting(
+            reason="queue_paused", detail=f"queue {task.queue!r} is paused; it starts once the queue is resumed"
+        )
+    if served is not None and task.type not in served:
+        return TaskWaiting(
+            reason="no_worker", detail=f"no live worker serves task type {task.type!r}; it runs once one does"
+        )
+    if queues is not None and task.queue not in queues:
+        return TaskWaiting(
+            reason="no_worker", detail=f"no live worker takes from queue {task.queue!r}; it runs once one does"
+        )
+    if now is None:
+        return None
+    if task.run_at > now:
+        if task.status is TaskStatus.retrying:
+            return TaskWaiting(reason="backoff", until=task.run_at, detail="waiting out the retry backoff")
+        return TaskWaiting(reason="delayed", until=task.run_at, detail="waiting out its delay")
+    return TaskWaiting(reason="ready", detail=f"due; waiting for a free worker slot of queue {task.queue!r}")
 
 
 async def _with_waiting(session: AsyncSession, tasks: list[TaskPublic]) -> list[TaskPublic]:
@@ -210,17 +229,29 @@ async def _with_waiting(session: AsyncSession, tasks: list[TaskPublic]) -> list[
         await served_types(session),
         frozenset(await store.paused_queues(session)),
         await store.served_queues(session),
+        await store.db_now(session),
     )
 
 
-async def get_task(*, session: AsyncSession, task_id: uuid.UUID) -> TaskPublic:
+async def get_task(*, session: AsyncSession, task_id: uuid.UUID, redis: Redis | None = None) -> TaskPublic:
     row = await store.get(session, task_id)
     if row is None:
         raise NotFoundError(f"task {task_id} not found")
     task = to_public(row)
     if task.status in WAITING:
         await _with_waiting(session, [task])
+        if redis is not None and task.waiting is not None and task.waiting.reason == "ready":
+            task.waiting.position = await _ready_position(redis, row)
     return task
+
+
+async def _ready_position(redis: Redis, row: TaskRow) -> int | None:
+    """How many ready jobs of its queue are taken before it (0: next). None when Redis does not have it (the
+    reconciler puts it back) or cannot be asked: the position is a courtesy, never a reason to fail the read."""
+    try:
+        return await queue.ready_position(redis, row.queue, row.id, row.generation)
+    except (RedisError, OSError):
+        return None
 
 
 def encode_cursor(created_at: datetime, task_id: uuid.UUID) -> str:

@@ -143,9 +143,13 @@ async def list_tasks(
 
 
 @router.get("/{task_id}", response_model=TaskPublic)
-async def get_task(task_id: uuid.UUID, session: SessionDep) -> TaskPublic:
-    """Get one task."""
-    return await service.get_task(session=session, task_id=task_id)
+async def get_task(task_id: uuid.UUID, session: SessionDep, redis: RedisDep) -> TaskPublic:
+    """Get one task.
+
+    A waiting task says why it is not running yet in `waiting` (a paused queue, no worker for it, a delay, a
+    retry backoff, or due and waiting for a slot, with its position in its queue).
+    """
+    return await service.get_task(session=session, task_id=task_id, redis=redis)
 
 
 @router.patch("/{task_id}", response_model=TaskPublic)

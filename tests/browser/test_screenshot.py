@@ -74,7 +74,13 @@ def test_dashboard_screenshot(stack_factory: StackFactory, page: Page, tmp_path:
         expect(page.locator("#detail-result")).to_contain_text("top_words")
         expect(page.locator("#task-rows tr")).to_have_count(20)
         page.mouse.move(0, 0)
-        page.wait_for_timeout(1500)  # let the row flashes and bar transitions settle
+        # The row flashes and bar transitions settle: no finite CSS animation or transition still running (the
+        # live dot and the running rows pulse for ever).
+        page.wait_for_function(
+            "() => document.getAnimations().every((a) => a.playState !== 'running'"
+            " || a.effect.getTiming().iterations === Infinity)",
+            timeout=15_000,
+        )
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 50_000

@@ -18,8 +18,9 @@ from support import Servers, Stack, wait_for
 pytestmark = pytest.mark.slow
 
 TASKS = 3000
-# The first crash restarts at once (crash recovery only); after the second the database stays down for 2 s.
-DOWN_S = [0.0, 2.0]
+# The first crash restarts at once (crash recovery only); after the second the database stays down until every
+# worker has met refused connections.
+STAY_DOWN = [False, True]
 
 
 def done_count(stack: Stack) -> int:
@@ -29,14 +30,30 @@ def done_count(stack: Stack) -> int:
     return int(row[0])
 
 
-def crash_postgres(servers: Servers, down_s: float) -> float:
-    """SIGKILL the postmaster (and its backends, as an OOM kill of the server would), leave it down for
-    `down_s`, and start it again; returns how long the database was unavailable."""
+def _outage_lines(stack: Stack) -> list[int]:
+    """Per worker, how many times its log says it met an unreachable Postgres so far."""
+    return [
+        sum(
+            line.count("unavailable") + line.count("failed, will retry") for line in w.log_path.read_text().splitlines()
+        )
+        for w in stack.workers
+    ]
+
+
+def crash_postgres(servers: Servers, stack: Stack, *, stay_down: bool) -> float:
+    """SIGKILL the postmaster (and its backends, as an OOM kill of the server would), and start it again: at
+    once, or (`stay_down`) once every worker has met the outage and met it again on a retry after its backoff,
+    as its log says; returns how long the database was unavailable."""
     assert servers.pg.pid is not None
+    before = _outage_lines(stack)
     started = time.monotonic()
     servers.pg.kill()
-    if down_s:
-        time.sleep(down_s)  # the outage itself: workers meet refused connections meanwhile
+    if stay_down:
+        wait_for(
+            lambda: all(n >= b + 2 for n, b in zip(_outage_lines(stack), before, strict=True)),
+            timeout=30,
+            what="every worker to meet the outage twice",
+        )
     servers.pg.start()
     return time.monotonic() - started
 
@@ -54,12 +71,12 @@ def test_postgres_killed_mid_batches_every_task_completes_exactly_once(
             assert r.status_code == 201, r.text
             ids += [t["id"] for t in r.json()["items"]]
         crashed_at: list[int] = []
-        for n, down_s in enumerate(DOWN_S):
+        for n, stay_down in enumerate(STAY_DOWN):
             # Kill while work is in flight: some tasks done, many still to claim.
-            target = TASKS * (n + 1) // (len(DOWN_S) + 2)
+            target = TASKS * (n + 1) // (len(STAY_DOWN) + 2)
             wait_for(lambda t=target: done_count(stack) >= t, timeout=60, interval=0.02, what=f"{target} done")
             crashed_at.append(done_count(stack))
-            restart_s = crash_postgres(servers, down_s)
+            restart_s = crash_postgres(servers, stack, stay_down=stay_down)
             print(f"crash {n + 1}: Postgres killed at {crashed_at[-1]} completed, back after {restart_s:.1f}s")
             assert crashed_at[-1] < TASKS, "every task finished before the crash: the test proves nothing"
 

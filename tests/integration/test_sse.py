@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.client
 import json
@@ -28,6 +27,7 @@ from taskproc.db import create_engine, create_sessionmaker
 from taskproc.events import BUFFER_MAX, Event, Subscription
 
 from conftest import StackFactory
+from inprocess import wait_until
 from support import Stack
 
 
@@ -324,7 +324,17 @@ def test_open_streams_do_not_hold_up_api_shutdown(stack_factory: StackFactory) -
 async def test_one_poller_started_by_the_first_subscriber_and_stopped_after_the_last(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(events, "LINGER_S", 0.3)
+    # No linger: a poller that lost count of its subscribers would stop at its next round.
+    monkeypatch.setattr(events, "LINGER_S", 0.0)
+    polls = 0
+    events_after = events.store.events_after
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal polls
+        polls += 1
+        return await events_after(*args, **kwargs)
+
+    monkeypatch.setattr(events.store, "events_after", counted)
     engine = create_engine(Settings(database_url=pg_url))  # type: ignore[arg-type]
     hub = events.EventHub(engine, create_sessionmaker(engine))
     try:
@@ -334,13 +344,12 @@ async def test_one_poller_started_by_the_first_subscriber_and_stopped_after_the_
         poller = hub._task
         assert hub.running and poller is not None
         hub.unsubscribe(a)
-        await asyncio.sleep(0.8)
+        # Three more rounds of the same poller after one of two subscribers left.
+        after = polls
+        await wait_until(lambda: _async(polls >= after + 3 or not hub.running), timeout=10, what="three polls")
         assert hub.running and hub._task is poller, "one poller serves every subscriber"
         hub.unsubscribe(b)
-        for _ in range(50):
-            if not hub.running:
-                break
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: _async(not hub.running), timeout=5, what="the poller to stop")
         assert not hub.running, "the poller stops by itself when nobody listens"
         await hub.subscribe(None)
         assert hub.running and hub._task is not poller, "and starts again with the next subscriber"
@@ -364,3 +373,8 @@ def test_odd_last_event_id_headers(stack: Stack, header: str) -> None:
     # Not an id at all ("abc") is 422: test_events_last_event_id.py.
     with open_stream(stack.url, headers={"Last-Event-ID": header}) as reader:
         assert reader.raw[0] == "retry: 2000"
+
+
+async def _async(value: bool) -> bool:
+    """A condition already computed, as the awaitable `inprocess.wait_until` polls."""
+    return value

@@ -3,7 +3,6 @@ that it lives on the event loop (a blocked loop answers nothing), and that it le
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import threading
 import time
@@ -76,4 +75,3 @@ async def test_a_port_in_use_fails_the_start() -> None:
             raise AssertionError("a second server on the same port started")
     finally:
         await server.stop()
-        await asyncio.sleep(0)

@@ -111,9 +111,12 @@ async def test_fenced_worker_runs_jobs_where_arqs_shutdown_finds_them() -> None:
 
     t = w.start_job("a.1", job())
     assert w.tasks == {"a.1": t} and w.running_jobs() == 1 and w.job("a.1") is t
+    # Done callbacks run in the order they were added: once ours has run, the fence's (added by start_job) has.
+    after_fence = asyncio.Event()
+    t.add_done_callback(lambda _: after_fence.set())
     release.set()
     await t
-    await asyncio.sleep(0)  # the done callback runs on the next loop turn
+    await after_fence.wait()
     assert w.tasks == {} and w.job("a.1") is None
     stuck = w.start_job("b.1", asyncio.Event().wait())  # type: ignore[arg-type]
     stuck.cancel()

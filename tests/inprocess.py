@@ -19,6 +19,7 @@ import io
 import logging
 import signal
 import time
+import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -34,7 +35,9 @@ from taskproc.config import Settings
 from taskproc.db import create_engine, create_sessionmaker
 from taskproc.logging import TextFormatter
 from taskproc.maintenance import TRANSIENT
-from taskproc.tasks.registry import registry
+from taskproc.models import TaskCreate
+from taskproc.services import tasks as service
+from taskproc.tasks.registry import TaskRegistry, registry
 from taskproc.worker.main import TaskprocWorker, build_worker
 from taskproc.worker.runtime import WorkerRuntime
 
@@ -269,7 +272,9 @@ class InProcess:
 
 
 @asynccontextmanager
-async def worker_runtime(settings: Settings, *, register: bool = True) -> AsyncIterator[WorkerRuntime]:
+async def worker_runtime(
+    settings: Settings, *, register: bool = True, types: TaskRegistry = registry
+) -> AsyncIterator[WorkerRuntime]:
     """A bare WorkerRuntime (no arq loop, no background duties): the test calls claim, execute, reap_lost,
     reconcile, check_cancels, heartbeat ... itself, one step at a time. With `register`, it has sent its first
     heartbeat and its completer (which writes successful outcomes) runs, as after a worker's start-up."""
@@ -278,7 +283,7 @@ async def worker_runtime(settings: Settings, *, register: bool = True) -> AsyncI
     )
     redis = Redis.from_url(settings.redis_url.get_secret_value())
     runtime = WorkerRuntime(
-        settings=settings, engine=engine, sessions=create_sessionmaker(engine), redis=redis, registry=registry
+        settings=settings, engine=engine, sessions=create_sessionmaker(engine), redis=redis, registry=types
     )
     completer: asyncio.Task[None] | None = None
     try:
@@ -293,6 +298,43 @@ async def worker_runtime(settings: Settings, *, register: bool = True) -> AsyncI
         await runtime.close_connections()
         await engine.dispose()
         await redis.aclose()
+
+
+@asynccontextmanager
+async def isolated_runtime(
+    servers: Servers, *, types: TaskRegistry = registry, **settings: Any
+) -> AsyncIterator[WorkerRuntime]:
+    """`worker_runtime` (serving `types`) on a fresh database and Redis db index of its own, with these Settings
+    fields; both are dropped afterwards."""
+    name = servers.new_database()
+    db = servers.take_redis_db()
+    redis_url = servers.redis.url.rsplit("/", 1)[0] + f"/{db}"
+    try:
+        async with worker_runtime(
+            Settings(database_url=servers.pg.url_for(name), redis_url=redis_url, **settings),  # type: ignore[arg-type]
+            types=types,
+        ) as runtime:
+            try:
+                yield runtime
+            finally:
+                await runtime.redis.flushdb()
+    finally:
+        servers.give_back_redis_db(db)
+        with psycopg.connect(servers.admin_url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def submit_direct(rt: WorkerRuntime, type_: str, payload: dict[str, Any], **fields: Any) -> uuid.UUID:
+    """One task created through the service layer (as the API would), on the runtime's database and Redis."""
+    async with rt.sessions() as session:
+        [(task, _)] = await service.create_tasks(
+            session=session,
+            redis=rt.redis,
+            tasks_in=[TaskCreate(type=type_, payload=payload, **fields)],
+            settings=rt.settings,
+            registry=rt.registry,
+        )
+    return task.id
 
 
 # ---- fixtures (registered by tests/conftest.py as a plugin) ----------------------------------------------------

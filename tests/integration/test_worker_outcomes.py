@@ -16,23 +16,19 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel
-from redis.asyncio import Redis
 
 from taskproc import queue, testhooks
-from taskproc.config import Settings
-from taskproc.db import create_engine, create_sessionmaker
 from taskproc.errors import ConflictError
-from taskproc.models import TaskCreate
 from taskproc.services import tasks as service
 from taskproc.store import Claimed
 from taskproc.tasks.registry import TaskContext, TaskRegistry
-from taskproc.worker.runtime import TRANSIENT, WorkerRuntime
+from taskproc.worker.runtime import WorkerRuntime
 
 from conftest import StackFactory
+from inprocess import isolated_runtime, submit_direct
 from support import Servers
 
 registry = TaskRegistry()
@@ -61,46 +57,16 @@ async def call(payload: CallIn, ctx: TaskContext) -> dict[str, bool]:
 
 @pytest.fixture
 async def runtime(servers: Servers) -> AsyncIterator[WorkerRuntime]:
-    name = servers.new_database()
-    db = servers.take_redis_db()
-    redis_url = servers.redis.url.rsplit("/", 1)[0] + f"/{db}"
-    settings = Settings(
-        database_url=servers.pg.url_for(name),  # type: ignore[arg-type]
-        redis_url=redis_url,  # type: ignore[arg-type]
+    async with isolated_runtime(
+        servers,
+        types=registry,
         retry_base_s=0.1,
         max_shutdown_requeues=2,
-    )
-    engine = create_engine(settings)
-    redis = Redis.from_url(redis_url)
-    rt = WorkerRuntime(
-        settings=settings, engine=engine, sessions=create_sessionmaker(engine), redis=redis, registry=registry
-    )
-    await rt.heartbeat()
-    completer = asyncio.create_task(rt.completer.run(transient=TRANSIENT))
-    try:
+    ) as rt:
         yield rt
-    finally:
-        completer.cancel()
-        await asyncio.gather(completer, return_exceptions=True)
-        await rt.close_connections()
-        await engine.dispose()
-        await redis.flushdb()
-        await redis.aclose()
-        servers.give_back_redis_db(db)
-        with psycopg.connect(servers.admin_url(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def submit(rt: WorkerRuntime, type_: str, payload: dict[str, Any], **fields: Any) -> uuid.UUID:
-    async with rt.sessions() as session:
-        [(task, _)] = await service.create_tasks(
-            session=session,
-            redis=rt.redis,
-            tasks_in=[TaskCreate(type=type_, payload=payload, **fields)],
-            settings=rt.settings,
-            registry=registry,
-        )
-    return task.id
+submit = submit_direct
 
 
 async def row(rt: WorkerRuntime, task_id: uuid.UUID) -> Any:

@@ -939,10 +939,16 @@ return n
 """
 
 
+async def held_totals(redis: Redis) -> tuple[int, int]:
+    """Jobs held for their keys' room over all keys, and how many keys have some."""
+    jobs = int(await redis.register_script(HELD_TOTAL_SCRIPT)())
+    return jobs, int(await redis.zcard(HELD_KEYS_KEY))
+
+
 async def queue_sizes(redis: Redis) -> tuple[int, int, int]:
     """Ready jobs (held ones of keys without room included) and deferred ones summed over every queue, and the
     running set (shared by all queues)."""
     sizes = await sizes_by_queue(redis)
     running = await redis.zcard(RUNNING_KEY)
-    held = int(await redis.register_script(HELD_TOTAL_SCRIPT)())
+    held, _ = await held_totals(redis)
     return sum(s.ready for s in sizes.values()) + held, sum(s.deferred for s in sizes.values()), int(running)

@@ -18,7 +18,7 @@ import psycopg
 from arq.worker import func
 from redis.exceptions import RedisError
 
-from taskproc import queue, retry
+from taskproc import metrics, queue, retry
 from taskproc.config import Settings
 from taskproc.db import create_engine, create_sessionmaker
 from taskproc.logging import bind
@@ -100,6 +100,8 @@ class TaskprocWorker(FencedWorker):
         if tick.taken:
             for claimed in await runtime.claim(tick.taken, tick.queue_of):
                 self.start_job(queue.job_id(claimed.id, claimed.generation), runtime.execute(claimed))
+        if tick.held:
+            metrics.LIMIT_HOLDS.inc(tick.held)
         await self.beat()
         # Jobs held for their keys' limits left the ready set: the ones behind them may be takeable right away.
         return want, want if tick.held else len(tick.taken), tick.next_due_in_ms

@@ -313,21 +313,25 @@ class Queue(SQLModel, table=True):
 
 
 class TaskQueueCount(SQLModel, table=True):
-    """Per queue and status, tasks pending, retrying or running, kept by statement triggers (migration 0007)."""
+    """Per queue, status and priority, the net number of tasks (and `_retried`, transitions into retrying), kept
+    by statement triggers (migrations 0007, 0008); sharded by backend pid."""
 
     __tablename__ = "task_queue_count"
 
     queue: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
     status: str = Field(sa_column=sa.Column(sa.String(20), primary_key=True))
+    priority: str = Field(sa_column=sa.Column(sa.String(10), primary_key=True))
     shard: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
     n: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
 
 
 class TaskTypeWaiting(SQLModel, table=True):
-    """Waiting (pending or retrying) tasks per type, kept by statement triggers (migration 0003); sharded."""
+    """Waiting (pending or retrying) tasks per queue and type, kept by statement triggers (migrations 0003,
+    0008); sharded."""
 
     __tablename__ = "task_type_waiting"
 
+    queue: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
     type: str = Field(sa_column=sa.Column(sa.String(100), primary_key=True))
     shard: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
     n: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
@@ -383,14 +387,20 @@ class QueueCounts(SQLModel):
 
 
 class Stats(SQLModel):
+    """Service-wide numbers, or one queue's with `?queue=` (then every count is of that queue's tasks)."""
+
     tasks: TaskCounts
     queue: QueueCounts = Field(
         description="Tasks waiting to run, by priority: pending or retrying, including those whose delay or retry "
         "backoff has not run out yet (until 0.1.0 only those due now were counted; that count read every waiting "
         "row, while this one is kept by triggers and costs the same at any backlog)."
     )
-    retried_total: int = Field(description="Retries scheduled since the database was created.")
-    workers: int = Field(description="Live worker processes (heartbeat within the lease).")
+    retried_total: int = Field(
+        description="Retries scheduled since the database was created (of tasks not deleted since, with `queue`)."
+    )
+    workers: int = Field(
+        description="Live worker processes (heartbeat within the lease); with `queue`, those that take from it."
+    )
     waiting_no_worker: int = Field(
         default=0, description="Waiting tasks whose type no live worker serves (they run once one that does starts)."
     )

@@ -490,18 +490,36 @@ STATS = sa.text(
     "WHERE c.status = ANY(CAST(:waiting AS text[])) AND NOT EXISTS (SELECT 1 FROM worker w "
     "WHERE w.expires_at > now() AND (w.queues IS NULL OR c.queue = ANY(w.queues)))"
 )
-# The pseudo-status under which the counter triggers (migration 0002) count transitions into `retrying`.
+# The same numbers for one queue, from the per-queue counters (migration 0008): key-range reads of at most
+# 7 statuses x 3 priorities x 16 shards rows, and of types x 16 for the unserved ones.
+QUEUE_STATS = sa.text(
+    "SELECT 's' AS kind, status AS k, sum(n)::bigint AS n FROM task_queue_count WHERE queue = :queue "
+    "GROUP BY status "
+    "UNION ALL SELECT 'q', priority, sum(n)::bigint FROM task_queue_count "
+    "WHERE queue = :queue AND status = ANY(CAST(:waiting AS text[])) GROUP BY priority "
+    "UNION ALL SELECT 'w', '', count(*) FROM worker "
+    "WHERE expires_at > now() AND (queues IS NULL OR CAST(:queue AS text) = ANY(queues)) "
+    "UNION ALL SELECT 'n', '', coalesce(sum(c.n), 0)::bigint FROM task_type_waiting c WHERE c.queue = :queue "
+    "AND NOT EXISTS (SELECT 1 FROM worker w WHERE w.expires_at > now() "
+    "AND (w.task_types IS NULL OR w.task_types -> c.type IS NOT NULL)) "
+    "UNION ALL SELECT 'm', '', coalesce(sum(c.n), 0)::bigint FROM task_queue_count c WHERE c.queue = :queue "
+    "AND c.status = ANY(CAST(:waiting AS text[])) AND NOT EXISTS (SELECT 1 FROM worker w "
+    "WHERE w.expires_at > now() AND (w.queues IS NULL OR c.queue = ANY(w.queues)))"
+)
+# The pseudo-status under which the counter triggers (migrations 0002, 0008) count transitions into `retrying`.
 RETRIED_KEY = "_retried"
 
 
-async def stats(db: Db) -> StatsRow:
+async def stats(db: Db, *, queue: str | None = None) -> StatsRow:
     """Counts by status (migration 0002), waiting tasks by priority (migration 0005), live workers and waiting
     tasks no live worker serves, from trigger-kept counters: never a read of the task table, so the cost is the
-    same at 10 waiting tasks as at 10 million."""
+    same at 10 waiting tasks as at 10 million. With `queue`, the same for that queue's tasks (migration 0008),
+    and `workers` counts the live workers that take from it."""
     by_status: dict[str, int] = {}
     by_priority: dict[str, int] = {}
     retried = workers = no_worker = no_queue_worker = 0
-    for r in (await db.execute(STATS, STATUS_PARAMS)).mappings():
+    query, params = (STATS, STATUS_PARAMS) if queue is None else (QUEUE_STATS, _params(queue=queue))
+    for r in (await db.execute(query, params)).mappings():
         kind, key, n = r["kind"], r["k"], int(r["n"])
         if kind == "s":
             if key == RETRIED_KEY:
@@ -1390,12 +1408,15 @@ class QueueRow:
 
 
 def _list_queues(oldest: str) -> sa.TextClause:
-    """Every queue that has a row (paused or resumed once) or a counter, plus `default`, with its counters (at
-    most queues x 3 statuses x 16 shards rows) and live workers; `oldest` is the expression for oldest_due_at."""
+    """Every queue that has a row (paused or resumed once) or a live task, plus `default`, with its counters (at
+    most queues x 3 statuses x 3 priorities x 16 shards rows) and live workers; `oldest` is the expression for
+    oldest_due_at."""
     return sa.text(
-        "WITH names AS (SELECT name FROM queue UNION SELECT DISTINCT queue FROM task_queue_count WHERE n <> 0 "  # noqa: S608 - constant fragments
-        "UNION SELECT CAST(:default AS text)), "
-        "c AS (SELECT queue, status, sum(n)::bigint AS n FROM task_queue_count GROUP BY queue, status) "
+        # The counters hold every status (migration 0008): a queue is known by its live tasks, as before.
+        "WITH names AS (SELECT name FROM queue UNION SELECT DISTINCT queue FROM task_queue_count "  # noqa: S608 - constant fragments
+        "WHERE n <> 0 AND status = ANY(CAST(:live AS text[])) UNION SELECT CAST(:default AS text)), "
+        "c AS (SELECT queue, status, sum(n)::bigint AS n FROM task_queue_count "
+        "WHERE status = ANY(CAST(:live AS text[])) GROUP BY queue, status) "
         "SELECT names.name, coalesce(q.paused, FALSE) AS paused, "
         "CASE WHEN q.paused THEN q.paused_at END AS paused_at, "
         "coalesce((SELECT n FROM c WHERE c.queue = names.name AND c.status = :s_pending), 0) AS pending, "

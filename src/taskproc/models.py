@@ -314,7 +314,7 @@ class Queue(SQLModel, table=True):
 
 class TaskQueueCount(SQLModel, table=True):
     """Per queue, status and priority, the net number of tasks (and `_retried`, transitions into retrying), kept
-    by statement triggers (migrations 0007, 0008); sharded by backend pid."""
+    by statement triggers (migrations 0007, 0009); sharded by backend pid."""
 
     __tablename__ = "task_queue_count"
 
@@ -327,7 +327,7 @@ class TaskQueueCount(SQLModel, table=True):
 
 class TaskTypeWaiting(SQLModel, table=True):
     """Waiting (pending or retrying) tasks per queue and type, kept by statement triggers (migrations 0003,
-    0008); sharded."""
+    0009); sharded."""
 
     __tablename__ = "task_type_waiting"
 

@@ -490,7 +490,7 @@ STATS = sa.text(
     "WHERE c.status = ANY(CAST(:waiting AS text[])) AND NOT EXISTS (SELECT 1 FROM worker w "
     "WHERE w.expires_at > now() AND (w.queues IS NULL OR c.queue = ANY(w.queues)))"
 )
-# The same numbers for one queue, from the per-queue counters (migration 0008): key-range reads of at most
+# The same numbers for one queue, from the per-queue counters (migration 0009): key-range reads of at most
 # 7 statuses x 3 priorities x 16 shards rows, and of types x 16 for the unserved ones.
 QUEUE_STATS = sa.text(
     "SELECT 's' AS kind, status AS k, sum(n)::bigint AS n FROM task_queue_count WHERE queue = :queue "
@@ -506,14 +506,14 @@ QUEUE_STATS = sa.text(
     "AND c.status = ANY(CAST(:waiting AS text[])) AND NOT EXISTS (SELECT 1 FROM worker w "
     "WHERE w.expires_at > now() AND (w.queues IS NULL OR c.queue = ANY(w.queues)))"
 )
-# The pseudo-status under which the counter triggers (migrations 0002, 0008) count transitions into `retrying`.
+# The pseudo-status under which the counter triggers (migrations 0002, 0009) count transitions into `retrying`.
 RETRIED_KEY = "_retried"
 
 
 async def stats(db: Db, *, queue: str | None = None) -> StatsRow:
     """Counts by status (migration 0002), waiting tasks by priority (migration 0005), live workers and waiting
     tasks no live worker serves, from trigger-kept counters: never a read of the task table, so the cost is the
-    same at 10 waiting tasks as at 10 million. With `queue`, the same for that queue's tasks (migration 0008),
+    same at 10 waiting tasks as at 10 million. With `queue`, the same for that queue's tasks (migration 0009),
     and `workers` counts the live workers that take from it."""
     by_status: dict[str, int] = {}
     by_priority: dict[str, int] = {}
@@ -1412,7 +1412,7 @@ def _list_queues(oldest: str) -> sa.TextClause:
     most queues x 3 statuses x 3 priorities x 16 shards rows) and live workers; `oldest` is the expression for
     oldest_due_at."""
     return sa.text(
-        # The counters hold every status (migration 0008): a queue is known by its live tasks, as before.
+        # The counters hold every status (migration 0009): a queue is known by its live tasks, as before.
         "WITH names AS (SELECT name FROM queue UNION SELECT DISTINCT queue FROM task_queue_count "  # noqa: S608 - constant fragments
         "WHERE n <> 0 AND status = ANY(CAST(:live AS text[])) UNION SELECT CAST(:default AS text)), "
         "c AS (SELECT queue, status, sum(n)::bigint AS n FROM task_queue_count "

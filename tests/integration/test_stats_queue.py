@@ -1,7 +1,7 @@
 """GET /api/v1/stats?queue= (issue 14: "filters by queue in list and stats") through a real API process and a
 real worker process: one queue's exact numbers as its tasks move through every status, the per-queue numbers
 adding up to the service-wide ones, the SDK's and the CLI's filter; and the per-queue counters of migration
-0008 agreeing with a full count of the task table, seeded from existing rows by the upgrade and put back by
+0009 agreeing with a full count of the task table, seeded from existing rows by the upgrade and put back by
 the downgrade. That the filtered call reads no task row at any backlog is in test_stats_cost.py."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """per-queue stats: every status, priority and retries per queue; waiting tasks per queue and type
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 
 GET /api/v1/stats?queue= answers from counters as the unfiltered call does, never from the task table:
 - `task_queue_count` (migration 0007: pending, retrying, running per queue) now counts every status, plus
@@ -24,8 +24,8 @@ from types import ModuleType
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008"
-down_revision: str | None = "0007"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

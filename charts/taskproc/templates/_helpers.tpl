@@ -463,8 +463,8 @@ spec:
 {{/*
 Postgres max_connections for the bundled server, from the connection budget of the processes (see
 src/taskproc/config.py): an API process holds at most 2 x db_pool_size + 1, a worker 2 x min(db_pool_size,
-concurrency + 4) + 3; each Deployment counted at its maximum replicas plus the one pod a rollout adds (maxSurge),
-plus 2 for the migration Job and 10 spare (psql, monitoring, superuser_reserved_connections).
+concurrency + 4) + 3; each Deployment (every worker pool is one) counted at its maximum replicas plus the one pod a
+rollout adds (maxSurge), plus 2 for the migration Job and 10 spare (psql, monitoring, superuser_reserved_connections).
 */}}
 {{- define "taskproc.postgresMaxConnections" -}}
 {{- if .Values.postgresql.maxConnections }}
@@ -472,10 +472,14 @@ plus 2 for the migration Job and 10 spare (psql, monitoring, superuser_reserved_
 {{- else }}
 {{- $pool := int .Values.config.db_pool_size }}
 {{- $api := add (mul 2 $pool) 1 }}
-{{- $worker := add (mul 2 (min $pool (add (int .Values.worker.concurrency) 4))) 3 }}
-{{- $workers := int .Values.worker.replicaCount }}
-{{- if .Values.keda.enabled }}{{ $workers = max $workers (int .Values.keda.maxReplicaCount) }}{{ end }}
-{{- if .Values.worker.hpa.enabled }}{{ $workers = int .Values.worker.hpa.maxReplicas }}{{ end }}
-{{- add (mul (add (int .Values.api.replicaCount) 1) $api) (mul (add $workers 1) $worker) 2 10 }}
+{{- $total := add (mul (add (int .Values.api.replicaCount) 1) $api) 2 10 }}
+{{- range $p := (include "taskproc.workerPools" . | fromJson).pools }}
+{{- $worker := add (mul 2 (min $pool (add (int $p.concurrency) 4))) 3 }}
+{{- $workers := int $p.replicaCount }}
+{{- if $.Values.keda.enabled }}{{ $workers = max $workers (int $p.keda.maxReplicaCount) }}{{ end }}
+{{- if $.Values.worker.hpa.enabled }}{{ $workers = int $p.hpa.maxReplicas }}{{ end }}
+{{- $total = add $total (mul (add $workers 1) $worker) }}
+{{- end }}
+{{- $total }}
 {{- end }}
 {{- end }}

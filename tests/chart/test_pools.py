@@ -6,12 +6,15 @@ The Redis keys are the app's (src/taskproc/queue.py): queue `q`'s ready set is `
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import Helm, Renders, container, find, parse_docs, worker_deployments
+from .conftest import CHART, Helm, Renders, container, find, parse_docs, scenario_file, worker_deployments
 
 POOL_LABEL = "taskproc/pool"
 # ci/pools-values.yaml
@@ -172,6 +175,34 @@ def test_pool_keda_and_hpa_fall_back_to_the_global_values(helm4: Helm) -> None:
     replicas = {d["metadata"]["name"]: d["spec"]["replicas"] for d in worker_deployments(parse_docs(
         helm4.template(sets=sets).stdout))}  # fmt: skip
     assert replicas == {"taskproc-worker-a": 2, "taskproc-worker-b": 0}
+
+
+def test_pool_shutdown_grace(helm4: Helm) -> None:
+    """A pool of long tasks may wait longer on SIGTERM; its pods' grace follows, and a too short one is refused."""
+    sets = (*POOL_SETS, "worker.pools[1].shutdownGraceSeconds=900")
+    deployments = {d["metadata"]["name"]: d for d in worker_deployments(parse_docs(helm4.template(sets=sets).stdout))}
+    for name, grace in (("taskproc-worker-a", 300), ("taskproc-worker-b", 900)):
+        assert env_of(deployments[name])["TASKPROC_SHUTDOWN_GRACE_S"] == str(grace)
+        assert deployments[name]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace + 2 * 3 + 5
+    proc = helm4.template(sets=(*sets, "worker.pools[1].terminationGracePeriodSeconds=100"), check=False)
+    assert proc.returncode != 0
+    assert "worker.pools[b].terminationGracePeriodSeconds (100) must be at least" in proc.stderr, proc.stderr
+
+
+def test_notes_list_the_pools(helm4: Helm, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [helm4.path, "install", "taskproc", str(CHART), "--namespace", "taskproc", "--dry-run=client",
+         "--values", str(scenario_file("pools"))],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KUBECONFIG": str(tmp_path / "no-cluster")},
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "taskproc-worker-fast: queues default, 32 tasks per pod" in notes
+    assert "taskproc-worker-reports: queues reports, exports, 4 tasks per pod" in notes
+    assert "with a fixed replicaCount per pool" in notes  # no KEDA in a client-only dry run
 
 
 def test_postgres_budget_counts_every_pool(helm4: Helm, renders: Renders) -> None:

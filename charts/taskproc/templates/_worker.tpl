@@ -5,7 +5,8 @@ The worker Deployments to render, as JSON {"pools": [...]}, each entry with ever
 with each unset field taken from worker.* (keda.* for the pool's keda block), or, when worker.pools is empty, one
 unnamed entry (the catch-all Deployment `<fullname>-worker`) from worker.* and keda.* themselves. Templates range
 over this instead of reading worker.*, so a pool and the catch-all Deployment render through the same code.
-Entry fields: name ("" for the catch-all), deployment, queues, namedQueues, concurrency, replicaCount, resources,
+Entry fields: name ("" for the catch-all), deployment, queues, namedQueues, concurrency, replicaCount,
+shutdownGraceSeconds, terminationGracePeriodSeconds, resources,
 podAnnotations, podLabels, nodeSelector, tolerations, affinity, topologySpreadConstraints, hpa {minReplicas,
 maxReplicas, targetCPUUtilizationPercentage}, keda {minReplicaCount, maxReplicaCount, pollingInterval,
 cooldownPeriod, listLength, activationListLength}.
@@ -15,7 +16,7 @@ cooldownPeriod, listLength, activationListLength}.
 {{- $fullname := include "taskproc.fullname" . }}
 {{- $kedaKeys := list "minReplicaCount" "maxReplicaCount" "pollingInterval" "cooldownPeriod" "listLength" "activationListLength" }}
 {{- $hpaKeys := list "minReplicas" "maxReplicas" "targetCPUUtilizationPercentage" }}
-{{- $plain := list "concurrency" "replicaCount" "resources" "nodeSelector" "tolerations" "affinity" "topologySpreadConstraints" }}
+{{- $plain := list "concurrency" "replicaCount" "shutdownGraceSeconds" "terminationGracePeriodSeconds" "resources" "nodeSelector" "tolerations" "affinity" "topologySpreadConstraints" }}
 {{- $items := $w.pools }}
 {{- if not $items }}
 {{- /* The catch-all Deployment: the same resolution with nothing overridden. */}}
@@ -175,9 +176,9 @@ spec:
       serviceAccountName: {{ include "taskproc.serviceAccountName" $ctx }}
       automountServiceAccountToken: false
       {{- end }}
-      # worker.shutdownGraceSeconds (default: the task timeout) plus room for the requeue writes: on SIGTERM the
+      # shutdownGraceSeconds (default: the task timeout) plus room for the requeue writes: on SIGTERM the
       # worker lets running tasks finish for that long, then requeues the rest, before Kubernetes sends SIGKILL.
-      terminationGracePeriodSeconds: {{ include "taskproc.terminationGrace" $ctx }}
+      terminationGracePeriodSeconds: {{ include "taskproc.terminationGrace" . }}
       {{- with $ctx.Values.imagePullSecrets }}
       imagePullSecrets:
         {{- toYaml . | nindent 8 }}
@@ -207,7 +208,7 @@ spec:
             - name: TASKPROC_WORKER_METRICS_PORT
               value: {{ include "taskproc.scalar" $ctx.Values.worker.metricsPort | quote }}
             - name: TASKPROC_SHUTDOWN_GRACE_S
-              value: {{ include "taskproc.shutdownGrace" $ctx | quote }}
+              value: {{ include "taskproc.shutdownGrace" . | quote }}
             {{- if $ctx.Values.worker.podDeletionCost.enabled }}
             - name: TASKPROC_POD_DELETION_COST
               value: "true"

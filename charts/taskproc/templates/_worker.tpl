@@ -37,7 +37,13 @@ cooldownPeriod, listLength, activationListLength}.
 {{- /* Only the catch-all Deployment serving every queue needs to be told which named queues exist. */}}
 {{- $_ := set $r "namedQueues" (ternary (without (uniq $.Values.keda.namedQueues) "default") list (and (eq $p.name "") (empty $p.queues))) }}
 {{- range $key := $plain }}
-{{- $_ := set $r $key (ternary (get $p $key) (get $w $key) (hasKey $p $key)) }}
+{{- /* A null value (shutdownGraceSeconds) may be missing altogether (helm 3 drops nulls in a subchart's values):
+then the entry has no such key, which reads as null too, not as get's "". */}}
+{{- if hasKey $p $key }}
+{{- $_ := set $r $key (get $p $key) }}
+{{- else if hasKey $w $key }}
+{{- $_ := set $r $key (get $w $key) }}
+{{- end }}
 {{- end }}
 {{- $_ := set $r "podAnnotations" (merge (dict) (default dict $p.podAnnotations) $w.podAnnotations) }}
 {{- $_ := set $r "podLabels" (merge (dict) (default dict $p.podLabels) $w.podLabels) }}
@@ -176,7 +182,7 @@ spec:
       serviceAccountName: {{ include "taskproc.serviceAccountName" $ctx }}
       automountServiceAccountToken: false
       {{- end }}
-      # shutdownGraceSeconds (default: the task timeout) plus room for the requeue writes: on SIGTERM the
+      # worker.shutdownGraceSeconds (default: the task timeout) plus room for the requeue writes: on SIGTERM the
       # worker lets running tasks finish for that long, then requeues the rest, before Kubernetes sends SIGKILL.
       terminationGracePeriodSeconds: {{ include "taskproc.terminationGrace" . }}
       {{- with $ctx.Values.imagePullSecrets }}

@@ -6,10 +6,9 @@ with each unset field taken from worker.* (keda.* for the pool's keda block), or
 unnamed entry (the catch-all Deployment `<fullname>-worker`) from worker.* and keda.* themselves. Templates range
 over this instead of reading worker.*, so a pool and the catch-all Deployment render through the same code.
 Entry fields: name ("" for the catch-all), deployment, queues, namedQueues, concurrency, replicaCount,
-shutdownGraceSeconds, terminationGracePeriodSeconds, resources,
-podAnnotations, podLabels, nodeSelector, tolerations, affinity, topologySpreadConstraints, hpa {minReplicas,
-maxReplicas, targetCPUUtilizationPercentage}, keda {minReplicaCount, maxReplicaCount, pollingInterval,
-cooldownPeriod, listLength, activationListLength}.
+shutdownGraceSeconds, terminationGracePeriodSeconds, resources, podAnnotations, podLabels, nodeSelector,
+tolerations, affinity, topologySpreadConstraints, hpa {minReplicas, maxReplicas, targetCPUUtilizationPercentage},
+keda {minReplicaCount, maxReplicaCount, pollingInterval, cooldownPeriod, listLength, activationListLength}.
 */}}
 {{- define "taskproc.workerPools" -}}
 {{- $w := .Values.worker }}

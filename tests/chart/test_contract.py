@@ -458,7 +458,7 @@ def test_pool_triggers_count_their_queues_ready_and_running_only(
     rendered_pools: list[dict[str, Any]], contract_servers: Servers, redis_db: redis.Redis
 ) -> None:
     from taskproc.config import Settings
-    from taskproc.queue import ready_key
+    from taskproc.queue import queue_running_key, ready_key
 
     docs = rendered_pools
     servers = contract_servers
@@ -471,7 +471,7 @@ def test_pool_triggers_count_their_queues_ready_and_running_only(
     queues = Settings.model_validate({"worker_queues": env["TASKPROC_WORKER_QUEUES"]}).worker_queues
     assert set(queues) == {"reports", "exports"}
     keys = {t["metadata"]["listName"] for t in reports["spec"]["triggers"]}
-    assert keys == {ready_key(q) for q in queues} | {f"taskproc:running:{q}" for q in queues}
+    assert keys == {ready_key(q) for q in queues} | {queue_running_key(q) for q in queues}
     worker_db = urlsplit(env["TASKPROC_REDIS_URL"]).path.lstrip("/")
     assert {t["metadata"]["databaseIndex"] for t in reports["spec"]["triggers"]} == {worker_db}
 
@@ -508,4 +508,75 @@ def test_pool_triggers_count_their_queues_ready_and_running_only(
     assert pool_metric(servers.redis_for, reports) == 0
     assert not pool_metric(servers.redis_for, reports) > activation
     assert pool_metric(servers.redis_for, fast) == 6 + 1, "the other pool is untouched"
+    redis_db.flushdb()
+
+
+@pytest.fixture(scope="module")
+def rendered_pools_ports(helm4: Helm) -> Rendered:
+    api_port, metrics_port = free_port(), free_port()
+    sets = (*POOL_SETS, f"api.port={api_port}", f"worker.metricsPort={metrics_port}", "api.replicaCount=1")
+    return Rendered(parse_docs(helm4.template(CONTRACT_VALUES, sets=sets).stdout), api_port, metrics_port)
+
+
+def test_a_pool_worker_takes_only_its_queues_and_its_scaled_object_counts_them(
+    rendered_pools_ports: Rendered, contract_servers: Servers, redis_db: redis.Redis, tmp_path: Path
+) -> None:
+    """The rendered `reports` pool's worker, run as its Deployment says, against the real API: it takes only its
+    queues, and its ScaledObject's formula over the keys the worker and the API write counts exactly its queues'
+    ready and running tasks, nothing of another queue, and nothing of its queue once that is paused."""
+    rendered, servers = rendered_pools_ports, contract_servers
+    redis_db.flushdb()
+    docs = rendered.docs
+    scaled = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ScaledObject"}["taskproc-worker-reports"]
+    api_c = container(find(docs, "Deployment", "-api"), "api")
+    worker_c = container(find(docs, "Deployment", "-worker-reports"), "worker")
+    api = Pod("api", api_c, rendered.env_for(api_c, servers), tmp_path)
+    worker = Pod("worker", worker_c, rendered.env_for(worker_c, servers), tmp_path)
+
+    def submit(client: httpx.Client, queue: str, **body: Any) -> str:
+        resp = client.post("/api/v1/tasks", json={"type": "sleep", "queue": queue, **body})
+        assert resp.status_code == 201, resp.text
+        return str(resp.json()["id"])
+
+    with running(api), api_client(rendered.api_port) as client:
+        api.check_probes()
+        with running(worker):
+            busy = submit(client, "reports", payload={"duration_ms": 60_000})
+            poll(
+                lambda: client.get(f"/api/v1/tasks/{busy}").json()["status"] == "running" or None,
+                timeout=60,
+                what="the pool's worker to take its queue's task",
+            )
+            worker.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]  # no new task is taken now
+            try:
+                for _ in range(2):
+                    submit(client, "reports", payload={"duration_ms": 0})
+                for _ in range(3):
+                    submit(client, "exports", payload={"duration_ms": 0})
+                for q in ("video", "default"):
+                    submit(client, q, payload={"duration_ms": 0})
+                submit(client, "exports", payload={"duration_ms": 0}, delay_s=600)
+                assert pool_metric(servers.redis_for, scaled) == 1 + 2 + 3, "running + ready of reports and exports"
+                assert client.post("/api/v1/queues/exports/pause").status_code == 200
+                assert pool_metric(servers.redis_for, scaled) == 1 + 2, "a paused queue does not scale the pool"
+                assert client.post("/api/v1/queues/exports/resume").status_code == 200
+                assert pool_metric(servers.redis_for, scaled) == 1 + 2 + 3
+            finally:
+                worker.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+            poll(
+                lambda: (
+                    client.get("/api/v1/stats", params={"queue": "exports"}).json()["tasks"]["completed"] == 3 or None
+                ),
+                timeout=60,
+                what="the pool's worker to run the exports tasks",
+            )
+            client.post(f"/api/v1/tasks/{busy}/cancel")
+            poll(
+                lambda: client.get(f"/api/v1/tasks/{busy}").json()["status"] == "canceled" or None,
+                timeout=30,
+                what="the long task to be canceled",
+            )
+            assert pool_metric(servers.redis_for, scaled) == 0, "the pool's work is done"
+            video = client.get("/api/v1/stats", params={"queue": "video"}).json()["tasks"]
+            assert video["pending"] == 1 and video["completed"] == 0, "not the pool's queue: left alone"
     redis_db.flushdb()

@@ -143,6 +143,12 @@ class Task(TaskBase, table=True):
         sa.Index(
             "ix_task_queue_waiting", "queue", "run_at", postgresql_where=sa.text("status IN ('pending', 'retrying')")
         ),
+        # A key's running tasks (migration 0008): what its limit counts.
+        sa.Index(
+            "ix_task_key_running",
+            "concurrency_key",
+            postgresql_where=sa.text("status = 'running' AND concurrency_key IS NOT NULL"),
+        ),
         sa.Index(
             "ix_task_terminal_finished",
             "finished_at",
@@ -669,20 +675,16 @@ class LimitPublic(SQLModel):
 
 
 class TaskKey(SQLModel, table=True):
-    """Per concurrency key: its limit and the count of its running tasks (migration 0008).
-
-    `running` is kept by the row trigger taskproc_task_key on task, which also refuses a claim over the limit, so
-    every worker and replica shares one count and no claim can overshoot it.
-    """
+    """A concurrency key's limit (migration 0008). The row trigger taskproc_task_key on task enforces it in the
+    claim statement, under the key's advisory lock, against a count of the key's running tasks."""
 
     __tablename__ = "task_key"
 
     key: str = Field(sa_column=sa.Column(sa.String(200), primary_key=True))
-    running: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
     max_running: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
     rate_count: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
     rate_per_s: float | None = Field(default=None, sa_column=sa.Column(sa.Float, nullable=True))
     tokens: float | None = Field(default=None, sa_column=sa.Column(sa.Float, nullable=True))
     refilled_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
-    origin: str | None = Field(default=None, sa_column=sa.Column(sa.String(10), nullable=True))
+    origin: str = Field(sa_column=sa.Column(sa.String(10), nullable=False))
     updated_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))

@@ -492,29 +492,51 @@ async def wake(redis: Redis) -> None:
     await redis.publish(WAKE_CHANNEL, "1")
 
 
-# ARGV: the names of every paused queue (Postgres's view). Queues paused here and not there are resumed (their
-# paused set merged back into the ready set, workers woken); queues paused there and not here have their ready
-# set moved aside. Returns how many queues changed.
+# The mirrors of Postgres state (the pause, the limits) are written twice: at once by the API after its commit,
+# and every few seconds by a sync from a fresh read of Postgres. A sync's read can predate a commit whose direct
+# write then lands first; so a sync leaves alone what was written directly within MIRROR_FRESH_MS (far longer
+# than a read-to-write gap), and the next sync, reading later, corrects whatever needs it.
+MIRROR_FRESH_MS = 10_000
+MIRROR_STAMPS_KEY = "taskproc:mirror-stamps"  # "pause:<queue>" / "limit:<key>" -> Redis ms of the direct write
+
+_LUA_PAUSE = f"""
+local function pause(q)
+  if redis.call('SADD', '{PAUSED_KEY}', q) == 1 then
+    redis.call('ZUNIONSTORE', '{PAUSED_PREFIX}' .. q, 2, '{PAUSED_PREFIX}' .. q, ready_key(q))
+    redis.call('DEL', ready_key(q))
+    return 1
+  end
+  return 0
+end
+local function resume(q)
+  local was = redis.call('SREM', '{PAUSED_KEY}', q)
+  redis.call('ZUNIONSTORE', ready_key(q), 2, ready_key(q), '{PAUSED_PREFIX}' .. q)
+  redis.call('DEL', '{PAUSED_PREFIX}' .. q)
+  return was
+end
+local function fresh(what)
+  local at = redis.call('HGET', '{MIRROR_STAMPS_KEY}', what)
+  return at and now - tonumber(at) < {MIRROR_FRESH_MS}
+end
+"""
+
+# ARGV: the names of every paused queue (Postgres's view, read just before). Queues paused here and not there are
+# resumed (their paused set merged back into the ready set, workers woken); queues paused there and not here
+# have their ready set moved aside; a queue paused or resumed directly a moment ago is left as it is. Returns
+# how many queues changed.
 SYNC_PAUSED_SCRIPT = (
-    _LUA_KEYS
+    _LUA_NOW
+    + _LUA_KEYS
+    + _LUA_PAUSE
     + f"""
 local want = {{}}
 for _, q in ipairs(ARGV) do want[q] = true end
 local changed = 0
 for _, q in ipairs(redis.call('SMEMBERS', '{PAUSED_KEY}')) do
-  if not want[q] then
-    redis.call('SREM', '{PAUSED_KEY}', q)
-    redis.call('ZUNIONSTORE', ready_key(q), 2, ready_key(q), '{PAUSED_PREFIX}' .. q)
-    redis.call('DEL', '{PAUSED_PREFIX}' .. q)
-    changed = changed + 1
-  end
+  if not want[q] and not fresh('pause:' .. q) then changed = changed + resume(q) end
 end
 for q, _ in pairs(want) do
-  if redis.call('SADD', '{PAUSED_KEY}', q) == 1 then
-    redis.call('ZUNIONSTORE', '{PAUSED_PREFIX}' .. q, 2, '{PAUSED_PREFIX}' .. q, ready_key(q))
-    redis.call('DEL', ready_key(q))
-    changed = changed + 1
-  end
+  if not fresh('pause:' .. q) then changed = changed + pause(q) end
 end
 if changed > 0 then redis.call('PUBLISH', '{WAKE_CHANNEL}', '1') end
 return changed
@@ -523,18 +545,16 @@ return changed
 
 # ARGV[1]: 'pause' or 'resume', ARGV[2]: the queue.
 SET_PAUSED_SCRIPT = (
-    _LUA_KEYS
+    _LUA_NOW
+    + _LUA_KEYS
+    + _LUA_PAUSE
     + f"""
 local q = ARGV[2]
+redis.call('HSET', '{MIRROR_STAMPS_KEY}', 'pause:' .. q, now)
 if ARGV[1] == 'pause' then
-  if redis.call('SADD', '{PAUSED_KEY}', q) == 1 then
-    redis.call('ZUNIONSTORE', '{PAUSED_PREFIX}' .. q, 2, '{PAUSED_PREFIX}' .. q, ready_key(q))
-    redis.call('DEL', ready_key(q))
-  end
+  pause(q)
 else
-  redis.call('SREM', '{PAUSED_KEY}', q)
-  redis.call('ZUNIONSTORE', ready_key(q), 2, ready_key(q), '{PAUSED_PREFIX}' .. q)
-  redis.call('DEL', '{PAUSED_PREFIX}' .. q)
+  resume(q)
   redis.call('PUBLISH', '{WAKE_CHANNEL}', '1')
 end
 return 0
@@ -549,7 +569,8 @@ async def set_paused(redis: Redis, name: str, *, paused: bool) -> None:
 
 
 async def sync_paused(redis: Redis, names: Sequence[str]) -> int:
-    """Make Redis's mirror of the pause equal Postgres's list of paused queues (after a flush, a lost update)."""
+    """Make Redis's mirror of the pause equal Postgres's list of paused queues, read just before (after a flush,
+    a lost update); what was paused or resumed directly a moment ago is left to the next sync."""
     return int(await redis.register_script(SYNC_PAUSED_SCRIPT)(args=list(names)))
 
 
@@ -565,33 +586,47 @@ class KeyLimit:
         return "|".join("" if v is None else repr(v) for v in (self.max_running, self.rate_count, self.rate_per_s))
 
 
-# ARGV[1]: 'all' (the keys that follow are every limit: others are dropped) or 'some'; then (key, encoded limit or
-# '' to drop it) pairs. Keys whose limit changed are looked at again for room at once.
+# ARGV[1]: 'sync' (the keys that follow are every limit there is, as Postgres was just read: others are dropped,
+# and what was written directly a moment ago is left alone) or 'direct' (written after a commit); then (key,
+# encoded limit or '' to drop it) pairs. Keys whose limit changed are looked at again for room at once.
 SYNC_LIMITS_SCRIPT = (
     _LUA_NOW
+    + _LUA_KEYS
+    + _LUA_PAUSE
     + f"""
+local sync = ARGV[1] == 'sync'
 local given = {{}}
+local function changed(k)
+  redis.call('HDEL', '{TOKENS_KEY}', k)
+  if redis.call('EXISTS', '{HELD_PREFIX}' .. k) == 1 then redis.call('ZADD', '{HELD_KEYS_KEY}', now, k) end
+end
 for i = 2, #ARGV, 2 do
   local k, v = ARGV[i], ARGV[i + 1]
   given[k] = true
-  local old = redis.call('HGET', '{LIMITS_KEY}', k)
-  if v == '' then
-    if old then redis.call('HDEL', '{LIMITS_KEY}', k) end
-  elseif old ~= v then
-    redis.call('HSET', '{LIMITS_KEY}', k, v)
-  end
-  if old ~= (v ~= '' and v or false) then
-    redis.call('HDEL', '{TOKENS_KEY}', k)
-    if redis.call('EXISTS', '{HELD_PREFIX}' .. k) == 1 then redis.call('ZADD', '{HELD_KEYS_KEY}', now, k) end
+  if not (sync and fresh('limit:' .. k)) then
+    if not sync then redis.call('HSET', '{MIRROR_STAMPS_KEY}', 'limit:' .. k, now) end
+    local old = redis.call('HGET', '{LIMITS_KEY}', k)
+    if v == '' then
+      if old then
+        redis.call('HDEL', '{LIMITS_KEY}', k)
+        changed(k)
+      end
+    elseif old ~= v then
+      redis.call('HSET', '{LIMITS_KEY}', k, v)
+      changed(k)
+    end
   end
 end
-if ARGV[1] == 'all' then
+if sync then
   for _, k in ipairs(redis.call('HKEYS', '{LIMITS_KEY}')) do
-    if not given[k] then
+    if not given[k] and not fresh('limit:' .. k) then
       redis.call('HDEL', '{LIMITS_KEY}', k)
-      redis.call('HDEL', '{TOKENS_KEY}', k)
-      if redis.call('EXISTS', '{HELD_PREFIX}' .. k) == 1 then redis.call('ZADD', '{HELD_KEYS_KEY}', now, k) end
+      changed(k)
     end
+  end
+  -- Stamps older than the freshness window protect nothing any more.
+  for _, what in ipairs(redis.call('HKEYS', '{MIRROR_STAMPS_KEY}')) do
+    if not fresh(what) then redis.call('HDEL', '{MIRROR_STAMPS_KEY}', what) end
   end
 end
 redis.call('PUBLISH', '{WAKE_CHANNEL}', '1')
@@ -601,9 +636,10 @@ return 0
 
 
 async def set_limits(redis: Redis, limits: Mapping[str, KeyLimit | None], *, complete: bool = False) -> None:
-    """Mirror keys' limits (None: the key has none any more); `complete`: these are all the limits there are.
-    A changed limit starts with a full bucket here too (as in Postgres, which stays the judge)."""
-    args: list[str] = ["all" if complete else "some"]
+    """Mirror keys' limits (None: the key has none any more) after a commit; `complete`: a sync, these are all
+    the limits there are, as Postgres was just read. A changed limit starts with a full bucket here too (as in
+    Postgres, which stays the judge)."""
+    args: list[str] = ["sync" if complete else "direct"]
     for key, limit in limits.items():
         args += [key, "" if limit is None else limit.encoded()]
     await redis.register_script(SYNC_LIMITS_SCRIPT)(args=args)
@@ -770,7 +806,7 @@ async def promote_due(redis: Redis, *, limit: int = 1000) -> int:
 #    PARK_BUDGET held per call: a saturated key never blocks the jobs of other keys behind it;
 # 3. read the abort requests (dropping those older than ARGV[5] ms).
 # Times are Redis's (TIME). Returns {promoted, ms until the next deferred job is due or -1, {job, score, queue,
-# ...}, {aborted job, ...}, held}: a span, so the caller never compares a Redis time with its own clock.
+# key or '', ...}, {aborted job, ...}, held}: a span, so the caller never compares a Redis time with its own clock.
 # The keys of queues a script finds in QUEUES_KEY are not passed in KEYS: fine on a single Redis (what taskproc
 # runs on), not on Redis Cluster.
 TICK_SCRIPT = (
@@ -827,6 +863,7 @@ while want > 0 and held < {PARK_BUDGET} do
       taken[#taken + 1] = c[1]
       taken[#taken + 1] = c[4]
       taken[#taken + 1] = c[3]
+      taken[#taken + 1] = k or ''
     end
   end
   if #running > 0 then redis.call('ZADD', KEYS[1], unpack(running)) end
@@ -866,6 +903,7 @@ class Tick:
     aborts: list[str]
     queue_of: dict[str, str] = field(default_factory=dict)  # job id -> its queue, for the jobs taken
     held: int = 0  # jobs of keys without room moved out of the ready sets by this tick
+    keyed: bool = False  # some job taken has a concurrency key
 
 
 class Ticker:
@@ -886,9 +924,10 @@ class Ticker:
         return Tick(
             promoted=int(moved),
             next_due_in_ms=None if nd < 0 else int(nd),
-            taken=[(taken[i].decode(), float(taken[i + 1])) for i in range(0, len(taken), 3)],
+            taken=[(taken[i].decode(), float(taken[i + 1])) for i in range(0, len(taken), 4)],
             aborts=[a.decode() for a in aborts],
-            queue_of={taken[i].decode(): taken[i + 2].decode() for i in range(0, len(taken), 3)},
+            queue_of={taken[i].decode(): taken[i + 2].decode() for i in range(0, len(taken), 4)},
+            keyed=any(taken[i + 3] for i in range(0, len(taken), 4)),
             held=int(held),
         )
 

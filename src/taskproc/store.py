@@ -661,43 +661,62 @@ async def events_between(
 
 # ---- the worker's hot path (one autocommit psycopg connection each, prepared statements) ------------------------
 
-CLAIM_SQL = sql.SQL(
-    "WITH input AS (SELECT * FROM unnest(%(ids)s::uuid[], %(gens)s::int[]) AS i(id, gen)), "
-    "t AS (UPDATE task SET status = %(s_running)s, attempts = task.attempts + 1, started_at = now(), "
-    "worker_id = %(worker)s, finished_at = NULL, updated_at = now() FROM input "
-    "WHERE task.id = input.id AND task.generation = input.gen AND task.status = ANY(%(waiting)s::text[]) "
-    "AND NOT task.cancel_requested AND task.type = ANY(%(types)s::text[]) "
-    # A paused queue starts nothing (migration 0007): the pause is in Postgres, so no Redis state can bypass it.
-    "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.name = task.queue AND q.paused) "
-    # A keyed task's row is skipped by the trigger taskproc_task_key (migration 0008) if its key has no room.
-    "RETURNING task.id, task.generation, task.type, task.priority, task.payload, task.attempts, task.timeout_s, "
-    "task.run_at, task.started_at, task.queue, task.concurrency_key), "
-    "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
-    "SELECT id, started_at, %(s_running)s::text, attempts, %(detail)s FROM t), "
-    # Jobs this worker would claim if it served their type, if their queue were not paused, or if their key had
-    # room: left untouched, for a worker that does, for the resume, or for a free slot of the key.
-    # Only the jobs the claim did not take are looked up again (usually none).
-    "u AS (SELECT task.id, task.generation, task.type, task.priority, task.queue, task.concurrency_key, "
-    "(task.type = ANY(%(types)s::text[]) "
-    "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.name = task.queue AND q.paused)) AS limited "
-    "FROM input JOIN task "
-    "ON task.id = input.id AND task.generation = input.gen WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.id = input.id) "
-    "AND task.status = ANY(%(waiting)s::text[]) AND NOT task.cancel_requested "
-    "AND (NOT (task.type = ANY(%(types)s::text[])) OR task.concurrency_key IS NOT NULL "
-    "OR EXISTS (SELECT 1 FROM queue q WHERE q.name = task.queue AND q.paused))) "
-    "SELECT TRUE AS claimed, *, NULL::boolean AS limited FROM t UNION ALL SELECT FALSE, u.id, u.generation, u.type, "
-    "u.priority, NULL::jsonb, NULL::int, NULL::float8, NULL::timestamptz, NULL::timestamptz, u.queue, "
-    "u.concurrency_key, u.limited FROM u"
+
+def _claim_sql(locks: str, lock_guard: str) -> sql.SQL:
+    return sql.SQL(
+        "WITH input AS (SELECT * FROM unnest(%(ids)s::uuid[], %(gens)s::int[]) AS i(id, gen)), "  # noqa: S608 - constant fragments
+        + locks
+        + "t AS (UPDATE task SET status = %(s_running)s, attempts = task.attempts + 1, started_at = now(), "
+        "worker_id = %(worker)s, finished_at = NULL, updated_at = now() FROM input "
+        "WHERE task.id = input.id AND task.generation = input.gen AND task.status = ANY(%(waiting)s::text[]) "
+        "AND NOT task.cancel_requested AND task.type = ANY(%(types)s::text[]) "
+        # A paused queue starts nothing (migration 0007): the pause is in Postgres, so no Redis state can bypass it.
+        "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.name = task.queue AND q.paused) " + lock_guard +
+        # A keyed task's row is skipped by the trigger taskproc_task_key (migration 0008) if its key has no room.
+        "RETURNING task.id, task.generation, task.type, task.priority, task.payload, task.attempts, task.timeout_s, "
+        "task.run_at, task.started_at, task.queue, task.concurrency_key), "
+        "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
+        "SELECT id, started_at, %(s_running)s::text, attempts, %(detail)s FROM t), "
+        # Jobs this worker would claim if it served their type, if their queue were not paused, or if their key had
+        # room: left untouched, for a worker that does, for the resume, or for a free slot of the key.
+        # Only the jobs the claim did not take are looked up again (usually none).
+        "u AS (SELECT task.id, task.generation, task.type, task.priority, task.queue, task.concurrency_key, "
+        "(task.type = ANY(%(types)s::text[]) "
+        "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.name = task.queue AND q.paused)) AS limited "
+        "FROM input JOIN task ON task.id = input.id AND task.generation = input.gen "
+        "WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.id = input.id) "
+        "AND task.status = ANY(%(waiting)s::text[]) AND NOT task.cancel_requested "
+        "AND (NOT (task.type = ANY(%(types)s::text[])) OR task.concurrency_key IS NOT NULL "
+        "OR EXISTS (SELECT 1 FROM queue q WHERE q.name = task.queue AND q.paused))) "
+        "SELECT TRUE AS claimed, *, NULL::boolean AS limited FROM t "
+        "UNION ALL SELECT FALSE, u.id, u.generation, u.type, u.priority, NULL::jsonb, NULL::int, NULL::float8, "
+        "NULL::timestamptz, NULL::timestamptz, u.queue, u.concurrency_key, u.limited FROM u"
+    )
+
+
+# The plain claim, and the claim of a batch with keyed jobs: that one first takes the advisory locks of its keys
+# that have a limit (migration 0008: the trigger takes them again, re-entrantly), in hash order, so that two
+# claims of overlapping keys queue one behind the other instead of deadlocking. The guard makes the UPDATE wait
+# for them before its first row.
+CLAIM_SQL = _claim_sql("", "")
+KEY_LOCK = 7314  # the two-int4 advisory lock space of the keys (migration 0008's trigger uses the same)
+CLAIM_KEYED_SQL = _claim_sql(
+    f"lk AS (SELECT count(*) AS n FROM (SELECT pg_advisory_xact_lock({KEY_LOCK}, h) FROM (SELECT DISTINCT "  # noqa: S608
+    "hashtext(k.key) AS h FROM input JOIN task ON task.id = input.id JOIN task_key k ON k.key = task.concurrency_key"
+    ") d ORDER BY h) x), ",
+    "AND (SELECT n FROM lk) >= 0 ",
 )
 
 
 async def claim_batch(
-    writer: PgWriter, jobs: Sequence[JobRef], *, worker_id: str, types: Sequence[str]
+    writer: PgWriter, jobs: Sequence[JobRef], *, worker_id: str, types: Sequence[str], keyed: bool = True
 ) -> tuple[list[Claimed], list[Unserved]]:
     """Claim the jobs whose task waits on that generation, has no cancel request and has a type in `types`:
-    running under `worker_id`, one more attempt. Also returns the waiting ones of other types, untouched."""
+    running under `worker_id`, one more attempt; a job whose key's limit has no room is refused (`limited`).
+    Also returns the waiting ones of other types or paused queues, untouched. `keyed`: some job may have a
+    concurrency key (False only when the caller knows none has: then no key's lock is taken up front)."""
     rows = await writer.fetch(
-        CLAIM_SQL,
+        CLAIM_KEYED_SQL if keyed else CLAIM_SQL,
         _params(
             ids=[j.id for j in jobs],
             gens=[j.generation for j in jobs],
@@ -1470,7 +1489,7 @@ async def paused_queues(db: Db) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class KeyRow:
-    """A `task_key` row: a key's limit (origin NULL: none), its running count and its rate's tokens now."""
+    """A key's limit (a `task_key` row), its running tasks and its rate's tokens now."""
 
     key: str
     running: int
@@ -1479,65 +1498,63 @@ class KeyRow:
     rate_per_s: float | None
     tokens_now: float | None
     next_token_in_s: float | None  # with a rate and under one token: how long until one
-    origin: str | None
+    origin: str
     updated_at: datetime
 
 
 # The bucket as of now: the trigger's refill formula (migration 0008), read without taking a token.
 _TOKENS_NOW = (
-    "CASE WHEN rate_count IS NULL THEN NULL ELSE least(rate_count::float8, coalesce(tokens, rate_count) "
-    "+ greatest(0, extract(epoch FROM clock_timestamp() - refilled_at)) * rate_count / rate_per_s) END"
+    "CASE WHEN k.rate_count IS NULL THEN NULL ELSE least(k.rate_count::float8, coalesce(k.tokens, k.rate_count) "
+    "+ greatest(0, extract(epoch FROM clock_timestamp() - k.refilled_at)) * k.rate_count / k.rate_per_s) END"
 )
 _KEY_COLUMNS = (
-    f"key, running, max_running, rate_count, rate_per_s, {_TOKENS_NOW} AS tokens_now, "
-    f"CASE WHEN rate_count IS NULL OR {_TOKENS_NOW} >= 1 THEN NULL "
-    f"ELSE (1 - {_TOKENS_NOW}) * rate_per_s / rate_count END AS next_token_in_s, origin, updated_at"
+    "k.key, (SELECT count(*) FROM task t WHERE t.concurrency_key = k.key AND t.status = 'running') AS running, "  # noqa: S608
+    f"k.max_running, k.rate_count, k.rate_per_s, {_TOKENS_NOW} AS tokens_now, "
+    f"CASE WHEN k.rate_count IS NULL OR {_TOKENS_NOW} >= 1 THEN NULL "
+    f"ELSE (1 - {_TOKENS_NOW}) * k.rate_per_s / k.rate_count END AS next_token_in_s, k.origin, k.updated_at"
 )
-
-PUT_LIMIT = sa.text(
-    # A new or changed rate starts with a full bucket; `running` is the trigger's and never written here.
-    "INSERT INTO task_key AS k (key, max_running, rate_count, rate_per_s, tokens, refilled_at, origin, updated_at) "  # noqa: S608 - constant
-    "VALUES (:key, CAST(:max_running AS int), CAST(:rate_count AS int), CAST(:rate_per_s AS float8), "
-    "CAST(:rate_count AS int), clock_timestamp(), :origin, now()) "
+# A new or changed rate starts with a full bucket; an unchanged one keeps its tokens.
+_UPSERT_LIMIT = (
     "ON CONFLICT (key) DO UPDATE SET max_running = EXCLUDED.max_running, rate_count = EXCLUDED.rate_count, "
     "rate_per_s = EXCLUDED.rate_per_s, origin = EXCLUDED.origin, updated_at = now(), "
     "tokens = CASE WHEN (k.rate_count, k.rate_per_s) IS NOT DISTINCT FROM (EXCLUDED.rate_count, EXCLUDED.rate_per_s) "
     "THEN k.tokens ELSE EXCLUDED.tokens END, "
     "refilled_at = CASE WHEN (k.rate_count, k.rate_per_s) IS NOT DISTINCT FROM "
     "(EXCLUDED.rate_count, EXCLUDED.rate_per_s) THEN k.refilled_at ELSE EXCLUDED.refilled_at END "
-    f"RETURNING {_KEY_COLUMNS}"
+)
+
+PUT_LIMIT = sa.text(
+    "WITH k AS (INSERT INTO task_key AS k (key, max_running, rate_count, rate_per_s, tokens, refilled_at, origin, "  # noqa: S608 - constant
+    "updated_at) VALUES (:key, CAST(:max_running AS int), CAST(:rate_count AS int), CAST(:rate_per_s AS float8), "
+    "CAST(:rate_count AS int), clock_timestamp(), 'api', now()) "
+    f"{_UPSERT_LIMIT}RETURNING k.*) SELECT {_KEY_COLUMNS} FROM k"
 )
 
 
 async def put_limit(
     db: Db, key: str, *, max_running: int | None, rate_count: int | None, rate_per_s: float | None
 ) -> KeyRow:
-    """Set a key's limit (origin 'api'), keeping its running count; a new or changed rate starts full."""
-    params = {
-        "key": key,
-        "max_running": max_running,
-        "rate_count": rate_count,
-        "rate_per_s": rate_per_s,
-        "origin": "api",
-    }
+    """Set a key's limit (origin 'api'); a new or changed rate starts with a full bucket."""
+    params = {"key": key, "max_running": max_running, "rate_count": rate_count, "rate_per_s": rate_per_s}
     return _rows(KeyRow, await db.execute(PUT_LIMIT, params))[0]
 
 
 APPLY_TYPE_LIMITS = sa.text(
     # A type's default never replaces a limit a PUT set; it does follow a changed default of the type.
-    "INSERT INTO task_key AS k (key, max_running, rate_count, rate_per_s, tokens, refilled_at, origin, updated_at) "
+    "INSERT INTO task_key AS k (key, max_running, rate_count, rate_per_s, tokens, refilled_at, origin, updated_at) "  # noqa: S608 - constant
     "SELECT key, max_running, rate_count, rate_per_s, rate_count, clock_timestamp(), 'type', now() FROM unnest("
     "CAST(:keys AS text[]), CAST(:max_running AS int[]), CAST(:rate_count AS int[]), CAST(:rate_per_s AS float8[])) "
-    "AS i(key, max_running, rate_count, rate_per_s) ORDER BY key "
-    "ON CONFLICT (key) DO UPDATE SET max_running = EXCLUDED.max_running, rate_count = EXCLUDED.rate_count, "
-    "rate_per_s = EXCLUDED.rate_per_s, origin = 'type', updated_at = now(), "
-    "tokens = CASE WHEN (k.rate_count, k.rate_per_s) IS NOT DISTINCT FROM (EXCLUDED.rate_count, EXCLUDED.rate_per_s) "
-    "THEN k.tokens ELSE EXCLUDED.tokens END, "
-    "refilled_at = CASE WHEN (k.rate_count, k.rate_per_s) IS NOT DISTINCT FROM "
-    "(EXCLUDED.rate_count, EXCLUDED.rate_per_s) THEN k.refilled_at ELSE EXCLUDED.refilled_at END "
-    "WHERE k.origin IS DISTINCT FROM 'api' AND (k.origin IS NULL OR (k.max_running, k.rate_count, k.rate_per_s) "
-    "IS DISTINCT FROM (EXCLUDED.max_running, EXCLUDED.rate_count, EXCLUDED.rate_per_s)) "
+    f"AS i(key, max_running, rate_count, rate_per_s) ORDER BY key {_UPSERT_LIMIT}"
+    "WHERE k.origin <> 'api' AND (k.max_running, k.rate_count, k.rate_per_s) "
+    "IS DISTINCT FROM (EXCLUDED.max_running, EXCLUDED.rate_count, EXCLUDED.rate_per_s) "
     "RETURNING key"
+)
+# Reading first spares the common case (every key already has its default) the upsert's row locks.
+TYPE_LIMITS_MISSING = sa.text(
+    "SELECT i.key FROM unnest(CAST(:keys AS text[]), CAST(:max_running AS int[]), CAST(:rate_count AS int[]), "
+    "CAST(:rate_per_s AS float8[])) AS i(key, max_running, rate_count, rate_per_s) LEFT JOIN task_key k "
+    "ON k.key = i.key WHERE k.key IS NULL OR (k.origin <> 'api' AND (k.max_running, k.rate_count, k.rate_per_s) "
+    "IS DISTINCT FROM (i.max_running, i.rate_count, i.rate_per_s))"
 )
 
 
@@ -1552,8 +1569,8 @@ class TypeLimit:
 
 
 async def apply_type_limits(db: Db, limits: Sequence[TypeLimit]) -> list[str]:
-    """Give keys the default limit of their task type, unless a PUT set theirs; returns the keys changed (sorted
-    by key, so two submits of the same keys lock them in the same order)."""
+    """Give keys the default limit of their task type, unless a PUT set theirs; returns the keys changed (written
+    in key order, so two submits of the same keys lock them in the same order)."""
     if not limits:
         return []
     params = {
@@ -1562,22 +1579,24 @@ async def apply_type_limits(db: Db, limits: Sequence[TypeLimit]) -> list[str]:
         "rate_count": [lim.rate_count for lim in limits],
         "rate_per_s": [lim.rate_per_s for lim in limits],
     }
-    return list((await db.execute(APPLY_TYPE_LIMITS, params)).scalars())
+    if not (await db.execute(TYPE_LIMITS_MISSING, params)).scalars().all():
+        return []
+    return sorted((await db.execute(APPLY_TYPE_LIMITS, params)).scalars())
 
 
-GET_KEY = sa.text(f"SELECT {_KEY_COLUMNS} FROM task_key WHERE key = :key")  # noqa: S608 - constant
-GET_KEYS = sa.text(f"SELECT {_KEY_COLUMNS} FROM task_key WHERE key = ANY(CAST(:keys AS text[]))")  # noqa: S608
-LIST_LIMITS = sa.text(f"SELECT {_KEY_COLUMNS} FROM task_key WHERE origin IS NOT NULL ORDER BY key")  # noqa: S608
+GET_KEY = sa.text(f"SELECT {_KEY_COLUMNS} FROM task_key k WHERE k.key = :key")  # noqa: S608 - constant
+GET_KEYS = sa.text(f"SELECT {_KEY_COLUMNS} FROM task_key k WHERE k.key = ANY(CAST(:keys AS text[]))")  # noqa: S608
+LIST_LIMITS = sa.text(f"SELECT {_KEY_COLUMNS} FROM task_key k ORDER BY k.key")  # noqa: S608 - constant
 
 
 async def get_key(db: Db, key: str) -> KeyRow | None:
-    """A key's row (its limit, if origin is set, and its running count); None for a key never used."""
+    """A key's limit with its running tasks; None for a key without a limit."""
     rows = _rows(KeyRow, await db.execute(GET_KEY, {"key": key}))
     return rows[0] if rows else None
 
 
 async def get_keys(db: Db, keys: Sequence[str]) -> list[KeyRow]:
-    """The rows of these keys (those that exist)."""
+    """The limits of these keys (those that have one)."""
     return _rows(KeyRow, await db.execute(GET_KEYS, {"keys": list(keys)}))
 
 
@@ -1586,24 +1605,9 @@ async def list_limits(db: Db) -> list[KeyRow]:
     return _rows(KeyRow, await db.execute(LIST_LIMITS))
 
 
-CLEAR_LIMIT = sa.text(
-    # The row stays: its running count is the trigger's and must survive the limit.
-    "UPDATE task_key SET max_running = NULL, rate_count = NULL, rate_per_s = NULL, tokens = NULL, "
-    "refilled_at = NULL, origin = NULL, updated_at = now() WHERE key = :key AND origin IS NOT NULL RETURNING key"
-)
+DELETE_LIMIT = sa.text("DELETE FROM task_key WHERE key = :key RETURNING key")
 
 
-async def clear_limit(db: Db, key: str) -> bool:
-    """Remove a key's limit (its running count is kept); False if it had none."""
-    return (await db.execute(CLEAR_LIMIT, {"key": key})).scalar_one_or_none() is not None
-
-
-PURGE_IDLE_KEYS = sa.text(
-    "DELETE FROM task_key WHERE key IN (SELECT key FROM task_key WHERE origin IS NULL AND running = 0 "
-    "AND updated_at < now() - interval '1 hour' LIMIT :batch FOR UPDATE SKIP LOCKED) RETURNING key"
-)
-
-
-async def purge_idle_keys(db: Db, *, batch: int = 1000) -> int:
-    """Delete rows of keys with no limit and nothing running for an hour (the trigger recreates them)."""
-    return len((await db.execute(PURGE_IDLE_KEYS, {"batch": batch})).scalars().all())
+async def delete_limit(db: Db, key: str) -> bool:
+    """Remove a key's limit; False if it had none."""
+    return (await db.execute(DELETE_LIMIT, {"key": key})).scalar_one_or_none() is not None

@@ -32,19 +32,17 @@ def to_public(row: store.KeyRow) -> LimitPublic:
         rate=rate,
         running=row.running,
         tokens=None if row.tokens_now is None else round(row.tokens_now, 3),
-        origin=LimitOrigin(row.origin or LimitOrigin.api),
+        origin=LimitOrigin(row.origin),
         updated_at=row.updated_at,
     )
 
 
-def _mirror(row: store.KeyRow) -> queue.KeyLimit | None:
-    if row.origin is None:
-        return None
+def _mirror(row: store.KeyRow) -> queue.KeyLimit:
     return queue.KeyLimit(row.max_running, row.rate_count, row.rate_per_s)
 
 
 async def put_limit(*, session: AsyncSession, redis: Redis, key: str, limit_in: LimitPut) -> LimitPublic:
-    """Set the key's limit; tasks of the key already running count against it from the first claim on."""
+    """Set the key's limit; tasks of the key already running count against it at once."""
     if limit_in.max_running is None and limit_in.rate is None:
         raise InvalidInputError(field=(), msg="give max_running, rate or both", type="empty_limit")
     rate = limit_in.rate
@@ -62,7 +60,7 @@ async def put_limit(*, session: AsyncSession, redis: Redis, key: str, limit_in: 
 
 async def get_limit(*, session: AsyncSession, key: str) -> LimitPublic:
     row = await store.get_key(session, key)
-    if row is None or row.origin is None:
+    if row is None:
         raise NotFoundError(f"no limit for key {key!r}")
     return to_public(row)
 
@@ -73,7 +71,7 @@ async def list_limits(*, session: AsyncSession) -> list[LimitPublic]:
 
 async def delete_limit(*, session: AsyncSession, redis: Redis, key: str) -> None:
     """Drop the key's limit (a task type's default comes back with the type's next submit)."""
-    if not await store.clear_limit(session, key):
+    if not await store.delete_limit(session, key):
         raise NotFoundError(f"no limit for key {key!r}")
     await session.commit()
     await _redis_best_effort("limit mirror", queue.set_limits(redis, {key: None}))

@@ -246,7 +246,7 @@ def with_waiting(
 
 
 def _limited(key: str, row: store.KeyRow | None, now: datetime | None) -> TaskWaiting | None:
-    if row is None or row.origin is None:
+    if row is None:
         return None
     if row.max_running is not None and row.running >= row.max_running:
         return TaskWaiting(

@@ -98,7 +98,7 @@ class TaskprocWorker(FencedWorker):
         if tick.aborts:
             await self._abort(tick.aborts)
         if tick.taken:
-            for claimed in await runtime.claim(tick.taken, tick.queue_of):
+            for claimed in await runtime.claim(tick.taken, tick.queue_of, keyed=tick.keyed):
                 self.start_job(queue.job_id(claimed.id, claimed.generation), runtime.execute(claimed))
         if tick.held:
             metrics.LIMIT_HOLDS.inc(tick.held)

@@ -110,10 +110,13 @@ class WorkerRuntime:
 
     # ---- jobs --------------------------------------------------------------------------------------------
 
-    async def claim(self, taken: list[tuple[str, float]], queue_of: Mapping[str, str] | None = None) -> list[Claimed]:
+    async def claim(
+        self, taken: list[tuple[str, float]], queue_of: Mapping[str, str] | None = None, *, keyed: bool = True
+    ) -> list[Claimed]:
         """Claim every job one loop iteration took off the queue, in one statement.
 
         `queue_of` names the queue of each job (the tick's answer); a job it leaves out is of the default queue.
+        `keyed`: the tick found a concurrency key on some job (or cannot tell), so the claim locks the keys first.
         Jobs whose claim fails (a stale generation, a canceled task) leave the running set at once. If
         Postgres is unreachable they go back to the deferred set for a couple of seconds; if the claim did
         commit but its answer was lost, the rows are orphans of this worker and reap_lost() hands them back.
@@ -129,6 +132,7 @@ class WorkerRuntime:
                     [store.JobRef(id=task_id, generation=gen) for task_id, gen in jobs],
                     worker_id=self.worker_id,
                     types=list(self.task_types),
+                    keyed=keyed,
                 )
             else:
                 rows, unserved = [], []
@@ -694,10 +698,6 @@ class WorkerRuntime:
                 break
         if total:
             log.info("purged expired tasks", extra={"count": total})
-        # Keys with no limit and nothing running for a while (the claim's trigger recreates a row when needed).
-        async with self.sessions() as session:
-            await store.purge_idle_keys(session, batch=batch)
-            await session.commit()
         return total
 
 

@@ -73,6 +73,25 @@ def render(row: StreamEvent) -> Event:
     return Event(id=row.id, task_id=row.task_id, frame=f"id: {row.id}\nevent: task\ndata: {payload}\n\n")
 
 
+# Bulk operations' progress rides on the same stream, as `event: bulk` messages without an id (a reconnect's
+# Last-Event-ID stays the last task event's); this id only makes them pass the stream's replay filter.
+BULK_EVENT_ID = 2**62
+
+
+def render_bulk(row: store.BulkRow) -> Event:
+    data = {
+        "id": str(row.id),
+        "action": row.action,
+        "status": row.status,
+        "total": row.total,
+        "done": row.done,
+        "failed": row.failed,
+        "updated_at": _iso(row.updated_at),
+    }
+    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return Event(id=BULK_EVENT_ID, task_id=row.id, frame=f"event: bulk\ndata: {payload}\n\n")
+
+
 @dataclass(eq=False)
 class Subscription:
     """One subscriber: a bounded backlog the poller fills and the consumer drains."""
@@ -138,6 +157,7 @@ class EventHub:
         self.position = 0
         self.subscribers: set[Subscription] = set()
         self._gaps: dict[int, float] = {}
+        self._bulk_since: datetime | None = None  # Postgres's clock: bulk progress after it is still to send
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -227,7 +247,21 @@ class EventHub:
         self._trim_gaps()
         if events:
             self._fan_out(events)
+        await self._poll_bulk(conn)
         return fetched
+
+    async def _poll_bulk(self, conn: AsyncConnection) -> None:
+        """Send the progress of bulk operations that moved since the last poll (to the stream of all events)."""
+        if self._bulk_since is None:
+            self._bulk_since = await store.db_now(conn)
+            return
+        rows = await store.bulk_changed_since(conn, self._bulk_since)
+        if rows:
+            self._bulk_since = rows[-1].updated_at
+            events = [render_bulk(r) for r in rows]
+            for sub in list(self.subscribers):
+                if sub.task_id is None and not sub.push(events):
+                    self.subscribers.discard(sub)
 
     def _prune(self, now: float) -> None:
         """Forget subscribers that were dropped, or whose stream stopped asking for events (a dead client)."""

@@ -688,3 +688,123 @@ class TaskKey(SQLModel, table=True):
     refilled_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
     origin: str = Field(sa_column=sa.Column(sa.String(10), nullable=False))
     updated_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+
+
+# ---- bulk actions (migration 0010) ------------------------------------------------------------------------------
+
+
+class BulkAction(StrEnum):
+    retry = "retry"
+    cancel = "cancel"
+    delete = "delete"
+    set_priority = "set_priority"
+
+
+class BulkStatus(StrEnum):
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+
+
+class BulkFilter(SQLModel):
+    """Which tasks: the list's filters (all optional; AND-ed)."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    status: TaskStatus | None = None
+    type: str | None = Field(default=None, min_length=1, max_length=100)
+    priority: Priority | None = None
+    queue: str | None = Field(default=None, schema_extra={"pattern": QUEUE_PATTERN})
+    schedule: str | None = Field(default=None, min_length=1, max_length=64)
+    created_before: datetime | None = None
+    created_after: datetime | None = None
+
+    @field_validator("queue")
+    @classmethod
+    def _check_queue(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(QUEUE_PATTERN, value):
+            raise ValueError("use 1 to 64 lower-case letters, digits, '_' and '-'")
+        return value
+
+    @field_validator("created_before", "created_after")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone (e.g. a trailing Z)")
+        return value
+
+    @field_serializer("created_before", "created_after")
+    def _utc(self, value: datetime | None) -> str | None:
+        return _iso(value)
+
+
+class BulkCreate(SQLModel):
+    """Body of POST /api/v1/tasks/bulk."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    action: BulkAction
+    filter: BulkFilter = Field(default_factory=BulkFilter)
+    priority: Priority | None = Field(default=None, description="For `set_priority`: the new priority.")
+    dry_run: bool = Field(default=False, description="Only count the tasks the filter matches now.")
+
+
+class BulkCount(SQLModel):
+    """What a dry run answers."""
+
+    action: BulkAction
+    filter: BulkFilter
+    total: int = Field(description="Tasks the filter matches now.")
+    dry_run: bool = True
+
+
+class BulkPublic(SQLModel):
+    """A bulk operation: its progress, and the audit record of who asked for what and when."""
+
+    id: uuid.UUID
+    action: BulkAction
+    filter: BulkFilter
+    priority: Priority | None
+    status: BulkStatus
+    total: int = Field(description="Tasks the filter matched when the operation was created.")
+    done: int = Field(description="Tasks the action was applied to so far.")
+    failed: int = Field(description="Matched tasks whose state no longer allowed the action when their turn came.")
+    requested_by: str = Field(description="Who asked: `key:<fingerprint of the API key>`, or `anonymous`.")
+    request_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @field_serializer("created_at", "updated_at", "finished_at")
+    def _utc(self, value: datetime | None) -> str | None:
+        return _iso(value)
+
+
+class BulkOperation(SQLModel, table=True):
+    """A bulk operation's row (migration 0010)."""
+
+    __tablename__ = "bulk_operation"
+    __table_args__ = (
+        sa.Index("ix_bulk_operation_running", "created_at", postgresql_where=sa.text("status = 'running'")),
+        sa.Index("ix_bulk_operation_created", sa.text("created_at DESC")),
+        sa.Index("ix_bulk_operation_updated", "updated_at"),
+        sa.CheckConstraint("action IN ('retry', 'cancel', 'delete', 'set_priority')", name="ck_bulk_action"),
+        sa.CheckConstraint("status IN ('running', 'completed', 'failed')", name="ck_bulk_status"),
+    )
+
+    id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid, primary_key=True))
+    action: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))
+    filter: dict[str, Any] = Field(sa_column=sa.Column(JSONB, nullable=False))
+    priority: str | None = Field(default=None, sa_column=sa.Column(sa.String(10), nullable=True))
+    status: str = Field(sa_column=sa.Column(sa.String(10), nullable=False))
+    total: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    done: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    failed: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    cutoff: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    cursor_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
+    cursor_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(sa.Uuid, nullable=True))
+    requested_by: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    request_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(100), nullable=True))
+    created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    updated_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    finished_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))

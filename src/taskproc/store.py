@@ -1611,3 +1611,221 @@ DELETE_LIMIT = sa.text("DELETE FROM task_key WHERE key = :key RETURNING key")
 async def delete_limit(db: Db, key: str) -> bool:
     """Remove a key's limit; False if it had none."""
     return (await db.execute(DELETE_LIMIT, {"key": key})).scalar_one_or_none() is not None
+
+
+# ---- bulk actions (migration 0010) -------------------------------------------------------------------------------
+
+# The single-task transitions above, for a batch of ids: each row is still a compare-and-set on its status.
+_MANY = "id = ANY(CAST(:ids AS uuid[]))"
+RETRY_MANY = _transition(
+    sets=(
+        "status = :s_pending, attempts = 0, generation = generation + 1, run_at = now(), result = NULL, "
+        "error = NULL, started_at = NULL, finished_at = NULL, worker_id = NULL, cancel_requested = FALSE, "
+        "shutdown_requeues = 0"
+    ),
+    where=f"{_MANY} AND status = ANY(CAST(:retryable AS text[]))",
+    detail="CAST(:detail AS text)",
+)
+CANCEL_MANY = _transition(
+    sets=(
+        "status = CASE WHEN status = :s_running THEN status ELSE :s_canceled END, "
+        "finished_at = CASE WHEN status = :s_running THEN finished_at ELSE now() END, "
+        "generation = CASE WHEN status = :s_running THEN generation ELSE generation + 1 END, "
+        "worker_id = CASE WHEN status = :s_running THEN worker_id END, "
+        "cancel_requested = cancel_requested OR status = :s_running"
+    ),
+    where=f"{_MANY} AND status = ANY(CAST(:cancelable AS text[]))",
+    detail="CAST(:detail AS text)",
+    event_where="WHERE status = :s_canceled",
+)
+PRIORITY_MANY = _transition(
+    sets="priority = :priority, generation = generation + 1",
+    where=f"{_MANY} AND status = :s_pending AND priority <> :priority",
+    detail="CAST(:detail AS text)",
+)
+DELETE_MANY = sa.text(f"DELETE FROM task WHERE {_MANY} AND status = ANY(CAST(:terminal AS text[])) RETURNING id")  # noqa: S608
+
+
+async def retry_many(db: Db, ids: Sequence[uuid.UUID], *, detail: str) -> list[TaskRow]:
+    """`retry` for each of `ids` that is failed or canceled; the rows changed."""
+    return _rows(TaskRow, await db.execute(RETRY_MANY, _params(ids=list(ids), detail=detail)))
+
+
+async def cancel_many(db: Db, ids: Sequence[uuid.UUID], *, detail: str) -> list[TaskRow]:
+    """`cancel` for each of `ids` that is waiting (canceled) or running (flagged); the rows changed."""
+    return _rows(TaskRow, await db.execute(CANCEL_MANY, _params(ids=list(ids), detail=detail)))
+
+
+async def update_many(db: Db, ids: Sequence[uuid.UUID], *, priority: Priority, detail: str) -> list[TaskRow]:
+    """`update` for each of `ids` that is pending with another priority; the rows changed."""
+    params = _params(ids=list(ids), priority=priority.value, detail=detail)
+    return _rows(TaskRow, await db.execute(PRIORITY_MANY, params))
+
+
+async def delete_many(db: Db, ids: Sequence[uuid.UUID]) -> int:
+    """`delete` for each of `ids` that is finished; how many were deleted."""
+    return len((await db.execute(DELETE_MANY, _params(ids=list(ids)))).all())
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """The list filters, as a bulk operation stores them (None: any)."""
+
+    status: str | None = None
+    type: str | None = None
+    priority: str | None = None
+    queue: str | None = None
+    schedule: str | None = None
+    created_before: datetime | None = None
+    created_after: datetime | None = None
+
+
+_FILTER_SQL = {
+    "status": "status = :status",
+    "type": "type = :type",
+    "priority": "priority = :priority",
+    "queue": "queue = :queue",
+    "schedule": "schedule = :schedule",
+    "created_before": "created_at < :created_before",
+    "created_after": "created_at >= :created_after",
+}
+
+
+def _filter_where(f: TaskFilter, cutoff: datetime | None) -> tuple[list[str], dict[str, Any]]:
+    """The WHERE fragments (constants, one per filter set) and their parameters."""
+    where, params = ["TRUE"], {}
+    for name, fragment in _FILTER_SQL.items():
+        value = getattr(f, name)
+        if value is not None:
+            where.append(fragment)
+            params[name] = value
+    if cutoff is not None:
+        where.append("created_at < :cutoff")
+        params["cutoff"] = cutoff
+    return where, params
+
+
+async def count_matching(db: Db, f: TaskFilter) -> int:
+    """How many tasks the filter matches now."""
+    where, params = _filter_where(f, None)
+    query = sa.text(f"SELECT count(*) FROM task WHERE {' AND '.join(where)}")  # noqa: S608 - constant fragments
+    return int((await db.execute(query, params)).scalar_one())
+
+
+async def matching_page(
+    db: Db, f: TaskFilter, *, cutoff: datetime, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[tuple[datetime, uuid.UUID]]:
+    """(created_at, id) of up to `limit` matching tasks created before `cutoff`, newest first, after `after`
+    (the list's keyset order, so each filter walks the index the list uses)."""
+    where, params = _filter_where(f, cutoff)
+    if after is not None:
+        where.append("(created_at, id) < (:c_at, :c_id)")
+        params["c_at"], params["c_id"] = after
+    params["limit"] = limit
+    query = sa.text(
+        f"SELECT created_at, id FROM task WHERE {' AND '.join(where)} "  # noqa: S608 - constant fragments
+        "ORDER BY created_at DESC, id DESC LIMIT :limit"
+    )
+    return [(r[0], r[1]) for r in await db.execute(query, params)]
+
+
+@dataclass(frozen=True, slots=True)
+class BulkRow:
+    """A `bulk_operation` row."""
+
+    id: uuid.UUID
+    action: str
+    filter: dict[str, Any]
+    priority: str | None
+    status: str
+    total: int
+    done: int
+    failed: int
+    cutoff: datetime
+    cursor_at: datetime | None
+    cursor_id: uuid.UUID | None
+    requested_by: str
+    request_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+_BULK_COLUMNS = ", ".join(_names(BulkRow))
+
+INSERT_BULK = sa.text(
+    "INSERT INTO bulk_operation (id, action, filter, priority, status, total, cutoff, requested_by, request_id, "  # noqa: S608
+    "created_at, updated_at) VALUES (:id, :action, CAST(:filter AS jsonb), :priority, 'running', :total, now(), "
+    f":requested_by, :request_id, now(), now()) RETURNING {_BULK_COLUMNS}"
+)
+
+
+async def create_bulk(
+    db: Db,
+    *,
+    action: str,
+    filter_json: str,
+    priority: str | None,
+    total: int,
+    requested_by: str,
+    request_id: str | None,
+) -> BulkRow:
+    """A running operation over the tasks created before now()."""
+    params = {
+        "id": uuid.uuid4(),
+        "action": action,
+        "filter": filter_json,
+        "priority": priority,
+        "total": total,
+        "requested_by": requested_by,
+        "request_id": request_id,
+    }
+    return _rows(BulkRow, await db.execute(INSERT_BULK, params))[0]
+
+
+GET_BULK = sa.text(f"SELECT {_BULK_COLUMNS} FROM bulk_operation WHERE id = :id")  # noqa: S608 - constant
+LIST_BULK = sa.text(f"SELECT {_BULK_COLUMNS} FROM bulk_operation ORDER BY created_at DESC LIMIT :limit")  # noqa: S608
+# The oldest running operation nobody else is processing right now (its row is locked for the batch).
+NEXT_BULK = sa.text(
+    f"SELECT {_BULK_COLUMNS} FROM bulk_operation WHERE status = 'running' "  # noqa: S608 - constant
+    "ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+)
+CHANGED_BULK = sa.text(
+    f"SELECT {_BULK_COLUMNS} FROM bulk_operation WHERE updated_at > :since ORDER BY updated_at LIMIT 100"  # noqa: S608
+)
+ADVANCE_BULK = sa.text(
+    "UPDATE bulk_operation SET done = done + :done, failed = failed + :failed, cursor_at = :c_at, cursor_id = :c_id, "
+    "status = CASE WHEN :finished THEN 'completed' ELSE status END, "
+    "finished_at = CASE WHEN :finished THEN now() END, updated_at = clock_timestamp() WHERE id = :id"
+)
+
+
+async def get_bulk(db: Db, bulk_id: uuid.UUID) -> BulkRow | None:
+    rows = _rows(BulkRow, await db.execute(GET_BULK, {"id": bulk_id}))
+    return rows[0] if rows else None
+
+
+async def list_bulk(db: Db, *, limit: int = 50) -> list[BulkRow]:
+    """The newest operations first (the audit trail)."""
+    return _rows(BulkRow, await db.execute(LIST_BULK, {"limit": limit}))
+
+
+async def next_bulk(db: Db) -> BulkRow | None:
+    """Lock the oldest running operation for one batch (inside the caller's transaction); None if there is
+    none, or every one is being processed by another process."""
+    rows = _rows(BulkRow, await db.execute(NEXT_BULK))
+    return rows[0] if rows else None
+
+
+async def bulk_changed_since(db: Db, since: datetime) -> list[BulkRow]:
+    """Operations whose progress moved after `since` (for the event stream), oldest change first."""
+    return _rows(BulkRow, await db.execute(CHANGED_BULK, {"since": since}))
+
+
+async def advance_bulk(
+    db: Db, bulk_id: uuid.UUID, *, done: int, failed: int, cursor: tuple[datetime, uuid.UUID] | None, finished: bool
+) -> None:
+    """Record one batch's outcome and where the next one starts (in the batch's transaction)."""
+    c_at, c_id = cursor if cursor is not None else (None, None)
+    params = {"id": bulk_id, "done": done, "failed": failed, "c_at": c_at, "c_id": c_id, "finished": finished}
+    await db.execute(ADVANCE_BULK, params)

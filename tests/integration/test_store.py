@@ -970,3 +970,71 @@ async def test_a_rate_refuses_claims_once_its_tokens_are_spent_and_a_type_defaul
         assert await store.apply_type_limits(s, [limit]) == [], "a PUT wins over the type's default"
         row = await store.get_key(s, "r")
         assert row is not None and (row.origin, row.max_running, row.rate_count) == ("api", 5, None)
+
+
+# ---- bulk actions (migration 0010) ------------------------------------------------------------------------------
+
+
+async def test_the_many_transitions_are_compare_and_sets_on_each_row(pg: Pg) -> None:
+    failed, canceled, pending, running, done = await create(pg, new(), new(), new(), new(), new())
+    pg.sql("UPDATE task SET status = 'failed' WHERE id = %s", (failed.id,))
+    pg.sql("UPDATE task SET status = 'canceled' WHERE id = %s", (canceled.id,))
+    pg.sql("UPDATE task SET status = 'completed' WHERE id = %s", (done.id,))
+    await claim(pg, running)
+    every = [t.id for t in (failed, canceled, pending, running, done)]
+    async with pg.tx() as s:
+        retried = await store.retry_many(s, every, detail="bulk")
+        await s.rollback()
+    assert {r.id for r in retried} == {failed.id, canceled.id}
+    async with pg.auto() as s:
+        moved = await store.update_many(s, every, priority=Priority.high, detail="priority changed to high")
+        assert [r.id for r in moved] == [pending.id] and moved[0].generation == 2
+        assert await store.update_many(s, every, priority=Priority.high, detail="again") == [], "already high"
+        stopped = {r.id: r for r in await store.cancel_many(s, every, detail="canceled before it ran")}
+        assert set(stopped) == {pending.id, running.id}
+        assert stopped[pending.id].status is TaskStatus.canceled
+        assert stopped[running.id].status is TaskStatus.running and stopped[running.id].cancel_requested
+        assert (await pg.details(pending.id))[-1] == (TaskStatus.canceled, "canceled before it ran")
+        assert await store.delete_many(s, every) == 4, "every finished one; the running one stays"
+
+
+async def test_bulk_operations_walk_their_matching_tasks_by_keyset_and_record_progress(pg: Pg) -> None:
+    rows = await create(pg, *(new(queue="q") for _ in range(5)), new(queue="other"))
+    f = store.TaskFilter(status="pending", queue="q")
+    async with pg.auto() as s:
+        assert await store.count_matching(s, f) == 5
+        assert await store.count_matching(s, store.TaskFilter(type="nope")) == 0
+        op = await store.create_bulk(
+            s,
+            action="cancel",
+            filter_json='{"queue": "q"}',
+            priority=None,
+            total=5,
+            requested_by="anonymous",
+            request_id="r1",
+        )
+        assert op.status == "running" and op.total == 5 and op.filter == {"queue": "q"}
+        assert await store.get_bulk(s, op.id) == op
+        assert [b.id for b in await store.list_bulk(s)] == [op.id]
+        since = await store.db_now(s)
+    late = await create(pg, new(queue="q"))
+    async with pg.auto() as s:
+        first = await store.matching_page(s, f, cutoff=op.cutoff, after=None, limit=3)
+        rest = await store.matching_page(s, f, cutoff=op.cutoff, after=first[-1], limit=3)
+    assert len(first) == 3 and len(rest) == 2, "the task created after the operation is not its"
+    assert {i for _, i in first + rest} == {r.id for r in rows[:5]} and late[0].id not in {i for _, i in rest}
+    assert first == sorted(first, reverse=True), "newest first"
+    async with pg.tx() as s:
+        locked = await store.next_bulk(s)
+        assert locked is not None and locked.id == op.id
+        async with pg.tx() as other:
+            assert await store.next_bulk(other) is None, "locked by the first transaction"
+        await store.advance_bulk(s, op.id, done=3, failed=0, cursor=first[-1], finished=False)
+        await s.commit()
+    async with pg.auto() as s:
+        changed = await store.bulk_changed_since(s, since)
+        assert [(b.id, b.done, b.cursor_id) for b in changed] == [(op.id, 3, first[-1][1])]
+        await store.advance_bulk(s, op.id, done=1, failed=1, cursor=rest[-1], finished=True)
+        final = await store.get_bulk(s, op.id)
+    assert final is not None and (final.status, final.done, final.failed) == ("completed", 4, 1)
+    assert final.finished_at is not None

@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 from redis.asyncio import Redis
 
-from taskproc import __version__, scheduler
+from taskproc import __version__, bulk, scheduler
 from taskproc.api.deps import AuthDep
 from taskproc.api.errors import install_error_handlers
 from taskproc.api.middleware import (
@@ -21,6 +21,7 @@ from taskproc.api.middleware import (
     DeadlineMiddleware,
     RequestIdMiddleware,
 )
+from taskproc.api.routes import bulk as bulk_routes
 from taskproc.api.routes import events, health, limits, meta, queues, schedules, tasks, web
 from taskproc.api.routing import DocstringRoute
 from taskproc.config import Settings, get_settings
@@ -66,7 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with run_in_api(settings, app.state.redis) as maintenance:
                 # The cron scheduler too, on the maintenance connection: schedules fire with no worker running.
                 sessions = maintenance.sessions if maintenance is not None else None
-                async with scheduler.run_in_api(settings, app.state.redis, app.state.registry, sessions):
+                async with (
+                    scheduler.run_in_api(settings, app.state.redis, app.state.registry, sessions),
+                    bulk.run_in_api(settings, app.state.redis, sessions),
+                ):
                     yield
         finally:
             await app.state.redis.aclose()
@@ -85,7 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
 
     api = APIRouter(prefix="/api/v1", dependencies=[AuthDep], route_class=DocstringRoute)
+    api.include_router(bulk_routes.tasks_router)
     api.include_router(tasks.router)
+    api.include_router(bulk_routes.router)
     api.include_router(schedules.router)
     api.include_router(queues.router)
     api.include_router(limits.router)

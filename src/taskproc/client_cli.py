@@ -51,9 +51,10 @@ from taskproc.client import (
     TaskprocClientError,
     TaskPublic,
     TaskTypePublic,
+    TaskWaiting,
     WaitTimeoutError,
 )
-from taskproc.models import QUEUE_PATTERN, Priority, TaskStatus
+from taskproc.models import QUEUE_PATTERN, TERMINAL, Priority, TaskStatus
 
 EXIT_OK = 0
 EXIT_TASK = 1
@@ -258,6 +259,22 @@ def stats_line(stats: Stats) -> Text:
     return line
 
 
+WAITING_STYLE = {"queue_paused": "magenta", "no_worker": "bold red", "backoff": "dark_orange"}
+
+
+def waiting_text(waiting: TaskWaiting) -> Text:
+    """Why a task waits, on one line: the reason, the API's sentence, when the wait ends, its place in line."""
+    line = Text(waiting.reason, style=WAITING_STYLE.get(waiting.reason, "bold"))
+    if waiting.detail:
+        line.append(f": {waiting.detail}")
+    if waiting.until is not None:
+        left = (waiting.until - datetime.now(UTC)).total_seconds()
+        line.append(f" (until {fmt_time(waiting.until)}, in {fmt_duration(max(0.0, left))})", style="grey62")
+    if waiting.position is not None:
+        line.append(f" ({waiting.position} ahead of it in its queue)", style="grey62")
+    return line
+
+
 def show_task(task: TaskPublic, events: Sequence[TaskEventPublic] | None) -> None:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
@@ -266,6 +283,9 @@ def show_task(task: TaskPublic, events: Sequence[TaskEventPublic] | None) -> Non
     facts.add_row("type", escape(task.type))
     facts.add_row("status", status_text(task.status))
     facts.add_row("priority", Text(task.priority, style=PRIORITY_STYLE.get(task.priority, "")))
+    facts.add_row("queue", escape(task.queue))
+    if task.waiting is not None and task.status not in TERMINAL:
+        facts.add_row("waiting", waiting_text(task.waiting))
     facts.add_row("attempts", f"{task.attempts} of {task.max_retries + 1}")
     facts.add_row("timeout", f"{task.timeout_s} s per attempt")
     facts.add_row("created", fmt_time(task.created_at))
@@ -276,6 +296,8 @@ def show_task(task: TaskPublic, events: Sequence[TaskEventPublic] | None) -> Non
         facts.add_row("duration", fmt_duration(task_duration(task)))
     if task.idempotency_key:
         facts.add_row("idempotency key", escape(task.idempotency_key))
+    if task.schedule:
+        facts.add_row("schedule", escape(task.schedule))
     out.print(facts)
     out.print(Text("payload", style="bold"))
     out.print(Syntax(json.dumps(task.payload, indent=2), "json", background_color="default"))

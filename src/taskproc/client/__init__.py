@@ -42,6 +42,7 @@ from taskproc.models import (
     TaskPublic,
     TaskStatus,
     TaskTypePublic,
+    TaskWaiting,
 )
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "TaskPublic",
     "TaskStatus",
     "TaskTypePublic",
+    "TaskWaiting",
     "TaskprocClient",
     "TaskprocClientError",
     "UnauthorizedError",

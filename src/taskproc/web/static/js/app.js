@@ -154,9 +154,9 @@ async function refreshTasks() {
 }
 
 function setFilterSelect(name, value) {
-  const select = $(`#filter-${name}`);
+  const select = $(`select#filter-${name}`); // the schedule filter is a chip, not a select
   if (!select) return;
-  if (value && ![...select.options].some((o) => o.value === value)) select.append(h('option', { value }, value));
+  if (value && !Array.from(select.options).some((o) => o.value === value)) select.append(h('option', { value }, value));
   select.value = value;
 }
 
@@ -263,7 +263,7 @@ function queuesSeen(items) {
 function queueNames(names) {
   const select = $('#filter-queue');
   const wanted = [...new Set([...names, ...(state.filters.queue ? [state.filters.queue] : [])])].sort();
-  const have = [...select.options].slice(1).map((o) => o.value);
+  const have = Array.from(select.options).slice(1).map((o) => o.value);
   if (have.join('\n') === wanted.join('\n')) return;
   select.replaceChildren(h('option', { value: '' }, 'any'), ...wanted.map((n) => h('option', { value: n }, n)));
   select.value = state.filters.queue;

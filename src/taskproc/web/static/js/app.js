@@ -2,6 +2,7 @@
 
 import { API, api, authHeaders, clearKey, getKey, onUnauthorized, query, setKey } from './api.js';
 import { $, badge, clear, formatDuration, formatTime, h, pretty, shortId, taskDuration, toast } from './dom.js';
+import { refreshLimits, startLimits } from './limits.js';
 import { refreshQueues, startQueues } from './queues.js';
 import { startSchedules } from './schedules.js';
 import { FieldError, PayloadForm } from './schema-form.js';
@@ -69,6 +70,7 @@ const scheduleStats = throttled(refreshStats, 1000);
 const scheduleTasks = throttled(refreshTasks, 500);
 const scheduleDetail = throttled(loadDetail, 300);
 const scheduleQueues = throttled(refreshQueues, 1000);
+const scheduleLimits = throttled(refreshLimits, 1000);
 
 function reportError(err) {
   if (err && err.status === 401) return; // the key prompt is showing
@@ -567,6 +569,10 @@ async function onSubmit(e) {
   if (maxRetries !== undefined) body.max_retries = maxRetries;
   if (timeout !== undefined) body.timeout_s = timeout;
   if (delay !== undefined) body.delay_s = delay;
+  const queue = $('#submit-queue').value.trim();
+  if (queue) body.queue = queue;
+  const key = $('#submit-concurrency-key').value;
+  if (key) body.concurrency_key = key;
 
   const button = $('#submit-button');
   button.disabled = true;
@@ -651,6 +657,7 @@ function onStreamEvent(type, data) {
   if (type !== 'task' || !data || !data.task_id) return;
   scheduleStats();
   scheduleQueues();
+  scheduleLimits();
   const row = state.tasks.find((t) => t.id === data.task_id);
   if (row) {
     const changed = row.status !== data.task_status;
@@ -676,6 +683,7 @@ const stream = new EventStream({
 function refreshAll() {
   scheduleStats();
   scheduleQueues();
+  scheduleLimits();
   scheduleTasks();
   if (state.selected) scheduleDetail();
 }
@@ -701,6 +709,7 @@ async function start() {
   await Promise.all([refreshStats(), refreshTasks()]).catch(reportError);
   startSchedules(reportError, (name) => setFilter('schedule', name));
   startQueues(reportError, queuesSeen);
+  startLimits(reportError);
   startCountdowns(() => { if (state.selected) scheduleDetail(); });
   if (state.selected) openDetail(state.selected);
   state.started = true;

@@ -62,8 +62,19 @@ async function remove(limit, button) {
   refreshLimits();
 }
 
-function edit(limit) {
+function openForm(show) {
   const form = $('#limit-form');
+  form.hidden = !show;
+  $('#limit-new').hidden = show;
+  if (!show) {
+    form.reset();
+    showErrors([]);
+  }
+  return form;
+}
+
+function edit(limit) {
+  const form = openForm(true);
   form.elements.key.value = limit.key;
   form.elements.max_running.value = limit.max_running ?? '';
   form.elements.rate_count.value = limit.rate ? limit.rate.count : '';
@@ -150,7 +161,7 @@ async function onSubmit(e) {
   try {
     const limit = await api('PUT', limitPath(key), body);
     toast(`Limit of ${limit.key} set`, 'ok');
-    form.reset();
+    openForm(false);
   } catch (err) {
     if (err.status === 422) showErrors([formatDetail(err.detail) || err.message]);
     else onError(err);
@@ -163,6 +174,8 @@ async function onSubmit(e) {
 export function startLimits(reportError) {
   onError = reportError;
   $('#limit-form').addEventListener('submit', onSubmit);
+  $('#limit-new').addEventListener('click', () => openForm(true).elements.key.focus());
+  $('#limit-cancel').addEventListener('click', () => openForm(false));
   refreshLimits();
   if (timer === null) timer = setInterval(refreshLimits, REFRESH_MS);
 }

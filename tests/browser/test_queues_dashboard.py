@@ -75,8 +75,11 @@ def test_pause_and_resume_a_queue_and_see_why_its_task_waits(stack_factory: Stac
         expect(line).to_have_count(0)
 
 
-def test_a_delayed_task_counts_down_and_a_ready_one_shows_its_place(stack_factory: StackFactory, page: Page) -> None:
-    with stack_factory(workers=1, env={"TASKPROC_WORKER_CONCURRENCY": "1"}) as stack:
+def test_delayed_counts_down_ready_shows_its_place_and_no_worker_is_flagged(
+    stack_factory: StackFactory, page: Page
+) -> None:
+    env = {"TASKPROC_WORKER_CONCURRENCY": "1", "TASKPROC_WORKER_QUEUES": "default"}
+    with stack_factory(workers=1, env=env) as stack:
         delayed = stack.submit("add", delay_s=600)
         open_dashboard(page, stack.url, f"#task={delayed['id']}")
         line = page.locator("#detail-waiting")
@@ -100,3 +103,11 @@ def test_a_delayed_task_counts_down_and_a_ready_one_shows_its_place(stack_factor
         expect(page.locator("#detail-countdown")).to_have_count(0)
         # A ready task is the normal case: the list marks only the tasks held back by something.
         expect(page.locator(f'#task-rows tr[data-task-id="{behind[1]["id"]}"] .reason')).to_have_count(0)
+
+        # A queue no live worker takes from: its task says so, and so do the queue and the workers panel.
+        orphan = stack.submit("add", queue="nobody")
+        open_dashboard(page, stack.url, f"#task={orphan['id']}")
+        expect(line).to_have_attribute("data-reason", "no_worker")
+        expect(line).to_contain_text("no live worker takes from queue 'nobody'")
+        expect(page.locator('#queue-rows tr[data-queue="nobody"] [data-field="workers"]')).to_have_text("0")
+        expect(page.locator("#workers-hint")).to_have_text("1 waiting with no worker for their type or queue")

@@ -133,6 +133,12 @@ function renderStats(stats) {
   const workers = $('#workers-count');
   workers.textContent = String(stats.workers);
   workers.classList.toggle('warn', stats.workers === 0);
+  // Tasks no live worker can take (its type or its queue served by none): they wait until one starts.
+  const orphans = (stats.waiting_no_worker || 0) + (stats.waiting_no_queue_worker || 0);
+  const hint = $('#workers-hint');
+  hint.textContent = orphans ? `${orphans.toLocaleString()} waiting with no worker for their type or queue`
+    : 'heartbeat within the lease';
+  hint.classList.toggle('warn-text', orphans > 0);
   $('#retried-count').textContent = stats.retried_total.toLocaleString();
 }
 

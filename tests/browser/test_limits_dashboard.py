@@ -56,8 +56,16 @@ def test_set_edit_and_delete_a_limit_and_see_a_task_held_back(stack_factory: Sta
         stack.wait_status(busy["id"], "running")
         expect(row.locator('[data-field="running"]')).to_have_text("1 of 1")
         expect(row.locator(".meter")).to_have_class(re.compile(r"\bfull\b"))
-        held = stack.submit("add", concurrency_key=key)
-        page.locator(f'#task-rows tr[data-task-id="{held["id"]}"]').click()
+        # Submitted from the form, with its key: its detail opens and says why it waits.
+        page.click("#new-task")
+        page.select_option("#submit-type", "add")
+        page.fill("#payload-a", "1")
+        page.fill("#payload-b", "2")
+        page.fill("#submit-concurrency-key", key)
+        page.click("#submit-button")
+        expect(page.locator("#submit-dialog")).to_be_hidden()
+        held_id = page.locator("#detail").get_attribute("data-task-id")
+        assert held_id and stack.get(held_id)["concurrency_key"] == key
         line = page.locator("#detail-waiting")
         expect(line).to_have_attribute("data-reason", "concurrency_limited")
         expect(line.locator(".reason")).to_have_text("concurrency limited")

@@ -94,7 +94,8 @@ function row(limit) {
     limit.origin === 'type' ? 'task type' : 'API'),
     h('td', { title: limit.updated_at }, formatTime(limit.updated_at)),
     h('td', { class: 'actions' }, h('div', { class: 'btns' },
-      h('button', { type: 'button', class: 'small', dataset: { action: 'edit' }, onclick: () => edit(limit) }, 'Edit'),
+      h('button', { type: 'button', class: 'small', dataset: { action: 'edit' }, 'aria-label': `Edit the limit of ${limit.key}`,
+        onclick: () => edit(limit) }, 'Edit'),
       h('button', { type: 'button', class: `small danger${confirming === limit.key ? ' confirming' : ''}`,
         dataset: { action: 'delete' }, onclick: (e) => remove(limit, e.currentTarget) },
       confirming === limit.key ? 'Confirm delete' : 'Delete'))));

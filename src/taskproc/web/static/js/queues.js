@@ -40,7 +40,8 @@ function row(q) {
       title: q.workers === 0 ? 'no live worker takes from this queue' : '' }, String(q.workers)),
     h('td', { class: 'actions' }, h('div', { class: 'btns' },
       h('button', { type: 'button', class: `small${q.paused ? '' : ' warn'}`,
-        dataset: { action: q.paused ? 'resume' : 'pause' }, onclick: (e) => {
+        dataset: { action: q.paused ? 'resume' : 'pause' },
+        'aria-label': `${q.paused ? 'Resume' : 'Pause'} queue ${q.name}`, onclick: (e) => {
           e.stopPropagation();
           setPaused(q, !q.paused);
         } }, q.paused ? 'Resume' : 'Pause'))));

@@ -69,6 +69,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{e2e} vs {celery} tasks/s",
         )
     )
+    limited = _get(results, "taskproc", "end_to_end_limited", "tasks_per_s")
+    keys = _get(results, "taskproc", "end_to_end_limited", "keys")
+    out.append(
+        _target(
+            f"end to end with per-key limits on {keys or 200} keys >= 0.8x without",
+            limited / e2e if limited and e2e else None,
+            ">=",
+            0.8,
+            "x",
+            f"{limited} vs {e2e} tasks/s",
+        )
+    )
     out.append(_target("pickup latency p50", _get(results, "taskproc", "pickup", "pickup", "p50_ms"), "<=", 20, "ms"))
     out.append(_target("pickup latency p99", _get(results, "taskproc", "pickup", "pickup", "p99_ms"), "<=", 100, "ms"))
     paced = _get(results, "taskproc", "submit_paced")
@@ -185,6 +197,16 @@ def _throughput(results: dict[str, Any]) -> list[str]:
         None,
         startup=False,
     )
+    lim = tp.get("end_to_end_limited")
+    if lim:
+        row(
+            "taskproc end to end, per-key limits",
+            f"the same, each task under one of {lim['keys']} keys' limits (max_running {lim['max_running']}, "
+            f"{lim['rate_per_s']:g}/s)",
+            lim,
+            None,
+            startup=False,
+        )
     row("taskproc drain", f"{w} workers draining a pre-filled queue", tp.get("drain"), "worker")
     arq_d = peers.get("arq-defaults")
     row("arq defaults", "1 worker, max_jobs 10, poll 0.5 s", arq_d, "arq-defaults")

@@ -266,6 +266,10 @@ def _run_scale(args: argparse.Namespace, st: TaskprocStack, counters: Counters, 
         }
 
 
+# Keys of the limits run: each with max_running 8 and 1000 starts/s, so the limits cost work but never bind.
+LIMIT_KEYS = 200
+
+
 def _run_end_to_end_and_pickup(
     args: argparse.Namespace, st: TaskprocStack, counters: Counters, results: dict[str, Any], stamp: str
 ) -> None:
@@ -284,6 +288,24 @@ def _run_end_to_end_and_pickup(
         results["profile"] = str(args.out / f"profile-worker-{stamp}.txt")
     if res:
         tp["end_to_end"] = res
+        log(f"  {res['tasks_per_s']} tasks/s")
+
+    # The same run with every task under a per-key limit (many keys, limits that never bind): what enforcing them
+    # costs, as a ratio to the run above.
+    keys = LIMIT_KEYS if not args.smoke else 10
+
+    def limited() -> dict[str, Any]:
+        _run(taskproc_phases.put_limits(st, keys=keys, max_running=8, rate_per_s=1000.0))
+        out = _run(
+            taskproc_phases.end_to_end(
+                st, counters, n=args.n, batch_size=args.batch_size, timeout=args.timeout, keys=keys
+            )
+        )
+        return {**out, "keys": keys, "max_running": 8, "rate_per_s": 1000.0}
+
+    res = _phase(f"taskproc end to end with per-key limits: {args.n} tasks over {keys} keys", results, limited)
+    if res:
+        tp["end_to_end_limited"] = res
         log(f"  {res['tasks_per_s']} tasks/s")
 
     res = _phase(

@@ -20,8 +20,12 @@ NOOP_BODY = json.dumps(NOOP, separators=(",", ":")).encode()
 SUBMIT = ("POST", "/api/v1/tasks", NOOP_BODY)
 
 
-def _batch_body(size: int) -> bytes:
-    return json.dumps({"tasks": [NOOP] * size}, separators=(",", ":")).encode()
+def _batch_body(size: int, keys: int = 0, offset: int = 0) -> bytes:
+    """A batch of no-op tasks; with `keys`, task i carries concurrency key `k<(offset + i) % keys>`."""
+    if not keys:
+        return json.dumps({"tasks": [NOOP] * size}, separators=(",", ":")).encode()
+    tasks = [{**NOOP, "concurrency_key": f"k{(offset + i) % keys}"} for i in range(size)]
+    return json.dumps({"tasks": tasks}, separators=(",", ":")).encode()
 
 
 async def _wait_completed(database_url: str, since: datetime, n: int, timeout: float) -> dict[str, Any]:
@@ -55,20 +59,23 @@ async def submit_paced(stack: TaskprocStack, *, rate: float, duration_s: float) 
     return {"rate_rps": rate, **res.summary()}
 
 
-async def submit_batches(stack: TaskprocStack, *, n: int, batch_size: int, concurrency: int) -> dict[str, Any]:
-    """POST /tasks/batch until n tasks are in; tasks/s over the whole submission."""
+async def submit_batches(
+    stack: TaskprocStack, *, n: int, batch_size: int, concurrency: int, keys: int = 0
+) -> dict[str, Any]:
+    """POST /tasks/batch until n tasks are in; tasks/s over the whole submission (`keys`: spread the tasks over
+    that many concurrency keys, round robin)."""
     sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
-    bodies = {s: _batch_body(s) for s in set(sizes)}
-    todo = list(sizes)
+    bodies = [_batch_body(s, keys, i * batch_size) for i, s in enumerate(sizes)]
+    todo = list(range(len(sizes)))
     latencies: list[float] = []
 
     async def client() -> None:
         conn = Conn("127.0.0.1", stack.port)
         try:
             while todo:
-                size = todo.pop()
+                index = todo.pop()
                 t0 = time.perf_counter()
-                status, raw = await conn.request("POST", "/api/v1/tasks/batch", bodies[size])
+                status, raw = await conn.request("POST", "/api/v1/tasks/batch", bodies[index])
                 if status != 201:
                     raise RuntimeError(f"batch submit: HTTP {status}: {raw[:300]!r}")
                 latencies.append(time.perf_counter() - t0)
@@ -122,13 +129,14 @@ async def drain(
 
 
 async def end_to_end(
-    stack: TaskprocStack, counters: Counters, *, n: int, batch_size: int, timeout: float
+    stack: TaskprocStack, counters: Counters, *, n: int, batch_size: int, timeout: float, keys: int = 0
 ) -> dict[str, Any]:
-    """Workers running; N tasks submitted through the API in batches; until every one is completed in PG."""
+    """Workers running; N tasks submitted through the API in batches; until every one is completed in PG
+    (`keys`: spread over that many concurrency keys, each of which the caller gave a limit)."""
     since = datetime.now(UTC)
     before = counters.snapshot()
     t0 = time.time()
-    submit = await submit_batches(stack, n=n, batch_size=batch_size, concurrency=1)
+    submit = await submit_batches(stack, n=n, batch_size=batch_size, concurrency=1, keys=keys)
     done = await _wait_completed(stack.database_url, since, n, timeout)
     after = counters.snapshot()
     total = done["last_finished"].timestamp() - t0
@@ -167,3 +175,14 @@ async def pickup(stack: TaskprocStack, *, samples: int) -> dict[str, Any]:
     finally:
         await conn.close()
     return {"pickup": summarize_ms(pick), "submit_to_finished": summarize_ms(total)}
+
+
+async def put_limits(stack: TaskprocStack, *, keys: int, max_running: int, rate_per_s: float) -> None:
+    """Give keys k0..k<keys-1> a concurrency limit and a rate (PUT /api/v1/limits/{key})."""
+    conn = Conn("127.0.0.1", stack.port)
+    try:
+        for i in range(keys):
+            body = {"max_running": max_running, "rate": {"count": max(1, int(rate_per_s)), "per_s": 1.0}}
+            await conn.json("PUT", f"/api/v1/limits/k{i}", body, expect=(200,))
+    finally:
+        await conn.close()

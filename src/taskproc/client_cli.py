@@ -521,10 +521,15 @@ def _action(call: Callable[[TaskprocClient, str], TaskPublic | None], verb: str)
     return command
 
 
-def stats(api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
+def stats(
+    queue: Annotated[str | None, typer.Option(help="Only this queue's tasks and workers.")] = None,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
     """Counts by status, waiting tasks by priority, live workers."""
     with client_for(api_url, api_key) as client:
-        data = client.stats()
+        data = client.stats(queue=queue)
     if json_out:
         emit_json(dump(data))
         return
@@ -759,6 +764,7 @@ def schedules_create(
     payload: Annotated[str, typer.Option(help="Task payload: JSON, @file or - for stdin.")] = "{}",
     timezone: Annotated[str, typer.Option(help="IANA time zone of the cron times.")] = "UTC",
     priority: Annotated[PriorityChoice | None, typer.Option(help="Priority of each task.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Named queue of each task (default: `default`).")] = None,
     max_retries: Annotated[int | None, typer.Option(min=0, max=20, help="Retries of each task.")] = None,
     timeout_s: Annotated[float | None, typer.Option(min=0.001, help="Per-attempt timeout.")] = None,
     overlap: Annotated[OverlapChoice, typer.Option(help="While the previous run waits or runs.")] = Overlap.allow,
@@ -770,7 +776,12 @@ def schedules_create(
 ) -> None:
     """Create a cron schedule."""
     task: dict[str, Any] = {"type": type_, "payload": read_payload(payload)}
-    optional = {"priority": priority.value if priority else None, "max_retries": max_retries, "timeout_s": timeout_s}
+    optional = {
+        "priority": priority.value if priority else None,
+        "queue": queue,
+        "max_retries": max_retries,
+        "timeout_s": timeout_s,
+    }
     task.update({k: v for k, v in optional.items() if v is not None})
     with client_for(api_url, api_key) as client:
         schedule = client.create_schedule(

@@ -60,6 +60,8 @@ RECONCILE_LOCK = store.RECONCILE_LOCK
 # The reconciler scans (a bounded part of) the waiting tasks on a process's first pass and then on every such
 # pass (about every 2 minutes with the default 15 s), besides whenever the counts disagree.
 FULL_SCAN_EVERY = 8
+# How often API processes (and workers) copy limits and pauses from Postgres to Redis again.
+SYNC_EVERY_S = 5.0
 # API processes promote due deferred jobs this often: KEDA polls every 30 s by default, so this is plenty.
 PROMOTE_EVERY_S = 1.0
 _ZERO = store.NIL_ID
@@ -95,6 +97,16 @@ class Maintenance:
 
     async def promote_due(self) -> int:
         return await queue.promote_due(self.redis)
+
+    async def sync_redis(self) -> None:
+        """Make Redis's mirrors of Postgres state equal it again (after a flush, or a write lost after a commit):
+        every key's limit (migration 0008) and which queues are paused (migration 0007)."""
+        async with self.sessions() as session:
+            rows = await store.list_limits(session)
+            paused = await store.paused_queues(session)
+        limits = {r.key: queue.KeyLimit(r.max_running, r.rate_count, r.rate_per_s) for r in rows}
+        await queue.set_limits(self.redis, limits, complete=True)
+        await queue.sync_paused(self.redis, paused)
 
     async def reconcile(self, *, batch_size: int = 1000, max_rows: int = 200_000) -> int:
         """Make Redis agree with Postgres again; returns how many jobs were (re-)enqueued.
@@ -207,6 +219,7 @@ async def run_in_api(settings: Settings, redis: Redis) -> AsyncIterator[Maintena
     tasks = [
         asyncio.create_task(every(settings.reconcile_s, maintenance.reconcile, "reconciler")),
         asyncio.create_task(every(PROMOTE_EVERY_S, maintenance.promote_due, "promotion of due tasks")),
+        asyncio.create_task(every(SYNC_EVERY_S, maintenance.sync_redis, "redis mirror of limits and pauses")),
     ]
     try:
         yield maintenance

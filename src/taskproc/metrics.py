@@ -61,6 +61,20 @@ QUEUE_RUNNING = Gauge(
 QUEUE_PAUSED = Gauge(
     "taskproc_queue_paused", "1 while the queue is paused, else 0.", ["queue"], multiprocess_mode="mostrecent"
 )
+LIMIT_HELD = Gauge(
+    "taskproc_limit_held_tasks",
+    "Due tasks held back because their concurrency key is at its limit, over all keys (Redis's held sets).",
+    multiprocess_mode="mostrecent",
+)
+LIMIT_KEYS_SATURATED = Gauge(
+    "taskproc_limit_keys_saturated",
+    "Concurrency keys that have due tasks held back by their limit.",
+    multiprocess_mode="mostrecent",
+)
+LIMIT_HOLDS = Counter(
+    "taskproc_limit_holds_total",
+    "Jobs a worker held back for their concurrency key's limit instead of taking them.",
+)
 DEPENDENCY_UP = Gauge(
     "taskproc_dependency_up",
     "1 while this API process reaches the dependency (postgres, redis) at its last check, else 0.",

@@ -48,6 +48,7 @@ def _iso(value: datetime | None) -> str | None:
 
 QUEUE_PATTERN = r"^[a-z0-9_-]{1,64}$"
 DEFAULT_QUEUE = "default"
+MAX_CONCURRENCY_KEY = 200
 
 
 class TaskBase(SQLModel):
@@ -78,6 +79,13 @@ class TaskCreate(TaskBase):
     delay_s: float | None = Field(default=None, ge=0, le=MAX_DELAY_S, description="Run no earlier than this.")
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=200, description="Same key, same task: never created twice."
+    )
+    concurrency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_CONCURRENCY_KEY,
+        description="The key whose limit (PUT /api/v1/limits/{key}) this task counts against; default: the one its "
+        "task type derives from the payload, if it declares one.",
     )
 
 
@@ -177,6 +185,8 @@ class Task(TaskBase, table=True):
     queue: str = Field(
         default=DEFAULT_QUEUE, sa_column=sa.Column(sa.String(64), nullable=False, server_default=DEFAULT_QUEUE)
     )
+    # Migration 0008: the per-key limit the task counts against (table task_key), NULL for none.
+    concurrency_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
     created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     started_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
     finished_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
@@ -189,14 +199,19 @@ class TaskWaiting(SQLModel):
     reason: str = Field(
         description="`queue_paused`: its queue is paused; `no_worker`: no live worker serves the task's type (say, "
         "mid rolling upgrade) or takes from its queue; `delayed`: waiting out its delay until `until`; `backoff`: "
-        "waiting out a retry backoff until `until`; `ready`: due, waiting for a free worker slot (`position`: "
-        "ready jobs of its queue taken before it, on a single task's read)."
+        "waiting out a retry backoff until `until`; `concurrency_limited`: its `key` has `running` tasks running "
+        "of its limit `limit`; `rate_limited`: its `key` has used its rate, the next token comes at `until`; "
+        "`ready`: due, waiting for a free worker slot (`position`: ready jobs of its queue taken before it, on a "
+        "single task's read)."
     )
     until: datetime | None = Field(default=None, description="When the wait ends, if known.")
     position: int | None = Field(
         default=None, ge=0, description="For `ready`: how many ready jobs of its queue are taken before it."
     )
     detail: str | None = Field(default=None, description="A sentence for people.")
+    key: str | None = Field(default=None, description="For `concurrency_limited` and `rate_limited`: the key.")
+    running: int | None = Field(default=None, description="For `concurrency_limited`: tasks of the key running.")
+    limit: int | None = Field(default=None, description="For `concurrency_limited`: the key's `max_running`.")
 
     @field_serializer("until")
     def _utc(self, value: datetime | None) -> str | None:
@@ -221,6 +236,7 @@ class TaskPublic(TaskBase):
     finished_at: datetime | None
     updated_at: datetime
     schedule: str | None = Field(default=None, description="The schedule that created the task, if one did.")
+    concurrency_key: str | None = Field(default=None, description="The key whose limit the task counts against.")
     waiting: TaskWaiting | None = Field(
         default=None, description="Set on a pending or retrying task that waits for something besides a free slot."
     )
@@ -297,21 +313,25 @@ class Queue(SQLModel, table=True):
 
 
 class TaskQueueCount(SQLModel, table=True):
-    """Per queue and status, tasks pending, retrying or running, kept by statement triggers (migration 0007)."""
+    """Per queue, status and priority, the net number of tasks (and `_retried`, transitions into retrying), kept
+    by statement triggers (migrations 0007, 0009); sharded by backend pid."""
 
     __tablename__ = "task_queue_count"
 
     queue: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
     status: str = Field(sa_column=sa.Column(sa.String(20), primary_key=True))
+    priority: str = Field(sa_column=sa.Column(sa.String(10), primary_key=True))
     shard: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
     n: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
 
 
 class TaskTypeWaiting(SQLModel, table=True):
-    """Waiting (pending or retrying) tasks per type, kept by statement triggers (migration 0003); sharded."""
+    """Waiting (pending or retrying) tasks per queue and type, kept by statement triggers (migrations 0003,
+    0009); sharded."""
 
     __tablename__ = "task_type_waiting"
 
+    queue: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
     type: str = Field(sa_column=sa.Column(sa.String(100), primary_key=True))
     shard: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
     n: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
@@ -367,14 +387,20 @@ class QueueCounts(SQLModel):
 
 
 class Stats(SQLModel):
+    """Service-wide numbers, or one queue's with `?queue=` (then every count is of that queue's tasks)."""
+
     tasks: TaskCounts
     queue: QueueCounts = Field(
         description="Tasks waiting to run, by priority: pending or retrying, including those whose delay or retry "
         "backoff has not run out yet (until 0.1.0 only those due now were counted; that count read every waiting "
         "row, while this one is kept by triggers and costs the same at any backlog)."
     )
-    retried_total: int = Field(description="Retries scheduled since the database was created.")
-    workers: int = Field(description="Live worker processes (heartbeat within the lease).")
+    retried_total: int = Field(
+        description="Retries scheduled since the database was created (of tasks not deleted since, with `queue`)."
+    )
+    workers: int = Field(
+        description="Live worker processes (heartbeat within the lease); with `queue`, those that take from it."
+    )
     waiting_no_worker: int = Field(
         default=0, description="Waiting tasks whose type no live worker serves (they run once one that does starts)."
     )
@@ -595,3 +621,68 @@ class ScheduleFire(SQLModel, table=True):
     outcome: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))
     detail: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+
+
+# ---- per-key limits (migration 0008) ----------------------------------------------------------------------------
+
+
+class LimitOrigin(StrEnum):
+    """Who set a key's limit: a PUT, or the default a task type declares (applied when one of its tasks is
+    submitted, never over a PUT)."""
+
+    api = "api"
+    type = "type"
+
+
+class Rate(SQLModel):
+    """At most `count` tasks of the key start per `per_s` seconds (a token bucket: bursts up to `count`)."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    count: int = Field(ge=1, le=1_000_000)
+    per_s: float = Field(gt=0, le=86_400.0 * 366)
+
+
+class LimitPut(SQLModel):
+    """Body of PUT /api/v1/limits/{key}: at least one of the two."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    max_running: int | None = Field(default=None, ge=1, le=1_000_000, description="Most tasks of the key running.")
+    rate: Rate | None = Field(default=None, description="Most tasks of the key started per period.")
+
+
+class LimitPublic(SQLModel):
+    """A key's limit and where it stands now."""
+
+    key: str
+    max_running: int | None
+    rate: Rate | None
+    running: int = Field(description="Tasks of the key running now.")
+    tokens: float | None = Field(description="Starts the rate allows right now (null without a rate).")
+    origin: LimitOrigin
+    updated_at: datetime
+
+    @field_serializer("updated_at")
+    def _utc(self, value: datetime) -> str | None:
+        return _iso(value)
+
+
+class TaskKey(SQLModel, table=True):
+    """Per concurrency key: its limit and the count of its running tasks (migration 0008).
+
+    `running` is kept by the row trigger taskproc_task_key on task, which also refuses a claim over the limit, so
+    every worker and replica shares one count and no claim can overshoot it.
+    """
+
+    __tablename__ = "task_key"
+
+    key: str = Field(sa_column=sa.Column(sa.String(200), primary_key=True))
+    running: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    max_running: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    rate_count: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    rate_per_s: float | None = Field(default=None, sa_column=sa.Column(sa.Float, nullable=True))
+    tokens: float | None = Field(default=None, sa_column=sa.Column(sa.Float, nullable=True))
+    refilled_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
+    origin: str | None = Field(default=None, sa_column=sa.Column(sa.String(10), nullable=True))
+    updated_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -40,6 +40,30 @@ ABORT_KEY = "arq:abort"
 # which is what a worker without a list of queues and the API's promotion go through.
 QUEUES_KEY = "taskproc:queues"
 NAMED_READY_PREFIX = "taskproc:queue:"
+# Each queue's own running set (besides RUNNING_KEY, shared by all): what a worker pool's ScaledObject counts.
+QUEUE_RUNNING_PREFIX = "taskproc:running:"
+# A paused queue's ready jobs live in PAUSED_PREFIX + name instead of its ready set (the queues in PAUSED_KEY), so
+# a KEDA trigger on the ready set does not scale workers up for work nobody may start. Postgres holds the pause
+# (the claim refuses it); this is its mirror, kept by pause/resume and by sync_paused().
+PAUSED_KEY = "taskproc:paused"
+PAUSED_PREFIX = "taskproc:paused:"
+# Per-key limits (migration 0008). Postgres enforces them in the claim (a trigger); Redis keeps jobs of a key
+# with no room out of the ready sets, so they neither spin through claims nor block other keys behind them:
+# - JOBKEY_KEY: job id -> concurrency key, for keyed jobs only (unkeyed work pays nothing);
+# - LIMITS_KEY: key -> "max_running|rate_count|rate_per_s" (mirror of task_key, see sync_limits());
+# - TOKENS_KEY: key -> "tokens|ms" (the rate's token bucket as of that Redis time);
+# - KEY_RUNNING_PREFIX + key: the key's jobs taken and not yet released;
+# - HELD_PREFIX + key: the key's ready jobs waiting for room, member "queue|job id", scored as in the ready set;
+# - HELD_KEYS_KEY: keys with held jobs, scored by when to look at their room again (a release makes it now).
+JOBKEY_KEY = "taskproc:jobkey"
+LIMITS_KEY = "taskproc:limits"
+TOKENS_KEY = "taskproc:tokens"
+KEY_RUNNING_PREFIX = "taskproc:key-running:"
+HELD_PREFIX = "taskproc:held:"
+HELD_KEYS_KEY = "taskproc:held-keys"
+# Most jobs of saturated keys one tick moves out of the ready sets (a few ms of Redis time); the worker ticks
+# again at once while it parks any, so a backlog of one key clears out of the way in a few rounds.
+PARK_BUDGET = 2000
 WAKE_CHANNEL = "taskproc:wake"
 JOB_FUNCTION = "run_task"
 # An abort request nobody acted on within this long is dropped (the task finished or was never ours).
@@ -57,9 +81,21 @@ def ready_key(queue: str) -> str:
     return QUEUE_KEY if queue == DEFAULT_QUEUE else f"{NAMED_READY_PREFIX}{queue}"
 
 
+def paused_key(queue: str) -> str:
+    """Where a paused queue's ready jobs wait for the resume."""
+    return f"{PAUSED_PREFIX}{queue}"
+
+
+def queue_running_key(queue: str) -> str:
+    return f"{QUEUE_RUNNING_PREFIX}{queue}"
+
+
 async def ready_position(redis: Redis, queue: str, task_id: uuid.UUID, generation: int) -> int | None:
     """The job's rank in its queue's ready set (workers take the lowest scores first); None if it is not there."""
-    rank = await redis.zrank(ready_key(queue), job_id(task_id, generation))
+    jid = job_id(task_id, generation)
+    rank = await redis.zrank(ready_key(queue), jid)
+    if rank is None:
+        rank = await redis.zrank(paused_key(queue), jid)
     return None if rank is None else int(rank)
 
 
@@ -69,12 +105,17 @@ def deferred_key(queue: str) -> str:
 
 
 # The same naming inside the scripts (a function of the queue name, for the queues a script finds itself).
+# live_key(q) is where a job of q that becomes ready goes: its ready set, or its paused set while q is paused.
 _LUA_KEYS = f"""
 local function ready_key(q)
   if q == '{DEFAULT_QUEUE}' then return '{QUEUE_KEY}' end return '{NAMED_READY_PREFIX}' .. q
 end
 local function deferred_key(q)
   if q == '{DEFAULT_QUEUE}' then return '{DEFERRED_KEY}' end return '{DEFERRED_KEY}:' .. q
+end
+local function live_key(q)
+  if redis.call('SISMEMBER', '{PAUSED_KEY}', q) == 1 then return '{PAUSED_PREFIX}' .. q end
+  return ready_key(q)
 end
 """
 
@@ -86,6 +127,96 @@ def now_ms() -> int:
 
 # Redis's clock in ms, for the scripts below (TIME is allowed before writes: scripts replicate by effects).
 _LUA_NOW = "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+# Per-key limits inside the scripts (after _LUA_NOW and _LUA_KEYS). admit(k) takes a slot's token for a job of k
+# about to be taken and returns 0, or returns how many ms to wait before k may have room; room(k) is how many
+# jobs of k may start now (and that wait); hold(k, ...) parks a ready job of k; unpark(k) moves as many of k's
+# held jobs as it has room for back to their queues; forget(jid) is for a job leaving Redis or the running set.
+_LUA_LIMITS = f"""
+local function limit_of(k)
+  local raw = redis.call('HGET', '{LIMITS_KEY}', k)
+  if not raw then return nil, nil, nil end
+  local m, c, p = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)$')
+  return tonumber(m), tonumber(c), tonumber(p)
+end
+local function tokens_of(k, count, per)
+  local tokens, at = count, now
+  local raw = redis.call('HGET', '{TOKENS_KEY}', k)
+  if raw then
+    local tk, a = string.match(raw, '^([^|]*)|([^|]*)$')
+    tokens, at = tonumber(tk), tonumber(a)
+  end
+  return math.min(count, tokens + math.max(0, now - at) / 1000 * count / per)
+end
+local function token_wait(tokens, count, per)
+  return math.max(1, math.ceil((1 - (tokens - math.floor(tokens))) * per / count * 1000))
+end
+local function admit(k)
+  local m, c, p = limit_of(k)
+  if m and redis.call('ZCARD', '{KEY_RUNNING_PREFIX}' .. k) >= m then return 1000 end
+  if c then
+    local tokens = tokens_of(k, c, p)
+    if tokens < 1 then return token_wait(tokens, c, p) end
+    redis.call('HSET', '{TOKENS_KEY}', k, tostring(tokens - 1) .. '|' .. now)
+  end
+  return 0
+end
+local function room(k)
+  local m, c, p = limit_of(k)
+  local n, wait = {PARK_BUDGET}, 1000
+  if m then n = math.min(n, m - redis.call('ZCARD', '{KEY_RUNNING_PREFIX}' .. k)) end
+  if c then
+    local tokens = tokens_of(k, c, p)
+    n = math.min(n, math.floor(tokens))
+    wait = math.min(wait, token_wait(tokens, c, p))
+  end
+  return n, wait
+end
+local function hold(k, score, member, wait)
+  redis.call('ZADD', '{HELD_PREFIX}' .. k, score, member)
+  redis.call('ZADD', '{HELD_KEYS_KEY}', 'LT', now + wait, k)
+end
+local function unpark(k)
+  local hk = '{HELD_PREFIX}' .. k
+  local n, wait = room(k)
+  if n > 0 then
+    local jobs = redis.call('ZRANGE', hk, 0, n - 1, 'WITHSCORES')
+    for i = 1, #jobs, 2 do
+      local member = jobs[i]
+      local sep = string.find(member, '|', 1, true)
+      redis.call('ZADD', live_key(string.sub(member, 1, sep - 1)), tonumber(jobs[i + 1]), string.sub(member, sep + 1))
+      redis.call('ZREM', hk, member)
+    end
+  end
+  if redis.call('EXISTS', hk) == 1 then
+    redis.call('ZADD', '{HELD_KEYS_KEY}', now + wait, k)
+  else
+    redis.call('ZREM', '{HELD_KEYS_KEY}', k)
+  end
+  return n > 0
+end
+local function stop_running(jid, q, forget)
+  redis.call('ZREM', '{RUNNING_KEY}', jid)
+  if q ~= '' then
+    redis.call('ZREM', '{QUEUE_RUNNING_PREFIX}' .. q, jid)
+  else
+    redis.call('ZREM', '{QUEUE_RUNNING_PREFIX}{DEFAULT_QUEUE}', jid)
+    for _, name in ipairs(redis.call('SMEMBERS', '{QUEUES_KEY}')) do
+      redis.call('ZREM', '{QUEUE_RUNNING_PREFIX}' .. name, jid)
+    end
+  end
+  local k = redis.call('HGET', '{JOBKEY_KEY}', jid)
+  if k then
+    redis.call('ZREM', '{KEY_RUNNING_PREFIX}' .. k, jid)
+    if forget then
+      redis.call('HDEL', '{JOBKEY_KEY}', jid)
+      if q ~= '' then redis.call('ZREM', '{HELD_PREFIX}' .. k, q .. '|' .. jid) end
+    end
+    if redis.call('EXISTS', '{HELD_PREFIX}' .. k) == 1 then redis.call('ZADD', '{HELD_KEYS_KEY}', now, k) end
+  end
+  return k
+end
+"""
 
 
 def job_id(task_id: uuid.UUID | str, generation: int) -> str:
@@ -128,6 +259,7 @@ class Enqueue:
     priority: Priority
     delay_ms: int
     queue: str = DEFAULT_QUEUE
+    key: str | None = None  # the task's concurrency key
 
 
 class Queueable(Protocol):
@@ -143,6 +275,8 @@ class Queueable(Protocol):
     def run_at(self) -> datetime: ...
     @property
     def queue(self) -> str: ...
+    @property
+    def concurrency_key(self) -> str | None: ...
 
 
 def entry(row: Queueable, now: datetime) -> Enqueue:
@@ -155,6 +289,7 @@ def entry(row: Queueable, now: datetime) -> Enqueue:
         priority=row.priority,
         delay_ms=int((row.run_at - now).total_seconds() * 1000),
         queue=row.queue,
+        key=row.concurrency_key,
     )
 
 
@@ -162,38 +297,49 @@ def _deferred_member(priority: Priority, jid: str) -> str:
     return f"{priority.value}|{jid}"
 
 
-# KEYS: the queue's ready set, its deferred set, the wake channel, QUEUES_KEY. ARGV: high band, normal band, the
-# queue's name to record in QUEUES_KEY ('' for the default queue), then (job id, priority, delay ms) per job.
-# Ready jobs are scored by when they became due on Redis's clock (now + delay, delay <= 0) plus their band;
-# deferred ones by when they fall due.
+# KEYS: the queue's deferred set, the wake channel, QUEUES_KEY. ARGV: high band, normal band, the queue's name
+# ('' for the default queue), then (job id, priority, delay ms, concurrency key or '') per job.
+# Ready jobs are scored by when they became due on Redis's clock (now + delay, delay <= 0) plus their band and go
+# to the queue's live set (its paused set while it is paused); deferred ones are scored by when they fall due.
+# A ready job of a key that already has held jobs joins them, behind them: FIFO within the key, and the ready set
+# only ever holds jobs that may start.
 ENQUEUE_SCRIPT = (
     _LUA_NOW
-    + """
-local ready = {}
-local deferred = {}
-if ARGV[3] ~= '' then redis.call('SADD', KEYS[4], ARGV[3]) end
-for i = 4, #ARGV, 3 do
+    + _LUA_KEYS
+    + _LUA_LIMITS
+    + f"""
+local ready = {{}}
+local deferred = {{}}
+local name = ARGV[3]
+if name ~= '' then redis.call('SADD', KEYS[3], name) else name = '{DEFAULT_QUEUE}' end
+for i = 4, #ARGV, 4 do
   local jid = ARGV[i]
   local prio = ARGV[i + 1]
   local delay = tonumber(ARGV[i + 2])
+  local k = ARGV[i + 3]
+  if k ~= '' then redis.call('HSET', '{JOBKEY_KEY}', jid, k) end
   if delay <= 0 then
     local band = 0
     if prio == 'high' then band = tonumber(ARGV[1]) elseif prio == 'normal' then band = tonumber(ARGV[2]) end
-    ready[#ready + 1] = now + delay + band
-    ready[#ready + 1] = jid
+    if k ~= '' and redis.call('EXISTS', '{HELD_PREFIX}' .. k) == 1 then
+      hold(k, now + delay + band, name .. '|' .. jid, 1000)
+    else
+      ready[#ready + 1] = now + delay + band
+      ready[#ready + 1] = jid
+    end
   else
     deferred[#deferred + 1] = now + delay
     deferred[#deferred + 1] = prio .. '|' .. jid
   end
 end
-if #ready > 0 then redis.call('ZADD', KEYS[1], unpack(ready)) end
-if #deferred > 0 then redis.call('ZADD', KEYS[2], unpack(deferred)) end
-redis.call('PUBLISH', KEYS[3], '1')
+if #ready > 0 then redis.call('ZADD', live_key(name), unpack(ready)) end
+if #deferred > 0 then redis.call('ZADD', KEYS[1], unpack(deferred)) end
+redis.call('PUBLISH', KEYS[2], '1')
 return #ready
 """
 )
 # Enqueue scripts send a few thousand jobs per call at most: unpack() has a limit of about 8000 values.
-_ENQUEUE_CHUNK = 2000
+_ENQUEUE_CHUNK = 1500
 
 
 async def enqueue(redis: Redis, items: Sequence[Enqueue]) -> None:
@@ -206,50 +352,117 @@ async def enqueue(redis: Redis, items: Sequence[Enqueue]) -> None:
     for item in items:
         by_queue.setdefault(item.queue, []).append(item)
     for name, queued in by_queue.items():
-        keys = [ready_key(name), deferred_key(name), WAKE_CHANNEL, QUEUES_KEY]
+        keys = [deferred_key(name), WAKE_CHANNEL, QUEUES_KEY]
         for start in range(0, len(queued), _ENQUEUE_CHUNK):
             args: list[Any] = [BAND[Priority.high], BAND[Priority.normal], "" if name == DEFAULT_QUEUE else name]
             for item in queued[start : start + _ENQUEUE_CHUNK]:
-                args += [job_id(item.task_id, item.generation), item.priority.value, int(item.delay_ms)]
+                args += [job_id(item.task_id, item.generation), item.priority.value, int(item.delay_ms), item.key or ""]
             await script(keys=keys, args=args)
+
+
+# ARGV: (job id, queue) per job. Wherever the job is (ready, paused, deferred, held, running), it is deleted, and
+# its key (if any) is looked at again for room.
+REMOVE_SCRIPT = (
+    _LUA_NOW
+    + _LUA_KEYS
+    + _LUA_LIMITS
+    + f"""
+for i = 1, #ARGV, 2 do
+  local jid, q = ARGV[i], ARGV[i + 1]
+  redis.call('ZREM', ready_key(q), jid)
+  redis.call('ZREM', '{PAUSED_PREFIX}' .. q, jid)
+  redis.call('ZREM', deferred_key(q), 'high|' .. jid, 'normal|' .. jid, 'low|' .. jid)
+  stop_running(jid, q, true)
+end
+return 0
+"""
+)
+
+# ARGV: (job id, queue or '' if unknown) per job whose outcome is written: off the running sets, its key freed.
+RELEASE_SCRIPT = (
+    _LUA_NOW
+    + _LUA_KEYS
+    + _LUA_LIMITS
+    + f"""
+local freed = false
+for i = 1, #ARGV, 2 do
+  if stop_running(ARGV[i], ARGV[i + 1], true) then freed = true end
+end
+if freed then redis.call('PUBLISH', '{WAKE_CHANNEL}', '1') end
+return 0
+"""
+)
 
 
 async def remove_jobs(redis: Redis, jobs: Iterable[tuple[uuid.UUID, int, Priority, str]]) -> None:
     """Delete obsolete job generations (task id, generation, priority, queue) so they neither run nor count as
     backlog."""
-    by_queue: dict[str, list[str]] = {}
+    args: list[str] = []
     for task_id, generation, _, name in jobs:
-        by_queue.setdefault(name, []).append(job_id(task_id, generation))
-    if not by_queue:
+        args += [job_id(task_id, generation), name]
+    for start in range(0, len(args), 2 * _ENQUEUE_CHUNK):
+        await redis.register_script(REMOVE_SCRIPT)(args=args[start : start + 2 * _ENQUEUE_CHUNK])
+
+
+async def release(redis: Redis, jids: Sequence[str], queues: Sequence[str] | None = None) -> None:
+    """Jobs whose outcome is written (`queues`: the queue of each, if known): off the running sets; their keys,
+    if any, are looked at again for room."""
+    if not jids:
         return
-    async with redis.pipeline(transaction=False) as pipe:
-        for name, jids in by_queue.items():
-            pipe.zrem(ready_key(name), *jids)
-            pipe.zrem(deferred_key(name), *(_deferred_member(p, jid) for jid in jids for p in Priority))
-            pipe.zrem(RUNNING_KEY, *jids)
-        await pipe.execute()
-
-
-async def release(redis: Redis, jids: Sequence[str]) -> None:
-    """Jobs whose outcome is written: off the running set."""
-    if jids:
-        await redis.zrem(RUNNING_KEY, *jids)
+    names = list(queues) if queues is not None else [""] * len(jids)
+    args: list[str] = []
+    for jid, name in zip(jids, names, strict=True):
+        args += [jid, name]
+    for start in range(0, len(args), 2 * _ENQUEUE_CHUNK):
+        await redis.register_script(RELEASE_SCRIPT)(args=args[start : start + 2 * _ENQUEUE_CHUNK])
 
 
 # KEYS: the queue's deferred set, the running set, QUEUES_KEY; ARGV: delay, the queue's name ('' for default),
 # the members. The name is recorded again: after a Redis flush only this job may know of its queue.
 DEFER_AGAIN_SCRIPT = (
     _LUA_NOW
-    + """
-if ARGV[2] ~= '' then redis.call('SADD', KEYS[3], ARGV[2]) end
+    + _LUA_KEYS
+    + _LUA_LIMITS
+    + f"""
+local q = ARGV[2]
+if q ~= '' then redis.call('SADD', KEYS[3], q) else q = '{DEFAULT_QUEUE}' end
 for i = 3, #ARGV do
   local member = ARGV[i]
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), member)
-  redis.call('ZREM', KEYS[2], string.sub(member, string.find(member, '|', 1, true) + 1))
+  stop_running(string.sub(member, string.find(member, '|', 1, true) + 1), q, false)
 end
 return 0
 """
 )
+
+# Jobs whose claim the limit of their key refused (Postgres had no room, though Redis thought it had: after a
+# Redis flush, say): held for their key, looked at again after ARGV[1] ms or when one of the key's jobs ends.
+# ARGV: wait ms, then (job id, queue, key, score) per job.
+PARK_SCRIPT = (
+    _LUA_NOW
+    + _LUA_KEYS
+    + _LUA_LIMITS
+    + f"""
+local wait = tonumber(ARGV[1])
+for i = 2, #ARGV, 4 do
+  local jid, q, k = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  redis.call('HSET', '{JOBKEY_KEY}', jid, k)
+  stop_running(jid, q, false)
+  hold(k, tonumber(ARGV[i + 3]), q .. '|' .. jid, wait)
+end
+return 0
+"""
+)
+
+
+async def park(redis: Redis, jobs: Sequence[tuple[str, str, str, float]], *, wait_ms: int = 1000) -> None:
+    """Hold taken jobs (job id, queue, concurrency key, queue score) whose claim their key's limit refused."""
+    if not jobs:
+        return
+    args: list[Any] = [wait_ms]
+    for jid, name, key, score in jobs:
+        args += [jid, name, key, score]
+    await redis.register_script(PARK_SCRIPT)(args=args)
 
 
 async def defer_again(
@@ -277,6 +490,128 @@ async def defer_again_by_queue(redis: Redis, jobs: Sequence[tuple[str, Priority,
 async def wake(redis: Redis) -> None:
     """Wake idle workers (a queue was resumed: its jobs may be taken now)."""
     await redis.publish(WAKE_CHANNEL, "1")
+
+
+# ARGV: the names of every paused queue (Postgres's view). Queues paused here and not there are resumed (their
+# paused set merged back into the ready set, workers woken); queues paused there and not here have their ready
+# set moved aside. Returns how many queues changed.
+SYNC_PAUSED_SCRIPT = (
+    _LUA_KEYS
+    + f"""
+local want = {{}}
+for _, q in ipairs(ARGV) do want[q] = true end
+local changed = 0
+for _, q in ipairs(redis.call('SMEMBERS', '{PAUSED_KEY}')) do
+  if not want[q] then
+    redis.call('SREM', '{PAUSED_KEY}', q)
+    redis.call('ZUNIONSTORE', ready_key(q), 2, ready_key(q), '{PAUSED_PREFIX}' .. q)
+    redis.call('DEL', '{PAUSED_PREFIX}' .. q)
+    changed = changed + 1
+  end
+end
+for q, _ in pairs(want) do
+  if redis.call('SADD', '{PAUSED_KEY}', q) == 1 then
+    redis.call('ZUNIONSTORE', '{PAUSED_PREFIX}' .. q, 2, '{PAUSED_PREFIX}' .. q, ready_key(q))
+    redis.call('DEL', ready_key(q))
+    changed = changed + 1
+  end
+end
+if changed > 0 then redis.call('PUBLISH', '{WAKE_CHANNEL}', '1') end
+return changed
+"""
+)
+
+# ARGV[1]: 'pause' or 'resume', ARGV[2]: the queue.
+SET_PAUSED_SCRIPT = (
+    _LUA_KEYS
+    + f"""
+local q = ARGV[2]
+if ARGV[1] == 'pause' then
+  if redis.call('SADD', '{PAUSED_KEY}', q) == 1 then
+    redis.call('ZUNIONSTORE', '{PAUSED_PREFIX}' .. q, 2, '{PAUSED_PREFIX}' .. q, ready_key(q))
+    redis.call('DEL', ready_key(q))
+  end
+else
+  redis.call('SREM', '{PAUSED_KEY}', q)
+  redis.call('ZUNIONSTORE', ready_key(q), 2, ready_key(q), '{PAUSED_PREFIX}' .. q)
+  redis.call('DEL', '{PAUSED_PREFIX}' .. q)
+  redis.call('PUBLISH', '{WAKE_CHANNEL}', '1')
+end
+return 0
+"""
+)
+
+
+async def set_paused(redis: Redis, name: str, *, paused: bool) -> None:
+    """Mirror a pause or resume that Postgres committed: a paused queue's ready jobs move out of its ready set (so
+    KEDA does not scale up for them) and come back, workers woken, on the resume."""
+    await redis.register_script(SET_PAUSED_SCRIPT)(args=["pause" if paused else "resume", name])
+
+
+async def sync_paused(redis: Redis, names: Sequence[str]) -> int:
+    """Make Redis's mirror of the pause equal Postgres's list of paused queues (after a flush, a lost update)."""
+    return int(await redis.register_script(SYNC_PAUSED_SCRIPT)(args=list(names)))
+
+
+@dataclass(frozen=True)
+class KeyLimit:
+    """A key's limit as the scripts read it (mirrored from Postgres's task_key)."""
+
+    max_running: int | None
+    rate_count: int | None
+    rate_per_s: float | None
+
+    def encoded(self) -> str:
+        return "|".join("" if v is None else repr(v) for v in (self.max_running, self.rate_count, self.rate_per_s))
+
+
+# ARGV[1]: 'all' (the keys that follow are every limit: others are dropped) or 'some'; then (key, encoded limit or
+# '' to drop it) pairs. Keys whose limit changed are looked at again for room at once.
+SYNC_LIMITS_SCRIPT = (
+    _LUA_NOW
+    + f"""
+local given = {{}}
+for i = 2, #ARGV, 2 do
+  local k, v = ARGV[i], ARGV[i + 1]
+  given[k] = true
+  local old = redis.call('HGET', '{LIMITS_KEY}', k)
+  if v == '' then
+    if old then redis.call('HDEL', '{LIMITS_KEY}', k) end
+  elseif old ~= v then
+    redis.call('HSET', '{LIMITS_KEY}', k, v)
+  end
+  if old ~= (v ~= '' and v or false) then
+    redis.call('HDEL', '{TOKENS_KEY}', k)
+    if redis.call('EXISTS', '{HELD_PREFIX}' .. k) == 1 then redis.call('ZADD', '{HELD_KEYS_KEY}', now, k) end
+  end
+end
+if ARGV[1] == 'all' then
+  for _, k in ipairs(redis.call('HKEYS', '{LIMITS_KEY}')) do
+    if not given[k] then
+      redis.call('HDEL', '{LIMITS_KEY}', k)
+      redis.call('HDEL', '{TOKENS_KEY}', k)
+      if redis.call('EXISTS', '{HELD_PREFIX}' .. k) == 1 then redis.call('ZADD', '{HELD_KEYS_KEY}', now, k) end
+    end
+  end
+end
+redis.call('PUBLISH', '{WAKE_CHANNEL}', '1')
+return 0
+"""
+)
+
+
+async def set_limits(redis: Redis, limits: Mapping[str, KeyLimit | None], *, complete: bool = False) -> None:
+    """Mirror keys' limits (None: the key has none any more); `complete`: these are all the limits there are.
+    A changed limit starts with a full bucket here too (as in Postgres, which stays the judge)."""
+    args: list[str] = ["all" if complete else "some"]
+    for key, limit in limits.items():
+        args += [key, "" if limit is None else limit.encoded()]
+    await redis.register_script(SYNC_LIMITS_SCRIPT)(args=args)
+
+
+async def held_count(redis: Redis, key: str) -> int:
+    """Ready jobs of `key` held for room."""
+    return int(await redis.zcard(f"{HELD_PREFIX}{key}"))
 
 
 ABORT_SCRIPT = _LUA_NOW + "redis.call('ZADD', KEYS[1], now, ARGV[1])\nredis.call('PUBLISH', KEYS[2], '1')\nreturn 0\n"
@@ -315,14 +650,28 @@ async def job_states(redis: Redis, jobs: Sequence[tuple[uuid.UUID, int, Priority
             jid = job_id(task_id, generation)
             pipe.zscore(ready_key(name), jid)
             pipe.zscore(deferred_key(name), _deferred_member(priority, jid))
+            pipe.zscore(paused_key(name), jid)
+            pipe.hget(JOBKEY_KEY, jid)
             pipe.zscore(RUNNING_KEY, jid)
         raw = await pipe.execute()
+        # A keyed job may be held for its key's room.
+        held: list[bool] = []
+        for i, (_, _, _, name) in enumerate(jobs):
+            key = raw[5 * i + 3]
+            if key is not None and all(raw[5 * i + j] is None for j in range(3)):
+                pipe.zscore(f"{HELD_PREFIX}{key.decode()}", f"{name}|{job_id(jobs[i][0], jobs[i][1])}")
+        held_raw = iter(await pipe.execute())
+        for i in range(len(jobs)):
+            key = raw[5 * i + 3]
+            held.append(
+                key is not None and all(raw[5 * i + j] is None for j in range(3)) and next(held_raw) is not None
+            )
     return [
         JobState(
-            queued=raw[i] is not None or raw[i + 1] is not None,
-            taken_ms_ago=None if raw[i + 2] is None else max(0, current - int(raw[i + 2])),
+            queued=any(raw[5 * i + j] is not None for j in range(3)) or held[i],
+            taken_ms_ago=None if raw[5 * i + 4] is None else max(0, current - int(raw[5 * i + 4])),
         )
-        for i in range(0, len(raw), 3)
+        for i in range(len(jobs))
     ]
 
 
@@ -342,18 +691,23 @@ async def taken_before(
 
 
 async def requeue_taken(redis: Redis, items: Sequence[Enqueue]) -> None:
-    """Jobs taken by a worker that never claimed them: back into the queue, off the running set."""
+    """Jobs taken by a worker that never claimed them: off the running set, back into the queue (in that order:
+    the release forgets the job's key, the enqueue records it again)."""
     if items:
+        await release(redis, [job_id(i.task_id, i.generation) for i in items], [i.queue for i in items])
         await enqueue(redis, items)
-        await release(redis, [job_id(i.task_id, i.generation) for i in items])
 
 
-# promote(deferred key, ready key) moves due members of a deferred set into its queue with their priority band
-# (ARGV[1] at most, ARGV[2] and ARGV[3] the high and normal bands) and returns how many; `now` is Redis's clock.
-# Shared by the tick and by promote_due().
-_PROMOTE_LUA = """
-local function promote(dkey, rkey)
+# promote(q) moves due members of q's deferred set into its live set (ready, or paused) with their priority band
+# (ARGV[1] at most, ARGV[2] and ARGV[3] the high and normal bands) and returns how many; a job of a key that has
+# held jobs joins those instead. `now` is Redis's clock. Shared by the tick and by promote_due().
+_PROMOTE_LUA = f"""
+local keyed = redis.call('EXISTS', '{JOBKEY_KEY}') == 1
+local function promote(q)
+local dkey = deferred_key(q)
 local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
+if #due == 0 then return 0 end
+local rkey = live_key(q)
 local moved = 0
 for i = 1, #due, 2 do
   local member = due[i]
@@ -364,7 +718,12 @@ for i = 1, #due, 2 do
     local jid = string.sub(member, sep + 1)
     local band = 0
     if prio == 'high' then band = tonumber(ARGV[2]) elseif prio == 'normal' then band = tonumber(ARGV[3]) end
-    redis.call('ZADD', rkey, score + band, jid)
+    local k = keyed and redis.call('HGET', '{JOBKEY_KEY}', jid)
+    if k and redis.call('EXISTS', '{HELD_PREFIX}' .. k) == 1 then
+      hold(k, score + band, q .. '|' .. jid, 1000)
+    else
+      redis.call('ZADD', rkey, score + band, jid)
+    end
   end
   redis.call('ZREM', dkey, member)
   moved = moved + 1
@@ -375,14 +734,19 @@ end
 
 # Due deferred jobs into their queues, without taking any: what API processes run while workers may be at zero,
 # so a delayed task that falls due shows up in its ready set, where KEDA looks. Every queue: the default one and
-# those in KEYS[2] (QUEUES_KEY). Atomic, so any number of processes may run it at once. Returns how many moved.
+# those in KEYS[2] (QUEUES_KEY). Held jobs of keys whose room is due to be looked at move back too. Atomic, so
+# any number of processes may run it at once. Returns how many moved.
 PROMOTE_SCRIPT = (
     _LUA_NOW
     + _LUA_KEYS
+    + _LUA_LIMITS
     + _PROMOTE_LUA
     + f"""
-local moved = promote(deferred_key('{DEFAULT_QUEUE}'), ready_key('{DEFAULT_QUEUE}'))
-for _, q in ipairs(redis.call('SMEMBERS', KEYS[2])) do moved = moved + promote(deferred_key(q), ready_key(q)) end
+local moved = promote('{DEFAULT_QUEUE}')
+for _, q in ipairs(redis.call('SMEMBERS', KEYS[2])) do moved = moved + promote(q) end
+for _, k in ipairs(redis.call('ZRANGEBYSCORE', '{HELD_KEYS_KEY}', '-inf', now, 'LIMIT', 0, 100)) do
+  if unpark(k) then moved = moved + 1 end
+end
 if moved > 0 then redis.call('PUBLISH', KEYS[1], '1') end
 return moved
 """
@@ -397,18 +761,22 @@ async def promote_due(redis: Redis, *, limit: int = 1000) -> int:
 
 # One call per worker loop iteration, atomic, so two workers can neither lose nor share a job:
 # 1. for each of the worker's queues (ARGV[6] = 'all': the default one and every queue in QUEUES_KEY; else the
-#    names after the paused ones), move due members of its deferred set into its ready set with their band;
-# 2. take up to ARGV[4] jobs into the running set, lowest score (highest priority, then longest due) first across
+#    names after the paused ones), move due members of its deferred set into its ready set with their band, and
+#    move back the held jobs of keys whose room is due to be looked at (a job of theirs ended, or a token came);
+# 2. take up to ARGV[4] jobs into the running sets, lowest score (highest priority, then longest due) first across
 #    the worker's queues that are not paused (ARGV[7] names follow, the pause as the worker last read it from
-#    Postgres): so priority and FIFO hold within a queue, and across queues the oldest due work goes first;
+#    Postgres): so priority and FIFO hold within a queue, and across queues the oldest due work goes first. A
+#    job of a key without room (admit) is held for its key instead and the next candidates are looked at, up to
+#    PARK_BUDGET held per call: a saturated key never blocks the jobs of other keys behind it;
 # 3. read the abort requests (dropping those older than ARGV[5] ms).
 # Times are Redis's (TIME). Returns {promoted, ms until the next deferred job is due or -1, {job, score, queue,
-# ...}, {aborted job, ...}}: a span, so the caller never compares a Redis time with its own clock.
+# ...}, {aborted job, ...}, held}: a span, so the caller never compares a Redis time with its own clock.
 # The keys of queues a script finds in QUEUES_KEY are not passed in KEYS: fine on a single Redis (what taskproc
 # runs on), not on Redis Cluster.
 TICK_SCRIPT = (
     _LUA_NOW
     + _LUA_KEYS
+    + _LUA_LIMITS
     + _PROMOTE_LUA
     + f"""
 local npaused = tonumber(ARGV[7])
@@ -422,10 +790,15 @@ else
   for i = 8 + npaused, #ARGV do names[#names + 1] = ARGV[i] end
 end
 local moved = 0
-for _, q in ipairs(names) do moved = moved + promote(deferred_key(q), ready_key(q)) end
+for _, q in ipairs(names) do moved = moved + promote(q) end
+for _, k in ipairs(redis.call('ZRANGEBYSCORE', '{HELD_KEYS_KEY}', '-inf', now, 'LIMIT', 0, 100)) do
+  if unpark(k) then moved = moved + 1 end
+end
+keyed = redis.call('EXISTS', '{JOBKEY_KEY}') == 1
 local taken = {{}}
 local want = tonumber(ARGV[4])
-if want > 0 then
+local held = 0
+while want > 0 and held < {PARK_BUDGET} do
   local candidates = {{}}
   for _, q in ipairs(names) do
     if not paused[q] then
@@ -433,18 +806,33 @@ if want > 0 then
       for i = 1, #head, 2 do candidates[#candidates + 1] = {{head[i], tonumber(head[i + 1]), q, head[i + 1]}} end
     end
   end
+  if #candidates == 0 then break end
   table.sort(candidates, function(a, b) return a[2] < b[2] end)
   local running = {{}}
+  local held_now = 0
   for i = 1, math.min(want, #candidates) do
     local c = candidates[i]
     redis.call('ZREM', ready_key(c[3]), c[1])
-    running[#running + 1] = now
-    running[#running + 1] = c[1]
-    taken[#taken + 1] = c[1]
-    taken[#taken + 1] = c[4]
-    taken[#taken + 1] = c[3]
+    local k = keyed and redis.call('HGET', '{JOBKEY_KEY}', c[1])
+    local wait = 0
+    if k then wait = admit(k) end
+    if wait > 0 then
+      hold(k, c[2], c[3] .. '|' .. c[1], wait)
+      held_now = held_now + 1
+    else
+      running[#running + 1] = now
+      running[#running + 1] = c[1]
+      redis.call('ZADD', '{QUEUE_RUNNING_PREFIX}' .. c[3], now, c[1])
+      if k then redis.call('ZADD', '{KEY_RUNNING_PREFIX}' .. k, now, c[1]) end
+      taken[#taken + 1] = c[1]
+      taken[#taken + 1] = c[4]
+      taken[#taken + 1] = c[3]
+    end
   end
   if #running > 0 then redis.call('ZADD', KEYS[1], unpack(running)) end
+  want = want - math.floor(#running / 2)
+  held = held + held_now
+  if held_now == 0 then break end
 end
 local aborts = {{}}
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -459,8 +847,13 @@ for _, q in ipairs(names) do
     if next_in < 0 or d < next_in then next_in = d end
   end
 end
+local nxt = redis.call('ZRANGE', '{HELD_KEYS_KEY}', 0, 0, 'WITHSCORES')
+if #nxt > 0 then
+  local d = math.max(0, tonumber(nxt[2]) - now)
+  if next_in < 0 or d < next_in then next_in = d end
+end
 if moved > 0 then redis.call('PUBLISH', KEYS[3], '1') end
-return {{moved, tostring(next_in), taken, aborts}}
+return {{moved, tostring(next_in), taken, aborts, held}}
 """
 )
 
@@ -472,6 +865,7 @@ class Tick:
     taken: list[tuple[str, float]]  # (job id, queue score)
     aborts: list[str]
     queue_of: dict[str, str] = field(default_factory=dict)  # job id -> its queue, for the jobs taken
+    held: int = 0  # jobs of keys without room moved out of the ready sets by this tick
 
 
 class Ticker:
@@ -485,7 +879,7 @@ class Ticker:
         """Promote and take (up to `take`) from this worker's queues, none from the `paused` ones."""
         args: list[Any] = [promote_limit, BAND[Priority.high], BAND[Priority.normal], take, ABORT_MAX_AGE_MS]
         args += ["all" if self.queues is None else "list", len(paused), *paused, *(self.queues or ())]
-        moved, next_in, taken, aborts = await self._script(
+        moved, next_in, taken, aborts, held = await self._script(
             keys=[RUNNING_KEY, ABORT_KEY, WAKE_CHANNEL, QUEUES_KEY], args=args
         )
         nd = float(next_in)
@@ -495,6 +889,7 @@ class Ticker:
             taken=[(taken[i].decode(), float(taken[i + 1])) for i in range(0, len(taken), 3)],
             aborts=[a.decode() for a in aborts],
             queue_of={taken[i].decode(): taken[i + 2].decode() for i in range(0, len(taken), 3)},
+            held=int(held),
         )
 
 
@@ -506,36 +901,54 @@ async def queue_names(redis: Redis) -> list[str]:
 async def ready_by_priority(redis: Redis, queue: str = DEFAULT_QUEUE) -> dict[Priority, int]:
     """Entries of a queue's ready set per priority: ZCOUNT over each band, O(log n) whatever the backlog."""
     low_edge, high_edge = _BAND_EDGES
-    key = ready_key(queue)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcount(key, "-inf", f"({low_edge}")
-        pipe.zcount(key, low_edge, f"({high_edge}")
-        pipe.zcount(key, high_edge, "+inf")
-        high, normal, low = await pipe.execute()
-    return {Priority.high: int(high), Priority.normal: int(normal), Priority.low: int(low)}
+        for key in (ready_key(queue), paused_key(queue)):
+            pipe.zcount(key, "-inf", f"({low_edge}")
+            pipe.zcount(key, low_edge, f"({high_edge}")
+            pipe.zcount(key, high_edge, "+inf")
+        raw = [int(n) for n in await pipe.execute()]
+    return {Priority.high: raw[0] + raw[3], Priority.normal: raw[1] + raw[4], Priority.low: raw[2] + raw[5]}
 
 
 @dataclass(frozen=True)
 class QueueSizes:
-    """ZCARD of one queue's ready and deferred sets."""
+    """ZCARD of one queue's ready (or, paused, its paused set) and deferred sets."""
 
     ready: int
     deferred: int
 
 
 async def sizes_by_queue(redis: Redis) -> dict[str, QueueSizes]:
-    """Ready and deferred jobs of every queue (queue_names)."""
+    """Ready and deferred jobs of every queue (queue_names); a paused queue's ready jobs count as ready."""
     names = await queue_names(redis)
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.zcard(ready_key(name))
+            pipe.zcard(paused_key(name))
             pipe.zcard(deferred_key(name))
-        raw = await pipe.execute()
-    return {name: QueueSizes(int(raw[2 * i]), int(raw[2 * i + 1])) for i, name in enumerate(names)}
+        raw = [int(n) for n in await pipe.execute()]
+    return {name: QueueSizes(raw[3 * i] + raw[3 * i + 1], raw[3 * i + 2]) for i, name in enumerate(names)}
+
+
+HELD_TOTAL_SCRIPT = f"""
+local n = 0
+for _, k in ipairs(redis.call('ZRANGE', '{HELD_KEYS_KEY}', 0, -1)) do
+  n = n + redis.call('ZCARD', '{HELD_PREFIX}' .. k)
+end
+return n
+"""
+
+
+async def held_totals(redis: Redis) -> tuple[int, int]:
+    """Jobs held for their keys' room over all keys, and how many keys have some."""
+    jobs = int(await redis.register_script(HELD_TOTAL_SCRIPT)())
+    return jobs, int(await redis.zcard(HELD_KEYS_KEY))
 
 
 async def queue_sizes(redis: Redis) -> tuple[int, int, int]:
-    """Ready and deferred jobs summed over every queue, and the running set (shared by all queues)."""
+    """Ready jobs (held ones of keys without room included) and deferred ones summed over every queue, and the
+    running set (shared by all queues)."""
     sizes = await sizes_by_queue(redis)
     running = await redis.zcard(RUNNING_KEY)
-    return sum(s.ready for s in sizes.values()), sum(s.deferred for s in sizes.values()), int(running)
+    held, _ = await held_totals(redis)
+    return sum(s.ready for s in sizes.values()) + held, sum(s.deferred for s in sizes.values()), int(running)

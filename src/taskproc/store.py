@@ -118,6 +118,7 @@ class TaskRow:
     updated_at: datetime
     schedule: str | None
     queue: str
+    concurrency_key: str | None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TaskStatus(self.status))
@@ -141,6 +142,7 @@ class NewTask:
     delay_s: float
     schedule: str | None = None  # the schedule whose fire or trigger creates it
     queue: str = DEFAULT_QUEUE
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +204,8 @@ class Claimed:
     timeout_s: float
     run_at: datetime
     started_at: datetime
+    queue: str
+    concurrency_key: str | None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priority", Priority(self.priority))
@@ -209,13 +213,16 @@ class Claimed:
 
 @dataclass(frozen=True, slots=True)
 class Unserved:
-    """A job this worker could have claimed but does not serve the type of, or whose queue is paused."""
+    """A job this worker could have claimed but does not serve the type of, whose queue is paused, or whose
+    concurrency key's limit had no room (`limited`: the claim's trigger refused it)."""
 
     id: uuid.UUID
     generation: int
     type: str
     priority: Priority
     queue: str
+    concurrency_key: str | None
+    limited: bool
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priority", Priority(self.priority))
@@ -248,6 +255,7 @@ class WaitingJob:
     run_at: datetime
     db_now: datetime
     queue: str
+    concurrency_key: str | None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priority", Priority(self.priority))
@@ -264,6 +272,7 @@ class JobState:
     run_at: datetime
     db_now: datetime
     queue: str
+    concurrency_key: str | None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TaskStatus(self.status))
@@ -321,13 +330,15 @@ INSERT_TASKS = sa.text(
     "WITH input AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), "  # noqa: S608 - constant SQL
     "CAST(:priorities AS text[]), CAST(:payloads AS text[]), CAST(:max_retries AS int[]), "
     "CAST(:timeouts AS float8[]), CAST(:keys AS text[]), CAST(:delays AS float8[]), CAST(:schedules AS text[]), "
-    "CAST(:queues AS text[])) "
+    "CAST(:queues AS text[]), CAST(:ckeys AS text[])) "
     "WITH ORDINALITY AS i(id, type, priority, payload, max_retries, timeout_s, idempotency_key, delay_s, schedule, "
-    "queue, ord)), "
+    "queue, concurrency_key, ord)), "
     "ins AS (INSERT INTO task (id, type, priority, payload, status, attempts, max_retries, timeout_s, "
-    "idempotency_key, generation, run_at, cancel_requested, created_at, updated_at, schedule, queue) "
+    "idempotency_key, generation, run_at, cancel_requested, created_at, updated_at, schedule, queue, "
+    "concurrency_key) "
     "SELECT id, type, priority, CAST(payload AS jsonb), CAST(:s_pending AS text), 0, max_retries, timeout_s, "
-    "idempotency_key, 1, now() + make_interval(secs => delay_s), FALSE, now(), now(), schedule, queue FROM input "
+    "idempotency_key, 1, now() + make_interval(secs => delay_s), FALSE, now(), now(), schedule, queue, "
+    "concurrency_key FROM input "
     "ORDER BY ord "
     "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     f"RETURNING {TASK_COLUMNS}), "
@@ -352,6 +363,7 @@ async def create(db: Db, tasks: Sequence[NewTask]) -> list[TaskRow]:
         delays=[t.delay_s for t in tasks],
         schedules=[t.schedule for t in tasks],
         queues=[t.queue for t in tasks],
+        ckeys=[t.concurrency_key for t in tasks],
     )
     return _rows(TaskRow, await db.execute(INSERT_TASKS, params))
 
@@ -478,18 +490,36 @@ STATS = sa.text(
     "WHERE c.status = ANY(CAST(:waiting AS text[])) AND NOT EXISTS (SELECT 1 FROM worker w "
     "WHERE w.expires_at > now() AND (w.queues IS NULL OR c.queue = ANY(w.queues)))"
 )
-# The pseudo-status under which the counter triggers (migration 0002) count transitions into `retrying`.
+# The same numbers for one queue, from the per-queue counters (migration 0009): key-range reads of at most
+# 7 statuses x 3 priorities x 16 shards rows, and of types x 16 for the unserved ones.
+QUEUE_STATS = sa.text(
+    "SELECT 's' AS kind, status AS k, sum(n)::bigint AS n FROM task_queue_count WHERE queue = :queue "
+    "GROUP BY status "
+    "UNION ALL SELECT 'q', priority, sum(n)::bigint FROM task_queue_count "
+    "WHERE queue = :queue AND status = ANY(CAST(:waiting AS text[])) GROUP BY priority "
+    "UNION ALL SELECT 'w', '', count(*) FROM worker "
+    "WHERE expires_at > now() AND (queues IS NULL OR CAST(:queue AS text) = ANY(queues)) "
+    "UNION ALL SELECT 'n', '', coalesce(sum(c.n), 0)::bigint FROM task_type_waiting c WHERE c.queue = :queue "
+    "AND NOT EXISTS (SELECT 1 FROM worker w WHERE w.expires_at > now() "
+    "AND (w.task_types IS NULL OR w.task_types -> c.type IS NOT NULL)) "
+    "UNION ALL SELECT 'm', '', coalesce(sum(c.n), 0)::bigint FROM task_queue_count c WHERE c.queue = :queue "
+    "AND c.status = ANY(CAST(:waiting AS text[])) AND NOT EXISTS (SELECT 1 FROM worker w "
+    "WHERE w.expires_at > now() AND (w.queues IS NULL OR c.queue = ANY(w.queues)))"
+)
+# The pseudo-status under which the counter triggers (migrations 0002, 0009) count transitions into `retrying`.
 RETRIED_KEY = "_retried"
 
 
-async def stats(db: Db) -> StatsRow:
+async def stats(db: Db, *, queue: str | None = None) -> StatsRow:
     """Counts by status (migration 0002), waiting tasks by priority (migration 0005), live workers and waiting
     tasks no live worker serves, from trigger-kept counters: never a read of the task table, so the cost is the
-    same at 10 waiting tasks as at 10 million."""
+    same at 10 waiting tasks as at 10 million. With `queue`, the same for that queue's tasks (migration 0009),
+    and `workers` counts the live workers that take from it."""
     by_status: dict[str, int] = {}
     by_priority: dict[str, int] = {}
     retried = workers = no_worker = no_queue_worker = 0
-    for r in (await db.execute(STATS, STATUS_PARAMS)).mappings():
+    query, params = (STATS, STATUS_PARAMS) if queue is None else (QUEUE_STATS, _params(queue=queue))
+    for r in (await db.execute(query, params)).mappings():
         kind, key, n = r["kind"], r["k"], int(r["n"])
         if kind == "s":
             if key == RETRIED_KEY:
@@ -639,20 +669,25 @@ CLAIM_SQL = sql.SQL(
     "AND NOT task.cancel_requested AND task.type = ANY(%(types)s::text[]) "
     # A paused queue starts nothing (migration 0007): the pause is in Postgres, so no Redis state can bypass it.
     "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.name = task.queue AND q.paused) "
+    # A keyed task's row is skipped by the trigger taskproc_task_key (migration 0008) if its key has no room.
     "RETURNING task.id, task.generation, task.type, task.priority, task.payload, task.attempts, task.timeout_s, "
-    "task.run_at, task.started_at), "
+    "task.run_at, task.started_at, task.queue, task.concurrency_key), "
     "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
     "SELECT id, started_at, %(s_running)s::text, attempts, %(detail)s FROM t), "
-    # Jobs this worker would claim if it served their type, or if their queue were not paused: left untouched,
-    # for a worker that does or for the resume.
+    # Jobs this worker would claim if it served their type, if their queue were not paused, or if their key had
+    # room: left untouched, for a worker that does, for the resume, or for a free slot of the key.
     # Only the jobs the claim did not take are looked up again (usually none).
-    "u AS (SELECT task.id, task.generation, task.type, task.priority, task.queue FROM input JOIN task "
+    "u AS (SELECT task.id, task.generation, task.type, task.priority, task.queue, task.concurrency_key, "
+    "(task.type = ANY(%(types)s::text[]) "
+    "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.name = task.queue AND q.paused)) AS limited "
+    "FROM input JOIN task "
     "ON task.id = input.id AND task.generation = input.gen WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.id = input.id) "
     "AND task.status = ANY(%(waiting)s::text[]) AND NOT task.cancel_requested "
-    "AND (NOT (task.type = ANY(%(types)s::text[])) "
+    "AND (NOT (task.type = ANY(%(types)s::text[])) OR task.concurrency_key IS NOT NULL "
     "OR EXISTS (SELECT 1 FROM queue q WHERE q.name = task.queue AND q.paused))) "
-    "SELECT TRUE AS claimed, *, NULL::text AS queue FROM t UNION ALL SELECT FALSE, u.id, u.generation, u.type, "
-    "u.priority, NULL::jsonb, NULL::int, NULL::float8, NULL::timestamptz, NULL::timestamptz, u.queue FROM u"
+    "SELECT TRUE AS claimed, *, NULL::boolean AS limited FROM t UNION ALL SELECT FALSE, u.id, u.generation, u.type, "
+    "u.priority, NULL::jsonb, NULL::int, NULL::float8, NULL::timestamptz, NULL::timestamptz, u.queue, "
+    "u.concurrency_key, u.limited FROM u"
 )
 
 
@@ -1034,7 +1069,7 @@ async def save_reconcile_cursor(db: Db, last: uuid.UUID) -> None:
 
 
 RECONCILE_PAGE = sa.text(
-    "SELECT id, generation, priority, run_at, clock_timestamp() AS db_now, queue FROM task "
+    "SELECT id, generation, priority, run_at, clock_timestamp() AS db_now, queue, concurrency_key FROM task "
     "WHERE status = ANY(CAST(:waiting AS text[])) AND id > :last AND (NOT :wrapped OR id <= :start) "
     "AND updated_at < now() - interval '2 seconds' ORDER BY id LIMIT :limit"
 )
@@ -1050,7 +1085,7 @@ async def reconcile_page(
 
 
 JOB_STATES = sa.text(
-    "SELECT id, generation, status, priority, run_at, clock_timestamp() AS db_now, queue FROM task "
+    "SELECT id, generation, status, priority, run_at, clock_timestamp() AS db_now, queue, concurrency_key FROM task "
     "WHERE id = ANY(CAST(:ids AS uuid[]))"
 )
 
@@ -1373,12 +1408,15 @@ class QueueRow:
 
 
 def _list_queues(oldest: str) -> sa.TextClause:
-    """Every queue that has a row (paused or resumed once) or a counter, plus `default`, with its counters (at
-    most queues x 3 statuses x 16 shards rows) and live workers; `oldest` is the expression for oldest_due_at."""
+    """Every queue that has a row (paused or resumed once) or a live task, plus `default`, with its counters (at
+    most queues x 3 statuses x 3 priorities x 16 shards rows) and live workers; `oldest` is the expression for
+    oldest_due_at."""
     return sa.text(
-        "WITH names AS (SELECT name FROM queue UNION SELECT DISTINCT queue FROM task_queue_count WHERE n <> 0 "  # noqa: S608 - constant fragments
-        "UNION SELECT CAST(:default AS text)), "
-        "c AS (SELECT queue, status, sum(n)::bigint AS n FROM task_queue_count GROUP BY queue, status) "
+        # The counters hold every status (migration 0009): a queue is known by its live tasks, as before.
+        "WITH names AS (SELECT name FROM queue UNION SELECT DISTINCT queue FROM task_queue_count "  # noqa: S608 - constant fragments
+        "WHERE n <> 0 AND status = ANY(CAST(:live AS text[])) UNION SELECT CAST(:default AS text)), "
+        "c AS (SELECT queue, status, sum(n)::bigint AS n FROM task_queue_count "
+        "WHERE status = ANY(CAST(:live AS text[])) GROUP BY queue, status) "
         "SELECT names.name, coalesce(q.paused, FALSE) AS paused, "
         "CASE WHEN q.paused THEN q.paused_at END AS paused_at, "
         "coalesce((SELECT n FROM c WHERE c.queue = names.name AND c.status = :s_pending), 0) AS pending, "
@@ -1425,3 +1463,147 @@ PAUSED_QUEUES = sa.text("SELECT name FROM queue WHERE paused ORDER BY name")
 async def paused_queues(db: Db) -> list[str]:
     """Names of the paused queues."""
     return list((await db.execute(PAUSED_QUEUES)).scalars())
+
+
+# ---- per-key limits (migration 0008) -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """A `task_key` row: a key's limit (origin NULL: none), its running count and its rate's tokens now."""
+
+    key: str
+    running: int
+    max_running: int | None
+    rate_count: int | None
+    rate_per_s: float | None
+    tokens_now: float | None
+    next_token_in_s: float | None  # with a rate and under one token: how long until one
+    origin: str | None
+    updated_at: datetime
+
+
+# The bucket as of now: the trigger's refill formula (migration 0008), read without taking a token.
+_TOKENS_NOW = (
+    "CASE WHEN rate_count IS NULL THEN NULL ELSE least(rate_count::float8, coalesce(tokens, rate_count) "
+    "+ greatest(0, extract(epoch FROM clock_timestamp() - refilled_at)) * rate_count / rate_per_s) END"
+)
+_KEY_COLUMNS = (
+    f"key, running, max_running, rate_count, rate_per_s, {_TOKENS_NOW} AS tokens_now, "
+    f"CASE WHEN rate_count IS NULL OR {_TOKENS_NOW} >= 1 THEN NULL "
+    f"ELSE (1 - {_TOKENS_NOW}) * rate_per_s / rate_count END AS next_token_in_s, origin, updated_at"
+)
+
+PUT_LIMIT = sa.text(
+    # A new or changed rate starts with a full bucket; `running` is the trigger's and never written here.
+    "INSERT INTO task_key AS k (key, max_running, rate_count, rate_per_s, tokens, refilled_at, origin, updated_at) "  # noqa: S608 - constant
+    "VALUES (:key, CAST(:max_running AS int), CAST(:rate_count AS int), CAST(:rate_per_s AS float8), "
+    "CAST(:rate_count AS int), clock_timestamp(), :origin, now()) "
+    "ON CONFLICT (key) DO UPDATE SET max_running = EXCLUDED.max_running, rate_count = EXCLUDED.rate_count, "
+    "rate_per_s = EXCLUDED.rate_per_s, origin = EXCLUDED.origin, updated_at = now(), "
+    "tokens = CASE WHEN (k.rate_count, k.rate_per_s) IS NOT DISTINCT FROM (EXCLUDED.rate_count, EXCLUDED.rate_per_s) "
+    "THEN k.tokens ELSE EXCLUDED.tokens END, "
+    "refilled_at = CASE WHEN (k.rate_count, k.rate_per_s) IS NOT DISTINCT FROM "
+    "(EXCLUDED.rate_count, EXCLUDED.rate_per_s) THEN k.refilled_at ELSE EXCLUDED.refilled_at END "
+    f"RETURNING {_KEY_COLUMNS}"
+)
+
+
+async def put_limit(
+    db: Db, key: str, *, max_running: int | None, rate_count: int | None, rate_per_s: float | None
+) -> KeyRow:
+    """Set a key's limit (origin 'api'), keeping its running count; a new or changed rate starts full."""
+    params = {
+        "key": key,
+        "max_running": max_running,
+        "rate_count": rate_count,
+        "rate_per_s": rate_per_s,
+        "origin": "api",
+    }
+    return _rows(KeyRow, await db.execute(PUT_LIMIT, params))[0]
+
+
+APPLY_TYPE_LIMITS = sa.text(
+    # A type's default never replaces a limit a PUT set; it does follow a changed default of the type.
+    "INSERT INTO task_key AS k (key, max_running, rate_count, rate_per_s, tokens, refilled_at, origin, updated_at) "
+    "SELECT key, max_running, rate_count, rate_per_s, rate_count, clock_timestamp(), 'type', now() FROM unnest("
+    "CAST(:keys AS text[]), CAST(:max_running AS int[]), CAST(:rate_count AS int[]), CAST(:rate_per_s AS float8[])) "
+    "AS i(key, max_running, rate_count, rate_per_s) ORDER BY key "
+    "ON CONFLICT (key) DO UPDATE SET max_running = EXCLUDED.max_running, rate_count = EXCLUDED.rate_count, "
+    "rate_per_s = EXCLUDED.rate_per_s, origin = 'type', updated_at = now(), "
+    "tokens = CASE WHEN (k.rate_count, k.rate_per_s) IS NOT DISTINCT FROM (EXCLUDED.rate_count, EXCLUDED.rate_per_s) "
+    "THEN k.tokens ELSE EXCLUDED.tokens END, "
+    "refilled_at = CASE WHEN (k.rate_count, k.rate_per_s) IS NOT DISTINCT FROM "
+    "(EXCLUDED.rate_count, EXCLUDED.rate_per_s) THEN k.refilled_at ELSE EXCLUDED.refilled_at END "
+    "WHERE k.origin IS DISTINCT FROM 'api' AND (k.origin IS NULL OR (k.max_running, k.rate_count, k.rate_per_s) "
+    "IS DISTINCT FROM (EXCLUDED.max_running, EXCLUDED.rate_count, EXCLUDED.rate_per_s)) "
+    "RETURNING key"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TypeLimit:
+    """The default limit a task type declares for each of its keys."""
+
+    key: str
+    max_running: int | None
+    rate_count: int | None
+    rate_per_s: float | None
+
+
+async def apply_type_limits(db: Db, limits: Sequence[TypeLimit]) -> list[str]:
+    """Give keys the default limit of their task type, unless a PUT set theirs; returns the keys changed (sorted
+    by key, so two submits of the same keys lock them in the same order)."""
+    if not limits:
+        return []
+    params = {
+        "keys": [lim.key for lim in limits],
+        "max_running": [lim.max_running for lim in limits],
+        "rate_count": [lim.rate_count for lim in limits],
+        "rate_per_s": [lim.rate_per_s for lim in limits],
+    }
+    return list((await db.execute(APPLY_TYPE_LIMITS, params)).scalars())
+
+
+GET_KEY = sa.text(f"SELECT {_KEY_COLUMNS} FROM task_key WHERE key = :key")  # noqa: S608 - constant
+GET_KEYS = sa.text(f"SELECT {_KEY_COLUMNS} FROM task_key WHERE key = ANY(CAST(:keys AS text[]))")  # noqa: S608
+LIST_LIMITS = sa.text(f"SELECT {_KEY_COLUMNS} FROM task_key WHERE origin IS NOT NULL ORDER BY key")  # noqa: S608
+
+
+async def get_key(db: Db, key: str) -> KeyRow | None:
+    """A key's row (its limit, if origin is set, and its running count); None for a key never used."""
+    rows = _rows(KeyRow, await db.execute(GET_KEY, {"key": key}))
+    return rows[0] if rows else None
+
+
+async def get_keys(db: Db, keys: Sequence[str]) -> list[KeyRow]:
+    """The rows of these keys (those that exist)."""
+    return _rows(KeyRow, await db.execute(GET_KEYS, {"keys": list(keys)}))
+
+
+async def list_limits(db: Db) -> list[KeyRow]:
+    """Every key with a limit, by key."""
+    return _rows(KeyRow, await db.execute(LIST_LIMITS))
+
+
+CLEAR_LIMIT = sa.text(
+    # The row stays: its running count is the trigger's and must survive the limit.
+    "UPDATE task_key SET max_running = NULL, rate_count = NULL, rate_per_s = NULL, tokens = NULL, "
+    "refilled_at = NULL, origin = NULL, updated_at = now() WHERE key = :key AND origin IS NOT NULL RETURNING key"
+)
+
+
+async def clear_limit(db: Db, key: str) -> bool:
+    """Remove a key's limit (its running count is kept); False if it had none."""
+    return (await db.execute(CLEAR_LIMIT, {"key": key})).scalar_one_or_none() is not None
+
+
+PURGE_IDLE_KEYS = sa.text(
+    "DELETE FROM task_key WHERE key IN (SELECT key FROM task_key WHERE origin IS NULL AND running = 0 "
+    "AND updated_at < now() - interval '1 hour' LIMIT :batch FOR UPDATE SKIP LOCKED) RETURNING key"
+)
+
+
+async def purge_idle_keys(db: Db, *, batch: int = 1000) -> int:
+    """Delete rows of keys with no limit and nothing running for an hour (the trigger recreates them)."""
+    return len((await db.execute(PURGE_IDLE_KEYS, {"batch": batch})).scalars().all())

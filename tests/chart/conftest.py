@@ -152,6 +152,15 @@ def find(docs: list[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[s
     return hits[0]
 
 
+def worker_deployments(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every worker Deployment: the catch-all `<fullname>-worker`, or one `<fullname>-worker-<pool>` per pool."""
+    return [
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"
+    ]
+
+
 def container(obj: dict[str, Any], name: str) -> dict[str, Any]:
     spec = obj["spec"]["template"]["spec"] if obj["kind"] != "Pod" else obj["spec"]
     return next(c for c in spec["containers"] if c["name"] == name)

@@ -6,7 +6,8 @@ values are read from the rendered Secret, the placeholder servers are swapped fo
 Postgres and Redis (same database index), `$(VAR)` references are expanded as the kubelet does, and the exact
 argv (the image's entrypoint `taskproc` plus the container args) is started with exactly that environment.
 The probes must answer 200 and a task must run end to end. The KEDA triggers must count the keys the worker
-really consumes, read in the database the ScaledObject names, by the key's type as KEDA's redis scaler does."""
+really consumes, read in the database the ScaledObject names, by the key's type as KEDA's redis scaler does; a
+worker pool's ScaledObject counts its own queues' ready and running sets and nothing of a paused queue."""
 
 from __future__ import annotations
 
@@ -426,3 +427,156 @@ def test_keda_triggers_count_what_the_worker_consumes(
     value = eval(mod["formula"], {"__builtins__": {}}, {k: n for k, (_kind, n) in counts.items()})
     assert value == 4, "ready + running"
     assert value > float(mod["activationTarget"]), "the backlog would not activate the workers"
+
+
+# --- worker pools: each ScaledObject counts exactly its queues' ready + running jobs -------------------------------
+
+POOL_SETS = (
+    "worker.pools[0].name=fast",
+    "worker.pools[0].queues={default}",
+    "worker.pools[1].name=reports",
+    "worker.pools[1].queues={reports,exports}",
+)
+
+
+@pytest.fixture(scope="module")
+def rendered_pools(helm4: Helm) -> list[dict[str, Any]]:
+    return parse_docs(helm4.template(CONTRACT_VALUES, sets=POOL_SETS).stdout)
+
+
+def pool_metric(client_for: Callable[[str, str], redis.Redis], scaled_object: dict[str, Any]) -> float:
+    """KEDA's composite metric for one ScaledObject: its formula over what each trigger's key holds."""
+    values = {}
+    for t in scaled_object["spec"]["triggers"]:
+        with client_for(t["metadata"]["address"], t["metadata"]["databaseIndex"]) as conn:
+            values[t["name"]] = keda_count(conn, t["metadata"]["listName"])[1]
+    formula = scaled_object["spec"]["advanced"]["scalingModifiers"]["formula"]
+    return float(eval(formula, {"__builtins__": {}}, values))
+
+
+def test_pool_triggers_count_their_queues_ready_and_running_only(
+    rendered_pools: list[dict[str, Any]], contract_servers: Servers, redis_db: redis.Redis
+) -> None:
+    from taskproc.config import Settings
+    from taskproc.queue import queue_running_key, ready_key
+
+    docs = rendered_pools
+    servers = contract_servers
+    redis_db.flushdb()
+    scaled = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ScaledObject"}
+    reports, fast = scaled["taskproc-worker-reports"], scaled["taskproc-worker-fast"]
+    # the queues the pool's worker takes from, as the app reads its env, are the ones whose keys KEDA reads
+    worker_c = container(find(docs, "Deployment", "-worker-reports"), "worker")
+    env = container_env(worker_c, secret_data(docs), servers.swap)
+    queues = Settings.model_validate({"worker_queues": env["TASKPROC_WORKER_QUEUES"]}).worker_queues
+    assert set(queues) == {"reports", "exports"}
+    keys = {t["metadata"]["listName"] for t in reports["spec"]["triggers"]}
+    assert keys == {ready_key(q) for q in queues} | {queue_running_key(q) for q in queues}
+    worker_db = urlsplit(env["TASKPROC_REDIS_URL"]).path.lstrip("/")
+    assert {t["metadata"]["databaseIndex"] for t in reports["spec"]["triggers"]} == {worker_db}
+
+    def jobs(key: str, n: int) -> None:
+        redis_db.zadd(key, {f"{key}#{i}": i for i in range(n)})
+
+    # the pool's own work
+    jobs("taskproc:queue:reports", 3)
+    jobs("taskproc:running:reports", 1)
+    jobs("taskproc:queue:exports", 2)
+    jobs("taskproc:running:exports", 2)
+    # work the pool must not scale for: a paused queue's jobs, other queues, deferred jobs
+    jobs("taskproc:paused:reports", 5)
+    jobs("taskproc:deferred:reports", 4)
+    jobs("arq:queue", 6)
+    jobs("taskproc:running:default", 1)
+    jobs("taskproc:queue:video", 7)
+    jobs("taskproc:running:video", 2)
+    jobs("taskproc:running", 1 + 2 + 1 + 2)  # every queue's running jobs
+    assert pool_metric(servers.redis_for, reports) == 3 + 1 + 2 + 2
+    assert pool_metric(servers.redis_for, fast) == 6 + 1
+    activation = float(reports["spec"]["advanced"]["scalingModifiers"]["activationTarget"])
+
+    # pausing reports moves its ready jobs to taskproc:paused:reports: they no longer count, running ones still do
+    for member in redis_db.zrange("taskproc:queue:reports", 0, -1):
+        redis_db.zadd("taskproc:paused:reports", {member: 0})
+        redis_db.zrem("taskproc:queue:reports", member)
+    assert pool_metric(servers.redis_for, reports) == 1 + 2 + 2
+    # both queues paused and nothing running: the pool is not activated from zero
+    for member in redis_db.zrange("taskproc:queue:exports", 0, -1):
+        redis_db.zadd("taskproc:paused:exports", {member: 0})
+        redis_db.zrem("taskproc:queue:exports", member)
+    redis_db.delete("taskproc:running:reports", "taskproc:running:exports")
+    assert pool_metric(servers.redis_for, reports) == 0
+    assert not pool_metric(servers.redis_for, reports) > activation
+    assert pool_metric(servers.redis_for, fast) == 6 + 1, "the other pool is untouched"
+    redis_db.flushdb()
+
+
+@pytest.fixture(scope="module")
+def rendered_pools_ports(helm4: Helm) -> Rendered:
+    api_port, metrics_port = free_port(), free_port()
+    sets = (*POOL_SETS, f"api.port={api_port}", f"worker.metricsPort={metrics_port}", "api.replicaCount=1")
+    return Rendered(parse_docs(helm4.template(CONTRACT_VALUES, sets=sets).stdout), api_port, metrics_port)
+
+
+def test_a_pool_worker_takes_only_its_queues_and_its_scaled_object_counts_them(
+    rendered_pools_ports: Rendered, contract_servers: Servers, redis_db: redis.Redis, tmp_path: Path
+) -> None:
+    """The rendered `reports` pool's worker, run as its Deployment says, against the real API: it takes only its
+    queues, and its ScaledObject's formula over the keys the worker and the API write counts exactly its queues'
+    ready and running tasks, nothing of another queue, and nothing of its queue once that is paused."""
+    rendered, servers = rendered_pools_ports, contract_servers
+    redis_db.flushdb()
+    docs = rendered.docs
+    scaled = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ScaledObject"}["taskproc-worker-reports"]
+    api_c = container(find(docs, "Deployment", "-api"), "api")
+    worker_c = container(find(docs, "Deployment", "-worker-reports"), "worker")
+    api = Pod("api", api_c, rendered.env_for(api_c, servers), tmp_path)
+    worker = Pod("worker", worker_c, rendered.env_for(worker_c, servers), tmp_path)
+
+    def submit(client: httpx.Client, queue: str, **body: Any) -> str:
+        resp = client.post("/api/v1/tasks", json={"type": "sleep", "queue": queue, **body})
+        assert resp.status_code == 201, resp.text
+        return str(resp.json()["id"])
+
+    with running(api), api_client(rendered.api_port) as client:
+        api.check_probes()
+        with running(worker):
+            busy = submit(client, "reports", payload={"duration_ms": 60_000})
+            poll(
+                lambda: client.get(f"/api/v1/tasks/{busy}").json()["status"] == "running" or None,
+                timeout=60,
+                what="the pool's worker to take its queue's task",
+            )
+            worker.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]  # no new task is taken now
+            try:
+                for _ in range(2):
+                    submit(client, "reports", payload={"duration_ms": 0})
+                for _ in range(3):
+                    submit(client, "exports", payload={"duration_ms": 0})
+                for q in ("video", "default"):
+                    submit(client, q, payload={"duration_ms": 0})
+                submit(client, "exports", payload={"duration_ms": 0}, delay_s=600)
+                assert pool_metric(servers.redis_for, scaled) == 1 + 2 + 3, "running + ready of reports and exports"
+                assert client.post("/api/v1/queues/exports/pause").status_code == 200
+                assert pool_metric(servers.redis_for, scaled) == 1 + 2, "a paused queue does not scale the pool"
+                assert client.post("/api/v1/queues/exports/resume").status_code == 200
+                assert pool_metric(servers.redis_for, scaled) == 1 + 2 + 3
+            finally:
+                worker.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+            poll(
+                lambda: (
+                    client.get("/api/v1/stats", params={"queue": "exports"}).json()["tasks"]["completed"] == 3 or None
+                ),
+                timeout=60,
+                what="the pool's worker to run the exports tasks",
+            )
+            client.post(f"/api/v1/tasks/{busy}/cancel")
+            poll(
+                lambda: client.get(f"/api/v1/tasks/{busy}").json()["status"] == "canceled" or None,
+                timeout=30,
+                what="the long task to be canceled",
+            )
+            assert pool_metric(servers.redis_for, scaled) == 0, "the pool's work is done"
+            video = client.get("/api/v1/stats", params={"queue": "video"}).json()["tasks"]
+            assert video["pending"] == 1 and video["completed"] == 0, "not the pool's queue: left alone"
+    redis_db.flushdb()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import CHART, SCENARIOS, Helm, Renders, find, parse_docs, scenario_file
+from .conftest import CHART, SCENARIOS, Helm, Renders, find, parse_docs, scenario_file, worker_deployments
 
 PRE, RESOURCE, POST = 0, 1, 2
 
@@ -90,9 +90,11 @@ def test_install_wait_cannot_deadlock(helm4: Helm, renders: Renders, scenario: s
                 problems.append(f"{doc['kind']}/{doc['metadata']['name']} ({reason}) needs "
                                 f"{dep['kind']}/{dep['metadata']['name']}, created later")  # fmt: skip
     assert not problems, "\n".join(problems)
-    for name in ("-api", "-worker"):
-        init = find(docs, "Deployment", name)["spec"]["template"]["spec"]["initContainers"]
-        assert init[0]["args"][:2] == ["migrate", "--wait-for-schema"]
+    workers = worker_deployments(docs)
+    assert workers, "no worker Deployment"
+    for deployment in [find(docs, "Deployment", "-api"), *workers]:
+        init = deployment["spec"]["template"]["spec"]["initContainers"]
+        assert init[0]["args"][:2] == ["migrate", "--wait-for-schema"], deployment["metadata"]["name"]
 
 
 def test_deadlock_check_catches_a_post_install_migration(helm4: Helm, renders: Renders) -> None:

@@ -136,7 +136,8 @@ def test_dashboard_panels() -> None:
     panel_with("taskproc_tasks_retried_total")
     panel_with("taskproc_tasks_running")
     panel_with("taskproc_workers")
-    panel_with("kube_deployment_status_replicas", '"$release-worker"')
+    # every worker Deployment: the catch-all <release>-worker and each pool's <release>-worker-<pool>
+    panel_with("kube_deployment_status_replicas", '=~"$release-worker(-.+)?"')
     panel_with("http_requests_total")
     panel_with("http_request_duration_seconds_bucket")
     assert "$namespace" in everything

@@ -30,7 +30,7 @@ import yaml
 
 from taskproc.dev.embedded import free_port
 
-from .conftest import CHART, Helm, Renders
+from .conftest import CHART, Helm, Renders, worker_deployments
 from conftest import StackFactory
 from support import TERMINAL, Stack, wait_for
 
@@ -375,13 +375,22 @@ def check_kube_state_queries(docs: list[dict[str, Any]], queries: list[Query]) -
     }
     assert kube == KUBE_STATE_METRICS, f"kube-state-metrics queries changed: {sorted(kube)}"
     # What can be checked of them here: they name the rendered worker Deployment the way kube-state-metrics does
-    # (labels `namespace` and `deployment`).
+    # (labels `namespace` and `deployment`); a regular expression (`=~`, Prometheus anchors it) must match every
+    # worker Deployment (the catch-all one, or one per pool) and nothing else.
     deployments = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "Deployment"}
     for q in queries:
         if (q.panel, q.legend) in KUBE_STATE_METRICS:
             for sel in vector_selectors(promql_parser.parse(substitute(q.expr, placeholders))):
                 m = {x.name: x.value for x in sel.matchers.matchers}
-                assert (m.get("namespace"), m.get("deployment")) in deployments, f"{q.panel}: {sel}"
+                regex = {x.name for x in sel.matchers.matchers if x.op == promql_parser.MatchOp.Re}
+                if "deployment" in regex:
+                    matched = {(ns, name) for ns, name in deployments if re.fullmatch(m["deployment"], name)}
+                    workers = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in worker_deployments(docs)}
+                    assert matched == workers, f"{q.panel}: {sel} matches {matched}"
+                    for pool_name in ("taskproc-worker-fast", "taskproc-worker-bulk-mail"):
+                        assert re.fullmatch(m["deployment"], pool_name), f"{q.panel}: {sel} misses a pool"
+                else:
+                    assert (m.get("namespace"), m.get("deployment")) in deployments, f"{q.panel}: {sel}"
 
 
 def check_rules_find_series(prom: Prometheus, rule_exprs: dict[str, str]) -> None:

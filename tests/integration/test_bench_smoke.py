@@ -34,11 +34,12 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
     assert "errors" not in results
     n = results["meta"]["args"]["n"]
     tp = results["taskproc"]
-    assert set(tp) >= {"submit_single", "submit_paced", "drain", "end_to_end", "pickup"}
+    assert set(tp) >= {"submit_single", "submit_paced", "drain", "end_to_end", "end_to_end_limited", "pickup"}
     assert tp["submit_single"]["count"] > 0
     assert tp["submit_paced"]["count"] > 0
     assert tp["drain"]["batch_submit"]["tasks_per_s"] > 0
-    for phase in ("drain", "end_to_end"):
+    assert tp["end_to_end_limited"]["keys"] == 10
+    for phase in ("drain", "end_to_end", "end_to_end_limited"):
         assert tp[phase]["completed"] == n
         assert tp[phase]["tasks_per_s"] > 0
     assert tp["pickup"]["pickup"]["count"] > 0
@@ -50,3 +51,4 @@ def test_bench_smoke_writes_results(tmp_path: Path) -> None:
     assert {t["status"] for t in results["targets"]} <= {"PASS", "MISS", "SKIPPED"}
     # The markdown report was printed.
     assert "**Targets**" in proc.stdout
+    assert "per-key limits" in proc.stdout

@@ -93,7 +93,8 @@ def test_the_schedules_routes_answer_with_json_errors(stack_factory: StackFactor
             {**BODY, "catchup_s": -1},
             {**BODY, "task": {"type": "add", "payload": {"a": "x"}}},
             {**BODY, "task": {"type": "no-such-type"}},
-            {**BODY, "task": {"type": "add", "queue": "q"}},
+            {**BODY, "task": {"type": "add", "queue": "q"}},  # no payload
+            {**BODY, "task": {**BODY["task"], "queue": "Not a queue"}},
         ):
             r = c.post("/api/v1/schedules", json={**bad, "name": bad["name"] if bad["name"] == "Bad" else "x"})
             assert r.status_code == 422, (bad, r.text)
@@ -183,10 +184,13 @@ def test_the_sdk_and_the_cli_manage_schedules(stack_factory: StackFactory) -> No
             '{"a": 2, "b": 3}',
             "--overlap",
             "cancel_previous",
+            "--queue",
+            "reports",
             "--json",
         )
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["overlap"] == "cancel_previous"
+        assert json.loads(r.stdout)["task"]["queue"] == "reports"
         assert cli(stack, "schedules", "create", "cli-1", "--cron", "@daily", "--type", "add").returncode == 3
         listed = cli(stack, "schedules", "list")
         assert listed.returncode == 0 and "cli-1" in listed.stdout and "30 2 * * *" in listed.stdout
@@ -195,6 +199,7 @@ def test_the_sdk_and_the_cli_manage_schedules(stack_factory: StackFactory) -> No
         assert "resumed" in cli(stack, "schedules", "resume", "cli-1").stdout
         triggered = cli(stack, "schedules", "trigger", "cli-1", "--json")
         assert triggered.returncode == 0 and json.loads(triggered.stdout)["schedule"] == "cli-1"
+        assert json.loads(triggered.stdout)["queue"] == "reports", "a fire's task goes to the schedule's queue"
         shown = cli(stack, "schedules", "get", "cli-1")
         assert shown.returncode == 0 and "fired 1" in shown.stdout
         assert cli(stack, "schedules", "delete", "cli-1").returncode == 0

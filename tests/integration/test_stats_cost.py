@@ -1,6 +1,6 @@
-"""/api/v1/stats and /metrics cost the same at any backlog: they read counters kept by triggers (migration
-0005) and Redis, never the task table. Proved by Postgres' own per-table statistics: scans of `task` stay put
-while the calls read the counter tables."""
+"""/api/v1/stats (also filtered by queue) and /metrics cost the same at any backlog: they read counters kept by
+triggers (migrations 0005, 0008) and Redis, never the task table. Proved by Postgres' own per-table statistics:
+scans of `task` stay put while the calls read the counter tables."""
 
 from __future__ import annotations
 
@@ -52,15 +52,19 @@ def test_stats_and_metrics_read_no_task_rows(stack_factory: StackFactory) -> Non
         stack.sql("ALTER TABLE task SET (autovacuum_enabled = false)")
         stack.sql(
             "INSERT INTO task (id, type, priority, payload, status, attempts, max_retries, timeout_s, generation, "
-            "run_at, cancel_requested, created_at, updated_at) "
+            "run_at, cancel_requested, created_at, updated_at, queue) "
             "SELECT gen_random_uuid(), 'add', (ARRAY['high', 'normal', 'low'])[1 + i %% 3], '{}', "
             "CASE WHEN i %% 5 = 0 THEN 'retrying' ELSE 'pending' END, 0, 3, 1, 1, "
-            "now() + CASE WHEN i %% 2 = 0 THEN interval '1 hour' ELSE interval '0' END, false, now(), now() "
-            "FROM generate_series(1, %s) AS i",
+            "now() + CASE WHEN i %% 2 = 0 THEN interval '1 hour' ELSE interval '0' END, false, now(), now(), "
+            "CASE WHEN i %% 7 = 0 THEN 'reports' ELSE 'default' END FROM generate_series(1, %s) AS i",
             (WAITING,),
         )
         expected = dict(
             stack.sql("SELECT priority, count(*) FROM task WHERE status IN ('pending', 'retrying') GROUP BY priority")
+        )
+        in_reports = dict(stack.sql("SELECT status, count(*) FROM task WHERE queue = 'reports' GROUP BY status"))
+        reports_waiting = dict(
+            stack.sql("SELECT priority, count(*) FROM task WHERE queue = 'reports' GROUP BY priority")
         )
         # The API has not touched `task` so far (readiness reads the counters), so it has no reads of it still
         # to report: the baseline is settled.
@@ -75,6 +79,22 @@ def test_stats_and_metrics_read_no_task_rows(stack_factory: StackFactory) -> Non
         # Waiting = pending or retrying, delayed ones included, by priority.
         assert stats["queue"] == {p: expected.get(p, 0) for p in ("high", "normal", "low")}, (stats, expected)
         assert sum(stats["queue"].values()) == WAITING
+
+        # One queue's numbers: from its own counters (migration 0008), at the same cost. Each call reads
+        # task_type_waiting once (its unserved tasks), which tells when the calls' statistics have arrived.
+        before_task, before_type_counts = _scans(stack, "task"), _scan_count(stack, "task_type_waiting")
+        for _ in range(3):
+            reports = stack.client.get("/api/v1/stats", params={"queue": "reports"}).json()
+        wait_for(
+            lambda: _scan_count(stack, "task_type_waiting") >= before_type_counts + 3,
+            timeout=10,
+            what="the API's statistics of the filtered calls",
+        )
+        assert _scans(stack, "task") == before_task, "the task table was read for one queue's stats"
+        assert reports["tasks"]["pending"] == in_reports["pending"] and reports["tasks"]["total"] == WAITING // 7
+        assert reports["tasks"]["retrying"] == in_reports["retrying"]
+        assert reports["queue"] == {p: reports_waiting.get(p, 0) for p in ("high", "normal", "low")}, reports
+        assert reports["waiting_no_worker"] == reports["waiting_no_queue_worker"] == WAITING // 7, "no worker runs"
         # The ready-queue gauge comes from Redis: only tasks submitted through the API are in it, the due ones.
         stack.submit("add", priority="high")
         stack.submit("add", priority="low", delay_s=3600)

@@ -315,7 +315,15 @@ async def test_claim_batch_claims_served_current_jobs_and_returns_unserved_ones_
     assert c.attempts == 1 and c.generation == 1 and c.payload == {"a": 1} and c.priority is Priority.normal
     assert c.timeout_s == 30.0 and c.started_at >= c.run_at
     assert unserved == [
-        store.Unserved(id=sleep.id, generation=1, type="sleep", priority=Priority.normal, queue="default")
+        store.Unserved(
+            id=sleep.id,
+            generation=1,
+            type="sleep",
+            priority=Priority.normal,
+            queue="default",
+            concurrency_key=None,
+            limited=False,
+        )
     ]
     row = await pg.row(add.id)
     assert row.status is TaskStatus.running and row.worker_id == "w2" and row.started_at == c.started_at
@@ -812,7 +820,11 @@ async def test_queue_counters_pause_and_the_claim_of_a_paused_queue(pg: Pg) -> N
         pg.writer, [JobRef(a2.id, 1), JobRef(d1.id, 1)], worker_id="w1", types=["add"]
     )
     assert [c.id for c in claimed] == [d1.id]
-    assert unserved == [store.Unserved(id=a2.id, generation=1, type="add", priority=Priority.normal, queue="a")]
+    assert unserved == [
+        store.Unserved(
+            id=a2.id, generation=1, type="add", priority=Priority.normal, queue="a", concurrency_key=None, limited=False
+        )
+    ]
     assert (await pg.row(a2.id)).status is TaskStatus.pending
     # The heartbeat advertises the worker's queues and brings back the paused ones.
     expires, paused = await store.heartbeat_paused(
@@ -840,3 +852,106 @@ async def test_queue_counters_pause_and_the_claim_of_a_paused_queue(pg: Pg) -> N
         "SELECT queue, status, count(*)::int FROM task WHERE status IN ('pending', 'retrying', 'running') "
         "GROUP BY queue, status ORDER BY 1, 2"
     )
+
+
+# ---- per-key limits (migration 0008) ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Done:
+    """A successful outcome (store.Completion)."""
+
+    id: uuid.UUID
+    generation: int
+    attempt: int
+    result: str
+    detail: str
+
+
+async def test_the_claim_takes_a_slot_of_the_key_refuses_over_the_limit_and_every_exit_gives_it_back(pg: Pg) -> None:
+    a1, a2, a3, b1, free = await create(
+        pg,
+        new(concurrency_key="a"),
+        new(concurrency_key="a"),
+        new(concurrency_key="a"),
+        new(concurrency_key="b"),
+        new(),
+    )
+    async with pg.auto() as s:
+        row = await store.put_limit(s, "a", max_running=2, rate_count=None, rate_per_s=None)
+        assert (row.key, row.max_running, row.running, row.origin, row.tokens_now) == ("a", 2, 0, "api", None)
+    jobs = [JobRef(t.id, 1) for t in (a1, a2, a3, b1, free)]
+    claimed, unserved = await store.claim_batch(pg.writer, jobs, worker_id="w1", types=["add"])
+    assert {b1.id, free.id} < {c.id for c in claimed} and len(claimed) == 4, "one of a's three is over its limit"
+    assert {c.concurrency_key for c in claimed} == {"a", "b", None}
+    [refused] = [t for t in (a1, a2, a3) if t.id not in {c.id for c in claimed}]
+    # Named so that the rest of the test reads in order: a1 and a2 run, a3 waits.
+    a1, a2, a3 = sorted((a1, a2, a3), key=lambda t: t.id == refused.id)
+    assert unserved == [
+        store.Unserved(
+            id=a3.id,
+            generation=1,
+            type="add",
+            priority=Priority.normal,
+            queue="default",
+            concurrency_key="a",
+            limited=True,
+        )
+    ]
+    assert (await pg.row(a3.id)).status is TaskStatus.pending and (await pg.row(a3.id)).attempts == 0
+    async with pg.auto() as s:
+        keys = {k.key: k for k in await store.get_keys(s, ["a", "b", "none"])}
+        assert (keys["a"].running, keys["b"].running, keys["b"].origin) == (2, 1, None), "b: counted, no limit"
+    # Each way out of running gives the slot back: a completion, a failed attempt, a shutdown requeue.
+    by_id = {c.id: c for c in claimed}
+    c1 = by_id[a1.id]
+    done = await store.complete_batch(pg.writer, [_Done(c1.id, c1.generation, c1.attempts, "1", "done")])
+    assert done == {a1.id: TaskStatus.completed}
+    async with pg.auto() as s:
+        assert (await store.get_key(s, "a")).running == 1  # type: ignore[union-attr]
+    [c3], _ = await store.claim_batch(pg.writer, [JobRef(a3.id, 1)], worker_id="w1", types=["add"])
+    async with pg.tx() as s:
+        failed = await store.fail_attempt(s, attempt(by_id[a2.id]), error="boom", delay_s=0.0, retry=True)
+        requeued = await store.requeue(s, attempt(c3), worker_id="w1", max_requeues=3)
+        await s.commit()
+    assert failed is not None and failed.status is TaskStatus.retrying
+    assert requeued is not None and requeued.status is TaskStatus.pending
+    async with pg.auto() as s:
+        assert (await store.get_key(s, "a")).running == 0  # type: ignore[union-attr]
+        # The limit goes, the count stays; a cleared key is no longer listed.
+        assert [k.key for k in await store.list_limits(s)] == ["a"]
+        assert await store.clear_limit(s, "a") is True
+        assert await store.clear_limit(s, "a") is False
+        assert await store.list_limits(s) == []
+        assert (await store.get_key(s, "b")).running == 1  # type: ignore[union-attr]
+        assert await store.get_key(s, "never") is None
+
+
+async def test_a_rate_refuses_claims_once_its_tokens_are_spent_and_a_type_default_never_replaces_a_put(pg: Pg) -> None:
+    tasks = await create(pg, *(new(concurrency_key="r") for _ in range(3)))
+    limit = store.TypeLimit(key="r", max_running=None, rate_count=2, rate_per_s=3600.0)
+    async with pg.auto() as s:
+        assert await store.apply_type_limits(s, [limit]) == ["r"]
+        assert await store.apply_type_limits(s, [limit]) == [], "unchanged: nothing written"
+        row = await store.get_key(s, "r")
+        assert row is not None and row.origin == "type" and row.tokens_now == pytest.approx(2.0, abs=0.01)
+    claimed, unserved = await store.claim_batch(
+        pg.writer, [JobRef(t.id, 1) for t in tasks], worker_id="w1", types=["add"]
+    )
+    assert len(claimed) == 2 and [u.limited for u in unserved] == [True], "two tokens, three tasks"
+    async with pg.auto() as s:
+        row = await store.get_key(s, "r")
+        assert row is not None and row.tokens_now is not None and row.tokens_now < 0.01
+        assert row.next_token_in_s is not None and 1700 < row.next_token_in_s <= 1800, "one token per 1800 s"
+        await store.put_limit(s, "r", max_running=5, rate_count=None, rate_per_s=None)
+        assert await store.apply_type_limits(s, [limit]) == [], "a PUT wins over the type's default"
+        row = await store.get_key(s, "r")
+        assert row is not None and (row.origin, row.max_running, row.rate_count) == ("api", 5, None)
+    # Keys with no limit and nothing running for an hour are purged; the trigger recreates them.
+    pg.sql("UPDATE task_key SET updated_at = now() - interval '2 hours'")
+    async with pg.auto() as s:
+        await store.clear_limit(s, "r")
+        assert await store.purge_idle_keys(s) == 0, "r still has 2 running"
+        pg.sql("UPDATE task_key SET running = 0, updated_at = now() - interval '2 hours'")
+        assert await store.purge_idle_keys(s) == 1
+        assert await store.get_key(s, "r") is None

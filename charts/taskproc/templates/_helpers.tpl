@@ -330,9 +330,13 @@ fromUrl: false
 {{/* Checks run by every render ------------------------------------------------------------------- */}}
 {{- define "taskproc.validate" -}}
 {{- $room := include "taskproc.requeueRoom" . | float64 }}
-{{- $grace := include "taskproc.shutdownGrace" . | float64 }}
-{{- if lt (include "taskproc.terminationGrace" . | float64) (addf $grace $room) }}
-{{- fail (printf "worker.terminationGracePeriodSeconds (%v) must be at least worker.shutdownGraceSeconds (%v) + %v s (2 x config.db_timeout_s + 5 s for the requeue writes), or Kubernetes kills running tasks before the worker can requeue them" .Values.worker.terminationGracePeriodSeconds $grace $room) }}
+{{- range $pool := (include "taskproc.workerPools" . | fromJson).pools }}
+{{- $g := dict "ctx" $ "pool" $pool }}
+{{- $grace := include "taskproc.shutdownGrace" $g | float64 }}
+{{- if lt (include "taskproc.terminationGrace" $g | float64) (addf $grace $room) }}
+{{- $where := ternary (printf "worker.pools[%s]" $pool.name) "worker" (ne $pool.name "") }}
+{{- fail (printf "%s.terminationGracePeriodSeconds (%v) must be at least %s.shutdownGraceSeconds (%v) + %v s (2 x config.db_timeout_s + 5 s for the requeue writes), or Kubernetes kills running tasks before the worker can requeue them" $where (include "taskproc.scalar" $pool.terminationGracePeriodSeconds) $where $grace $room) }}
+{{- end }}
 {{- end }}
 {{- if lt (int .Values.api.terminationGracePeriodSeconds) (add (int .Values.api.preStopSleepSeconds) 10 | int) }}
 {{- fail "api.terminationGracePeriodSeconds must be at least api.preStopSleepSeconds + 10 (uvicorn's graceful shutdown)" }}
@@ -403,12 +407,13 @@ spec:
         sizeLimit: 64Mi
 {{- end }}
 
-{{/* Worker shutdown grace: worker.shutdownGraceSeconds, else the task timeout (a running task may finish). */}}
+{{/* Worker shutdown grace of one worker Deployment, (dict "ctx" $ "pool" $pool), $pool an entry of
+taskproc.workerPools: its shutdownGraceSeconds, else the task timeout (a running task may finish). */}}
 {{- define "taskproc.shutdownGrace" -}}
-{{- if kindIs "invalid" .Values.worker.shutdownGraceSeconds }}
-{{- include "taskproc.scalar" .Values.config.task_timeout_s }}
+{{- if kindIs "invalid" .pool.shutdownGraceSeconds }}
+{{- include "taskproc.scalar" .ctx.Values.config.task_timeout_s }}
 {{- else }}
-{{- include "taskproc.scalar" .Values.worker.shutdownGraceSeconds }}
+{{- include "taskproc.scalar" .pool.shutdownGraceSeconds }}
 {{- end }}
 {{- end }}
 
@@ -417,12 +422,13 @@ spec:
 {{- include "taskproc.scalar" (addf (mulf 2 (float64 .Values.config.db_timeout_s)) 5) }}
 {{- end }}
 
-{{/* Worker terminationGracePeriodSeconds: the value, else shutdown grace + requeue room (rounded up). */}}
+{{/* terminationGracePeriodSeconds of one worker Deployment, (dict "ctx" $ "pool" $pool): its value, else the
+shutdown grace + requeue room (rounded up). */}}
 {{- define "taskproc.terminationGrace" -}}
-{{- if kindIs "invalid" .Values.worker.terminationGracePeriodSeconds }}
-{{- addf (include "taskproc.shutdownGrace" . | float64) (include "taskproc.requeueRoom" . | float64) | ceil | int64 }}
+{{- if kindIs "invalid" .pool.terminationGracePeriodSeconds }}
+{{- addf (include "taskproc.shutdownGrace" . | float64) (include "taskproc.requeueRoom" .ctx | float64) | ceil | int64 }}
 {{- else }}
-{{- include "taskproc.scalar" .Values.worker.terminationGracePeriodSeconds }}
+{{- include "taskproc.scalar" .pool.terminationGracePeriodSeconds }}
 {{- end }}
 {{- end }}
 
@@ -463,8 +469,8 @@ spec:
 {{/*
 Postgres max_connections for the bundled server, from the connection budget of the processes (see
 src/taskproc/config.py): an API process holds at most 2 x db_pool_size + 1, a worker 2 x min(db_pool_size,
-concurrency + 4) + 3; each Deployment counted at its maximum replicas plus the one pod a rollout adds (maxSurge),
-plus 2 for the migration Job and 10 spare (psql, monitoring, superuser_reserved_connections).
+concurrency + 4) + 3; each Deployment (every worker pool is one) counted at its maximum replicas plus the one pod a
+rollout adds (maxSurge), plus 2 for the migration Job and 10 spare (psql, monitoring, superuser_reserved_connections).
 */}}
 {{- define "taskproc.postgresMaxConnections" -}}
 {{- if .Values.postgresql.maxConnections }}
@@ -472,10 +478,14 @@ plus 2 for the migration Job and 10 spare (psql, monitoring, superuser_reserved_
 {{- else }}
 {{- $pool := int .Values.config.db_pool_size }}
 {{- $api := add (mul 2 $pool) 1 }}
-{{- $worker := add (mul 2 (min $pool (add (int .Values.worker.concurrency) 4))) 3 }}
-{{- $workers := int .Values.worker.replicaCount }}
-{{- if .Values.keda.enabled }}{{ $workers = max $workers (int .Values.keda.maxReplicaCount) }}{{ end }}
-{{- if .Values.worker.hpa.enabled }}{{ $workers = int .Values.worker.hpa.maxReplicas }}{{ end }}
-{{- add (mul (add (int .Values.api.replicaCount) 1) $api) (mul (add $workers 1) $worker) 2 10 }}
+{{- $total := add (mul (add (int .Values.api.replicaCount) 1) $api) 2 10 }}
+{{- range $p := (include "taskproc.workerPools" . | fromJson).pools }}
+{{- $worker := add (mul 2 (min $pool (add (int $p.concurrency) 4))) 3 }}
+{{- $workers := int $p.replicaCount }}
+{{- if $.Values.keda.enabled }}{{ $workers = max $workers (int $p.keda.maxReplicaCount) }}{{ end }}
+{{- if $.Values.worker.hpa.enabled }}{{ $workers = int $p.hpa.maxReplicas }}{{ end }}
+{{- $total = add $total (mul (add $workers 1) $worker) }}
+{{- end }}
+{{- $total }}
 {{- end }}
 {{- end }}

@@ -21,7 +21,7 @@ from taskproc.api.middleware import (
     DeadlineMiddleware,
     RequestIdMiddleware,
 )
-from taskproc.api.routes import events, health, meta, queues, schedules, tasks, web
+from taskproc.api.routes import events, health, limits, meta, queues, schedules, tasks, web
 from taskproc.api.routing import DocstringRoute
 from taskproc.config import Settings, get_settings
 from taskproc.db import create_engine, create_sessionmaker
@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(tasks.router)
     api.include_router(schedules.router)
     api.include_router(queues.router)
+    api.include_router(limits.router)
     api.include_router(meta.router)
     api.include_router(events.router)
     app.include_router(api)

@@ -282,9 +282,10 @@ class AsyncTaskprocClient:
 
     # ---- service ----
 
-    async def stats(self) -> Stats:
-        """Counts by status, the queue by priority, retries and live workers."""
-        return await self._call(_base.Call("GET", "/stats", True), _STATS)
+    async def stats(self, *, queue: str | None = None) -> Stats:
+        """Counts by status, the queue by priority, retries and live workers; with `queue`, that queue's."""
+        params = {"queue": queue} if queue is not None else None
+        return await self._call(_base.Call("GET", "/stats", True, params=params), _STATS)
 
     async def types(self) -> builtins.list[TaskTypePublic]:
         """The task types the deployment runs, with each payload's JSON schema."""

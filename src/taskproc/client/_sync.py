@@ -281,9 +281,10 @@ class TaskprocClient:
 
     # ---- service ----
 
-    def stats(self) -> Stats:
-        """Counts by status, the queue by priority, retries and live workers."""
-        return self._call(_base.Call("GET", "/stats", True), _STATS)
+    def stats(self, *, queue: str | None = None) -> Stats:
+        """Counts by status, the queue by priority, retries and live workers; with `queue`, that queue's."""
+        params = {"queue": queue} if queue is not None else None
+        return self._call(_base.Call("GET", "/stats", True, params=params), _STATS)
 
     def types(self) -> builtins.list[TaskTypePublic]:
         """The task types the deployment runs, with each payload's JSON schema."""

@@ -1,7 +1,8 @@
 """Queue service: what the API does with named queues (list with counts, pause, resume), over taskproc.store.
 
 The pause lives in Postgres (table `queue`, migration 0007) and the claim statement reads it, so a pause holds
-across restarts of every process and a loss of Redis; Redis is only told to wake idle workers on a resume.
+across restarts of every process and a loss of Redis. Redis mirrors it (a paused queue's ready jobs wait in a set
+of their own, which KEDA does not count) and wakes idle workers on a resume.
 """
 
 from __future__ import annotations
@@ -57,11 +58,13 @@ async def pause_queue(*, session: AsyncSession, redis: Redis, name: str) -> Queu
     jobs from Redis at their next heartbeat."""
     await store.set_queue_paused(session, name, paused=True)
     await session.commit()
+    # The queue's ready jobs move aside in Redis, so KEDA does not scale up for them (sync_redis repairs a miss).
+    await _redis_best_effort("pause mirror", queue.set_paused(redis, name, paused=True))
     return await _get(session, redis, name)
 
 
 async def resume_queue(*, session: AsyncSession, redis: Redis, name: str) -> QueuePublic:
     await store.set_queue_paused(session, name, paused=False)
     await session.commit()
-    await _redis_best_effort("wake-up", queue.wake(redis))
+    await _redis_best_effort("resume mirror", queue.set_paused(redis, name, paused=False))
     return await _get(session, redis, name)

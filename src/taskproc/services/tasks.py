@@ -11,8 +11,8 @@ import base64
 import binascii
 import logging
 import uuid
-from collections.abc import Awaitable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
@@ -91,6 +91,45 @@ def _validated_payloads(tasks_in: Sequence[TaskCreate], registry: TaskRegistry, 
     return payloads
 
 
+def _concurrency_keys(
+    tasks_in: Sequence[TaskCreate], payloads: Sequence[dict[str, Any]], registry: TaskRegistry, batch: bool
+) -> list[str | None]:
+    """Each task's concurrency key: its own, else the one its type derives from the payload (if it does)."""
+    problems: list[Problem] = []
+    keys: list[str | None] = []
+    for index, (task_in, payload) in enumerate(zip(tasks_in, payloads, strict=True)):
+        if task_in.concurrency_key is not None:
+            keys.append(task_in.concurrency_key)
+            continue
+        try:
+            keys.append(registry.concurrency_key(task_in.type, payload, at=("tasks", index) if batch else ()))
+        except InvalidInputError as exc:
+            problems.extend(exc.problems)
+            keys.append(None)
+    if problems:
+        raise InvalidInputError(problems)
+    return keys
+
+
+def _type_limits(
+    tasks_in: Sequence[TaskCreate], keys: Sequence[str | None], registry: TaskRegistry
+) -> list[store.TypeLimit]:
+    """The default limits the tasks' types declare for their keys, one per key (sorted: a fixed lock order)."""
+    limits: dict[str, store.TypeLimit] = {}
+    for task_in, key in zip(tasks_in, keys, strict=True):
+        task_type = registry.get(task_in.type)
+        if key is None or task_type is None or not task_type.has_key_limit or key in limits:
+            continue
+        rate = task_type.rate
+        limits[key] = store.TypeLimit(
+            key=key,
+            max_running=task_type.max_running_per_key,
+            rate_count=None if rate is None else rate[0],
+            rate_per_s=None if rate is None else rate[1],
+        )
+    return [limits[k] for k in sorted(limits)]
+
+
 async def _insert(
     session: AsyncSession, ordered: list[store.NewTask]
 ) -> tuple[dict[uuid.UUID, TaskRow], dict[str, TaskRow]]:
@@ -138,6 +177,7 @@ async def create_tasks(
     requests race on the same key (the unique index decides, ON CONFLICT DO NOTHING yields to the winner).
     """
     payloads = _validated_payloads(tasks_in, registry, batch)
+    keys = _concurrency_keys(tasks_in, payloads, registry, batch)
 
     # No times from this process's clock: created_at and run_at are Postgres's now() (+ the delay), the one clock
     # every worker's claim and lease compare with.
@@ -153,13 +193,19 @@ async def create_tasks(
             delay_s=float(task_in.delay_s or 0.0),
             schedule=schedule,
             queue=task_in.queue,
+            concurrency_key=key,
         )
-        for task_in, payload in zip(tasks_in, payloads, strict=True)
+        for task_in, payload, key in zip(tasks_in, payloads, keys, strict=True)
     ]
+    type_limits = _type_limits(tasks_in, keys, registry)
+    changed = await store.apply_type_limits(session, type_limits) if type_limits else []
     # One fixed statement whatever the batch size, which also writes the first event rows. Rows go in key
     # order: two batches racing on the same keys then wait on each other in the same order and never deadlock.
     inserted, existing = await _insert(session, sorted(rows, key=lambda r: r.idempotency_key or ""))
     await session.commit()
+    if changed:
+        mirror = {lim.key: queue.KeyLimit(lim.max_running, lim.rate_count, lim.rate_per_s) for lim in type_limits}
+        await _redis_best_effort("limit mirror", queue.set_limits(redis, {k: mirror[k] for k in changed}))
 
     out: list[tuple[TaskPublic, bool]] = []
     for r in rows:
@@ -184,15 +230,42 @@ def with_waiting(
     paused: frozenset[str] = frozenset(),
     queues: frozenset[str] | None = None,
     now: datetime | None = None,
+    keys: Mapping[str, store.KeyRow] | None = None,
 ) -> list[TaskPublic]:
     """Say why each waiting task is not running: its queue is paused (`queue_paused`); no live worker serves its
     type (of the `served` ones) or takes from its queue (of `queues`; `no_worker`; None: every one is served);
     else, given Postgres's `now`, it waits out a delay (`delayed`) or a retry backoff (`backoff`) until `run_at`,
-    or it is due and waits for a free worker slot (`ready`)."""
+    or, due, its key (of `keys`) has no room (`concurrency_limited`, `rate_limited`), or it waits for a free
+    worker slot (`ready`)."""
     for task in tasks:
         if task.status in WAITING:
             task.waiting = _why_waiting(task, served, paused, queues, now)
+            if task.waiting is not None and task.waiting.reason == "ready" and keys and task.concurrency_key:
+                task.waiting = _limited(task.concurrency_key, keys.get(task.concurrency_key), now) or task.waiting
     return tasks
+
+
+def _limited(key: str, row: store.KeyRow | None, now: datetime | None) -> TaskWaiting | None:
+    if row is None or row.origin is None:
+        return None
+    if row.max_running is not None and row.running >= row.max_running:
+        return TaskWaiting(
+            reason="concurrency_limited",
+            key=key,
+            running=row.running,
+            limit=row.max_running,
+            detail=f"key {key!r} has {row.running} running of its limit {row.max_running}; it starts when one ends",
+        )
+    if row.next_token_in_s is not None and now is not None:
+        until = now + timedelta(seconds=row.next_token_in_s)
+        return TaskWaiting(
+            reason="rate_limited",
+            key=key,
+            until=until,
+            detail=f"key {key!r} used its rate of {row.rate_count} per {row.rate_per_s:g}s; the next start is "
+            "allowed at `until`",
+        )
+    return None
 
 
 def _why_waiting(
@@ -224,12 +297,15 @@ def _why_waiting(
 
 
 async def _with_waiting(session: AsyncSession, tasks: list[TaskPublic]) -> list[TaskPublic]:
+    keyed = sorted({t.concurrency_key for t in tasks if t.concurrency_key and t.status in WAITING})
+    keys = {r.key: r for r in await store.get_keys(session, keyed)} if keyed else {}
     return with_waiting(
         tasks,
         await served_types(session),
         frozenset(await store.paused_queues(session)),
         await store.served_queues(session),
         await store.db_now(session),
+        keys,
     )
 
 
@@ -370,10 +446,11 @@ async def list_events(*, session: AsyncSession, task_id: uuid.UUID) -> list[Task
     return [TaskEventPublic.model_validate(r, from_attributes=True) for r in rows]
 
 
-async def get_stats(*, session: AsyncSession) -> Stats:
+async def get_stats(*, session: AsyncSession, queue: str | None = None) -> Stats:
     """Counts by status (migration 0002) and waiting tasks by priority (migration 0005) from trigger-kept
-    counters: never a read of the task table, so the cost is the same at 10 waiting tasks as at 10 million."""
-    row = await store.stats(session)
+    counters: never a read of the task table, so the cost is the same at 10 waiting tasks as at 10 million.
+    With `queue`, those of that queue only (migration 0008), at the same cost."""
+    row = await store.stats(session, queue=queue)
     counts = TaskCounts()
     for status in TaskStatus:
         n = row.by_status.get(status.value, 0)

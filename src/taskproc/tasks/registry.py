@@ -37,12 +37,24 @@ class TaskHandler(Protocol[P_contra]):
     def __call__(self, payload: P_contra, ctx: TaskContext, /) -> Awaitable[Any]: ...
 
 
+MAX_KEY_CHARS = 200
+
+
 @dataclass(frozen=True)
 class TaskType:
     name: str
     description: str
     payload_model: type[BaseModel]
     handler: TaskHandler[Any]
+    # The concurrency key of a task of this type, from its validated payload (a task's own concurrency_key wins),
+    # and the limit each such key gets unless PUT /api/v1/limits/{key} set one.
+    key: Callable[[Any], str] | None = None
+    max_running_per_key: int | None = None
+    rate: tuple[int, float] | None = None  # (count, per_s)
+
+    @property
+    def has_key_limit(self) -> bool:
+        return self.key is not None and (self.max_running_per_key is not None or self.rate is not None)
 
     def payload_schema(self) -> dict[str, Any]:
         return self.payload_model.model_json_schema()
@@ -58,9 +70,27 @@ class TaskRegistry:
         self._types: dict[str, TaskType] = {}
 
     def register(
-        self, name: str, *, payload: type[P], description: str | None = None
+        self,
+        name: str,
+        *,
+        payload: type[P],
+        description: str | None = None,
+        key: Callable[[P], str] | None = None,
+        max_running_per_key: int | None = None,
+        rate: tuple[int, float] | None = None,
     ) -> Callable[[TaskHandler[P]], TaskHandler[P]]:
-        """Decorator: `@task_type("resize", payload=ResizeIn)` on `async def resize(payload, ctx)`."""
+        """Decorator: `@task_type("resize", payload=ResizeIn)` on `async def resize(payload, ctx)`.
+
+        `key` derives each task's concurrency key from its validated payload (`key=lambda p: p.tenant`); with
+        `max_running_per_key=N` and/or `rate=(count, per_s)` every such key gets that limit, enforced across all
+        workers, unless PUT /api/v1/limits/{key} set another.
+        """
+        if (max_running_per_key is not None or rate is not None) and key is None:
+            raise ValueError(f"task type {name!r}: max_running_per_key= and rate= need key= to name the key")
+        if max_running_per_key is not None and max_running_per_key < 1:
+            raise ValueError(f"task type {name!r}: max_running_per_key must be at least 1")
+        if rate is not None and (rate[0] < 1 or rate[1] <= 0):
+            raise ValueError(f"task type {name!r}: rate is (count >= 1, per_s > 0)")
 
         def decorate(handler: TaskHandler[P]) -> TaskHandler[P]:
             if not inspect.iscoroutinefunction(handler):
@@ -69,7 +99,13 @@ class TaskRegistry:
                 raise ValueError(f"task type {name!r} is already registered")
             doc = description or inspect.getdoc(handler) or ""
             self._types[name] = TaskType(
-                name=name, description=doc.split("\n\n")[0].strip(), payload_model=payload, handler=handler
+                name=name,
+                description=doc.split("\n\n")[0].strip(),
+                payload_model=payload,
+                handler=handler,
+                key=key,
+                max_running_per_key=max_running_per_key,
+                rate=None if rate is None else (int(rate[0]), float(rate[1])),
             )
             return handler
 
@@ -102,6 +138,28 @@ class TaskRegistry:
                 for err in exc.errors(include_url=False, include_context=False, include_input=False)
             ) from None
         return model.model_dump(mode="json")
+
+    def concurrency_key(self, name: str, payload: dict[str, Any], *, at: FieldPath = ()) -> str | None:
+        """The key the type derives from a (validated) payload, if it declares one; InvalidInputError if the
+        function fails or gives something that is not a key."""
+        task_type = self._types.get(name)
+        if task_type is None or task_type.key is None:
+            return None
+        try:
+            value = task_type.key(task_type.payload_model.model_validate(payload))
+        except Exception as exc:
+            raise InvalidInputError(
+                field=(*at, "payload"),
+                msg=f"the type's key function failed: {type(exc).__name__}: {exc}",
+                type="concurrency_key",
+            ) from None
+        if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_CHARS:
+            raise InvalidInputError(
+                field=(*at, "payload"),
+                msg=f"the type's key function must return a string of 1 to {MAX_KEY_CHARS} characters, not {value!r}",
+                type="concurrency_key",
+            )
+        return value
 
 
 registry = TaskRegistry()

@@ -18,11 +18,11 @@ import psycopg
 from arq.worker import func
 from redis.exceptions import RedisError
 
-from taskproc import queue, retry
+from taskproc import metrics, queue, retry
 from taskproc.config import Settings
 from taskproc.db import create_engine, create_sessionmaker
 from taskproc.logging import bind
-from taskproc.maintenance import TRANSIENT, every
+from taskproc.maintenance import SYNC_EVERY_S, TRANSIENT, every
 from taskproc.tasks.registry import registry
 from taskproc.worker.arq_fence import FencedWorker, redis_settings
 from taskproc.worker.httpserver import WorkerHttpServer, health_app
@@ -100,8 +100,11 @@ class TaskprocWorker(FencedWorker):
         if tick.taken:
             for claimed in await runtime.claim(tick.taken, tick.queue_of):
                 self.start_job(queue.job_id(claimed.id, claimed.generation), runtime.execute(claimed))
+        if tick.held:
+            metrics.LIMIT_HOLDS.inc(tick.held)
         await self.beat()
-        return want, len(tick.taken), tick.next_due_in_ms
+        # Jobs held for their keys' limits left the ready set: the ones behind them may be takeable right away.
+        return want, want if tick.held else len(tick.taken), tick.next_due_in_ms
 
     async def _abort(self, jids: list[str]) -> None:
         """Cancel the tasks a user canceled while they ran here; requests for jobs not here are left to age out
@@ -185,6 +188,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         asyncio.create_task(every(lease_tick, runtime.check_cancels, "cancel check")),
         asyncio.create_task(every(reap_tick, runtime.reap_lost, "reaper")),
         asyncio.create_task(every(settings.reconcile_s, runtime.reconcile, "reconciler")),
+        asyncio.create_task(every(SYNC_EVERY_S, runtime.maintenance.sync_redis, "redis mirror of limits and pauses")),
         asyncio.create_task(every(settings.retention_interval_s, runtime.purge_expired, "retention")),
         listener,
         asyncio.create_task(runtime.release_finished()),
@@ -223,7 +227,8 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         with contextlib.suppress(*TRANSIENT):
             await runtime.unregister()
         with contextlib.suppress(*TRANSIENT):
-            await queue.release(runtime.redis, runtime.drain_released())
+            released = runtime.drain_released()
+            await queue.release(runtime.redis, [j for j, _ in released], [q for _, q in released])
         await runtime.close_connections()
         await runtime.engine.dispose()
         log.info("worker stopped", extra={"worker": runtime.worker_id})

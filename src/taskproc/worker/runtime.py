@@ -75,7 +75,7 @@ class WorkerRuntime:
     claims: PgWriter = field(init=False)
     completer: batch.Completer = field(init=False)
     liveness: PgWriter = field(init=False)
-    _released: list[str] = field(default_factory=list, init=False)
+    _released: list[tuple[str, str]] = field(default_factory=list, init=False)  # (job id, queue)
     _release_soon: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     maintenance: Maintenance = field(init=False)
     # Task ids this process is claiming, running or recording (a multiset: a stale duplicate job of a task may
@@ -143,9 +143,13 @@ class WorkerRuntime:
             return []
         claimed = {(r.id, r.generation) for r in rows}
         handed_back = {(u.id, u.generation) for u in unserved}
+        limited = [u for u in unserved if u.limited and u.concurrency_key is not None]
+        if limited:
+            await self._park_limited(limited, dict(taken))
+        unserved = [u for u in unserved if not (u.limited and u.concurrency_key is not None)]
         if unserved:
             await self._hand_back_unserved(unserved)
-        await self._release_stale([job for job in jobs if job not in claimed and job not in handed_back])
+        await self._release_stale([job for job in jobs if job not in claimed and job not in handed_back], queue_of)
         return rows
 
     async def _parse_jobs(self, taken: list[tuple[str, float]]) -> list[tuple[uuid.UUID, int]]:
@@ -158,6 +162,19 @@ class WorkerRuntime:
                 log.warning("job %r is not a taskproc job; dropped", jid)
                 await queue.release(self.redis, [jid])
         return jobs
+
+    async def _park_limited(self, limited: Sequence[store.Unserved], scores: Mapping[str, float]) -> None:
+        """Jobs whose claim their key's limit refused in Postgres (Redis's view of the key was behind: after a
+        flush, or a limit just lowered): held for their key in Redis, looked at again when room frees up."""
+        jobs = []
+        for u in limited:
+            self._inactive(u.id)
+            jid = queue.job_id(u.id, u.generation)
+            metrics.TASKS_HANDED_BACK.labels(metrics.type_label(u.type), "limited").inc()
+            jobs.append((jid, u.queue, u.concurrency_key or "", scores.get(jid, 0.0)))
+        log.debug("jobs held for their key's limit", extra={"count": len(jobs)})
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await queue.park(self.redis, jobs)
 
     async def _hand_back_unserved(self, unserved: Sequence[store.Unserved]) -> None:
         # Never failed for being newer than this worker: left, untouched in Postgres, to a worker that serves
@@ -185,7 +202,9 @@ class WorkerRuntime:
                 delay_ms=HAND_BACK_DELAY_MS,
             )
 
-    async def _release_stale(self, stale_jobs: list[tuple[uuid.UUID, int]]) -> None:
+    async def _release_stale(
+        self, stale_jobs: list[tuple[uuid.UUID, int]], queue_of: Mapping[str, str] | None = None
+    ) -> None:
         """Drop jobs whose claim found no row to take (a stale generation, a canceled task) from the running set."""
         stale = []
         for task_id, gen in stale_jobs:
@@ -193,8 +212,9 @@ class WorkerRuntime:
             stale.append(queue.job_id(task_id, gen))
         if stale:
             log.debug("stale jobs skipped", extra={"count": len(stale)})
+            names = queue_of or {}
             with contextlib.suppress(RedisError, OSError, TimeoutError):
-                await queue.release(self.redis, stale)
+                await queue.release(self.redis, stale, [names.get(jid, DEFAULT_QUEUE) for jid in stale])
 
     def _inactive(self, task_id: uuid.UUID) -> None:
         self.active[task_id] -= 1
@@ -213,7 +233,7 @@ class WorkerRuntime:
             if self.running.get(job) is current:
                 del self.running[job]
             self._inactive(claimed.id)
-            self._released.append(queue.job_id(claimed.id, claimed.generation))
+            self._released.append((queue.job_id(claimed.id, claimed.generation), claimed.queue))
             self._release_soon.set()
             # A slot is free: look at the queue now rather than at the next poll.
             self.wake.set()
@@ -358,17 +378,18 @@ class WorkerRuntime:
         while True:
             await self._release_soon.wait()
             self._release_soon.clear()
-            jids = self.drain_released()
+            released = self.drain_released()
             try:
-                await queue.release(self.redis, jids)
+                await queue.release(self.redis, [j for j, _ in released], [q for _, q in released])
             except (RedisError, OSError, TimeoutError) as exc:
                 # Left behind, they are found by the reconciler's sweep of the running set.
                 log.warning("could not update the running set: %s", type(exc).__name__)
                 await asyncio.sleep(1)
 
-    def drain_released(self) -> list[str]:
-        jids, self._released = self._released, []
-        return jids
+    def drain_released(self) -> list[tuple[str, str]]:
+        """The finished jobs (job id, queue) not yet taken off the running sets."""
+        released, self._released = self._released, []
+        return released
 
     async def _record(self, key: tuple[uuid.UUID, int, int], write: Callable[[], Awaitable[None]]) -> None:
         """Write an attempt's outcome, retrying while Postgres is unreachable.
@@ -673,6 +694,10 @@ class WorkerRuntime:
                 break
         if total:
             log.info("purged expired tasks", extra={"count": total})
+        # Keys with no limit and nothing running for a while (the claim's trigger recreates a row when needed).
+        async with self.sessions() as session:
+            await store.purge_idle_keys(session, batch=batch)
+            await session.commit()
         return total
 
 

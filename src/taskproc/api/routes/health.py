@@ -127,6 +127,9 @@ async def _refresh_gauges(request: Request) -> None:
             by_priority = await asyncio.wait_for(queue.ready_by_priority(state.redis, name), timeout=2.0)
             for prio, n in by_priority.items():
                 metrics.QUEUE_DEPTH.labels(name, prio.value).set(n)
+        held, saturated = await asyncio.wait_for(queue.held_totals(state.redis), timeout=2.0)
+        metrics.LIMIT_HELD.set(held)
+        metrics.LIMIT_KEYS_SATURATED.set(saturated)
         _record(request, "redis", True, "ok")
     except Exception as exc:
         log.warning("could not read the deferred queue: %s", type(exc).__name__)

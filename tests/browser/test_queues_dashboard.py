@@ -49,6 +49,7 @@ def test_pause_and_resume_a_queue_and_see_why_its_task_waits(stack_factory: Stac
         task_row = page.locator(f'#task-rows tr[data-task-id="{waiting["id"]}"]')
         expect(task_row.locator("td.queue")).to_have_text("emails")
         expect(task_row.locator(".reason")).to_have_attribute("data-reason", "queue_paused")
+        expect(row.locator('[data-field="ready"]')).to_have_text("1")  # a paused queue keeps its ready tasks
         expect(row.locator('[data-field="oldest"]')).not_to_have_text("\u2013")  # due, and not started
         task_row.click()
         line = page.locator("#detail-waiting")

@@ -1,4 +1,5 @@
-"""Client commands of `taskproc`: submit, get, list, cancel, retry, delete, stats and watch, over the REST API.
+"""Client commands of `taskproc`: submit, get, list, cancel, retry, delete, stats, watch, schedules, queues and
+limits, over the REST API.
 
 A thin layer over the SDK (`taskproc.client`): they talk to a running API (`--api-url`, env TASKPROC_API_URL),
 optionally with a key (`--api-key`, env TASKPROC_API_KEY), and print for people with rich, or JSON for scripts
@@ -40,6 +41,7 @@ from rich.text import Text
 from taskproc.client import (
     APIConnectionError,
     APIStatusError,
+    LimitPublic,
     Overlap,
     QueuePublic,
     Reset,
@@ -51,9 +53,10 @@ from taskproc.client import (
     TaskprocClientError,
     TaskPublic,
     TaskTypePublic,
+    TaskWaiting,
     WaitTimeoutError,
 )
-from taskproc.models import QUEUE_PATTERN, Priority, TaskStatus
+from taskproc.models import MAX_CONCURRENCY_KEY, QUEUE_PATTERN, TERMINAL, Priority, TaskStatus
 
 EXIT_OK = 0
 EXIT_TASK = 1
@@ -99,6 +102,16 @@ def _task_id(value: str) -> str:
         return str(uuid.UUID(value.strip()))
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not a task id (a UUID)") from None
+
+
+def _limit_key(value: str) -> str:
+    if not 1 <= len(value) <= MAX_CONCURRENCY_KEY:
+        raise typer.BadParameter(f"a concurrency key has 1 to {MAX_CONCURRENCY_KEY} characters, not {len(value)}")
+    return value
+
+
+def _optional_limit_key(value: str | None) -> str | None:
+    return None if value is None else _limit_key(value)
 
 
 TaskIdArg = Annotated[str, typer.Argument(metavar="ID", help="Task id (UUID).", callback=_task_id)]
@@ -258,7 +271,31 @@ def stats_line(stats: Stats) -> Text:
     return line
 
 
-def show_task(task: TaskPublic, events: Sequence[TaskEventPublic] | None) -> None:
+WAITING_STYLE = {
+    "queue_paused": "magenta",
+    "no_worker": "bold red",
+    "backoff": "dark_orange",
+    "concurrency_limited": "magenta",
+    "rate_limited": "magenta",
+}
+
+
+def waiting_text(waiting: TaskWaiting) -> Text:
+    """Why a task waits, on one line: the reason, the API's sentence, when the wait ends, its place in line."""
+    line = Text(waiting.reason, style=WAITING_STYLE.get(waiting.reason, "bold"))
+    if waiting.detail:
+        line.append(f": {waiting.detail}")
+    if waiting.reason == "concurrency_limited" and waiting.running is not None and waiting.limit is not None:
+        line.append(f" ({waiting.running} running of limit {waiting.limit})", style="grey62")
+    if waiting.until is not None:
+        left = (waiting.until - datetime.now(UTC)).total_seconds()
+        line.append(f" (until {fmt_time(waiting.until)}, in {fmt_duration(max(0.0, left))})", style="grey62")
+    if waiting.position is not None:
+        line.append(f" ({waiting.position} ahead of it in its queue)", style="grey62")
+    return line
+
+
+def task_facts(task: TaskPublic) -> Table:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
@@ -266,6 +303,9 @@ def show_task(task: TaskPublic, events: Sequence[TaskEventPublic] | None) -> Non
     facts.add_row("type", escape(task.type))
     facts.add_row("status", status_text(task.status))
     facts.add_row("priority", Text(task.priority, style=PRIORITY_STYLE.get(task.priority, "")))
+    facts.add_row("queue", escape(task.queue))
+    if task.waiting is not None and task.status not in TERMINAL:
+        facts.add_row("waiting", waiting_text(task.waiting))
     facts.add_row("attempts", f"{task.attempts} of {task.max_retries + 1}")
     facts.add_row("timeout", f"{task.timeout_s} s per attempt")
     facts.add_row("created", fmt_time(task.created_at))
@@ -276,7 +316,15 @@ def show_task(task: TaskPublic, events: Sequence[TaskEventPublic] | None) -> Non
         facts.add_row("duration", fmt_duration(task_duration(task)))
     if task.idempotency_key:
         facts.add_row("idempotency key", escape(task.idempotency_key))
-    out.print(facts)
+    if task.schedule:
+        facts.add_row("schedule", escape(task.schedule))
+    if task.concurrency_key:
+        facts.add_row("concurrency key", escape(task.concurrency_key))
+    return facts
+
+
+def show_task(task: TaskPublic, events: Sequence[TaskEventPublic] | None) -> None:
+    out.print(task_facts(task))
     out.print(Text("payload", style="bold"))
     out.print(Syntax(json.dumps(task.payload, indent=2), "json", background_color="default"))
     if task.result is not None:
@@ -339,6 +387,13 @@ def submit(
     delay: Annotated[float | None, typer.Option(min=0, help="Run no earlier than this many seconds from now.")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Submitting the same key again creates nothing.")] = None,
     queue: Annotated[str | None, typer.Option(help="Named queue (default: `default`).")] = None,
+    concurrency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="The key whose limit (`taskproc limits set`) the task counts against; default: its type's.",
+            callback=_optional_limit_key,
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", "-w", help="Wait until the task ends; exit 0 only if completed.")
     ] = False,
@@ -361,6 +416,7 @@ def submit(
             delay_s=delay,
             idempotency_key=idempotency_key,
             queue=queue,
+            concurrency_key=concurrency_key,
         )
         if not wait:
             if json_out:
@@ -888,6 +944,132 @@ queues_app.command("pause", help="Pause a queue: nothing new starts there; runni
 queues_app.command("resume", help="Resume a paused queue.")(_set_paused(False, "resumed"))
 
 
+# ---- limits ---------------------------------------------------------------------------------------------------
+
+limits_app = typer.Typer(
+    help="Per-key concurrency and rate limits: list them (no subcommand, or `list`), get, set, delete.",
+    invoke_without_command=True,
+)
+_PERIOD = re.compile(r"^(?P<n>\d+(?:\.\d*)?|\.\d+)?\s*(?P<unit>s|m|min|h)?$")
+_UNIT_S = {None: 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_rate(value: str) -> tuple[int, float]:
+    """--rate COUNT/PER_S: `10/1` (ten a second), `100/60` or `100/1m` (a hundred a minute), `5/h`."""
+    count_text, sep, period_text = value.strip().partition("/")
+    match = _PERIOD.fullmatch(period_text.strip())
+    if not sep or not count_text.strip().isdigit() or match is None or not (match["n"] or match["unit"]):
+        raise typer.BadParameter(f"{value!r} is not COUNT/PER_S (e.g. 10/1, 100/60, 100/1m)", param_hint="--rate")
+    count = int(count_text)
+    per_s = float(match["n"] or 1) * _UNIT_S[match["unit"]]
+    if count < 1 or per_s <= 0:
+        raise typer.BadParameter("the count is 1 or more and the period more than 0 s", param_hint="--rate")
+    return count, per_s
+
+
+KeyArg = Annotated[str, typer.Argument(metavar="KEY", help="The concurrency key.", callback=_limit_key)]
+
+
+def fmt_rate(limit: LimitPublic) -> str:
+    if limit.rate is None:
+        return "-"
+    per = "s" if limit.rate.per_s == 1 else f"{limit.rate.per_s:g} s"
+    return f"{limit.rate.count} per {per}"
+
+
+def limits_table(items: Sequence[LimitPublic]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, title=None)
+    for column in ("key", "running", "max running", "rate", "tokens", "set by", "updated"):
+        table.add_column(column, justify="right" if column in ("running", "max running", "tokens") else "left")
+    for limit in items:
+        full = limit.max_running is not None and limit.running >= limit.max_running
+        table.add_row(
+            escape(limit.key),
+            f"[yellow]{limit.running}[/yellow]" if full else str(limit.running),
+            "-" if limit.max_running is None else str(limit.max_running),
+            fmt_rate(limit),
+            "-" if limit.tokens is None else f"{limit.tokens:.1f}",
+            "task type" if limit.origin == "type" else "API",
+            fmt_time(limit.updated_at),
+        )
+    return table
+
+
+def _list_limits(api_url: str, api_key: str | None, json_out: bool) -> None:
+    with client_for(api_url, api_key) as client:
+        items = client.list_limits()
+    if json_out:
+        emit_json(dump(items))
+    elif not items:
+        err.print("no key has a limit")
+    else:
+        out.print(limits_table(items))
+
+
+@limits_app.callback()
+def limits_default(
+    ctx: typer.Context, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False
+) -> None:
+    """List the keys that have a limit, with their running tasks and rate tokens now."""
+    if ctx.invoked_subcommand is None:
+        _list_limits(api_url, api_key, json_out)
+
+
+@limits_app.command("list")
+def limits_list(api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
+    """List the keys that have a limit, with their running tasks and rate tokens now."""
+    _list_limits(api_url, api_key, json_out)
+
+
+@limits_app.command("get")
+def limits_get(key: KeyArg, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
+    """Show a key's limit (exit 3 if it has none)."""
+    with client_for(api_url, api_key) as client:
+        limit = client.get_limit(key)
+    if json_out:
+        emit_json(dump(limit))
+    else:
+        out.print(limits_table([limit]))
+
+
+@limits_app.command("set")
+def limits_set(
+    key: KeyArg,
+    max_running: Annotated[
+        int | None, typer.Option("--max-running", min=1, help="At most this many of the key's tasks run at once.")
+    ] = None,
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            "--rate", metavar="COUNT/PER_S", help="At most COUNT start per PER_S seconds: 10/1, 100/60, 100/1m."
+        ),
+    ] = None,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Set a key's limit, replacing the one it has (what is not given is no longer limited)."""
+    parsed = None if rate is None else parse_rate(rate)
+    if max_running is None and parsed is None:
+        raise typer.BadParameter("give --max-running, --rate or both")
+    with client_for(api_url, api_key) as client:
+        limit = client.put_limit(key, max_running=max_running, rate=parsed)
+    if json_out:
+        emit_json(dump(limit))
+        return
+    parts = [f"max running {limit.max_running}" if limit.max_running is not None else None]
+    parts.append(f"rate {fmt_rate(limit)}" if limit.rate is not None else None)
+    out.print(f"[green]✓[/green] limit of {escape(limit.key)}: {', '.join(p for p in parts if p)}")
+
+
+@limits_app.command("delete")
+def limits_delete(key: KeyArg, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None) -> None:
+    """Delete a key's limit: its tasks run unlimited (exit 3 if it has none)."""
+    with client_for(api_url, api_key) as client:
+        client.delete_limit(key)
+    out.print(f"[green]✓[/green] deleted the limit of {escape(key)}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the client commands to the `taskproc` command."""
     panel = "Client commands (talk to a running API)"
@@ -908,3 +1090,4 @@ def register(app: typer.Typer) -> None:
     app.command(rich_help_panel=panel)(watch)
     app.add_typer(schedules_app, name="schedules", rich_help_panel=panel)
     app.add_typer(queues_app, name="queues", rich_help_panel=panel)
+    app.add_typer(limits_app, name="limits", rich_help_panel=panel)

@@ -47,8 +47,10 @@ def populate(stack: Stack) -> str:
     for _ in range(3):
         task = stack.submit("add", {"a": 1, "b": 1}, delay_s=600)
         assert stack.client.post(f"/api/v1/tasks/{task['id']}/cancel").status_code == 200
-    # Two workers with two slots each: four run, the rest wait in the queue by priority.
-    running = [stack.submit("sleep", {"duration_ms": 120_000})["id"] for _ in range(4)]
+    # Two workers with two slots each: four run (one tenant's, at its limit), the rest wait by priority.
+    limit = {"max_running": 4, "rate": {"count": 100, "per_s": 60}}
+    assert stack.client.put("/api/v1/limits/tenant-42", json=limit).status_code == 200
+    running = [stack.submit("sleep", {"duration_ms": 120_000}, concurrency_key="tenant-42")["id"] for _ in range(4)]
     for task_id in running:
         stack.wait_status(task_id, "running")
     for priority, n in (("high", 2), ("normal", 3), ("low", 1)):
@@ -73,6 +75,7 @@ def test_dashboard_screenshot(stack_factory: StackFactory, page: Page, tmp_path:
         expect(page.locator("#workers-count")).to_have_text("2")
         expect(page.locator("#detail-result")).to_contain_text("top_words")
         expect(page.locator("#task-rows tr")).to_have_count(20)
+        expect(page.locator('#limit-rows tr[data-key="tenant-42"] [data-field="running"]')).to_have_text("4 of 4")
         page.mouse.move(0, 0)
         # The row flashes and bar transitions settle: no finite CSS animation or transition still running (the
         # live dot and the running rows pulse for ever).

@@ -295,3 +295,18 @@ def test_queues_list_pause_resume_and_queue_options(stack_factory: StackFactory)
         assert run_json(stack, "queues")[0]["paused"] is False
         bad = run(stack, "queues", "pause", "Bad Name")
         assert bad.returncode == 2 and "not a queue name" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_get_says_why_a_task_waits(stack_factory: StackFactory) -> None:
+    with stack_factory(workers=1) as stack:
+        delayed = stack.submit("add", delay_s=600, queue="cli-wait")
+        out = run(stack, "get", delayed["id"]).stdout
+        assert "cli-wait" in out
+        assert "delayed: waiting out its delay (until " in out and ", in 9 m " in out, out
+        assert run_json(stack, "get", delayed["id"])["waiting"]["reason"] == "delayed"
+        assert run(stack, "queues", "pause", "cli-wait").returncode == 0
+        out = run(stack, "get", delayed["id"]).stdout
+        assert "queue_paused: queue 'cli-wait' is paused" in out, out
+        done = stack.submit("add")
+        stack.wait_status(done["id"], "completed")
+        assert "waiting" not in run(stack, "get", done["id"]).stdout

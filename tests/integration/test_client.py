@@ -572,6 +572,7 @@ def test_docs_examples_run_as_printed(stack: Stack) -> None:
         "[0, 2, 4]\nTrue\nreplayed up to completed\n",
         "[['body', 'payload', 'b']]\n404\n",
         "2 True\n",
+        "queue_paused\n[True]\ncompleted\ntenant-42 2 10 60.0\ntenant-42 delayed\nTrue\n",
     ):
         assert expected in out, (expected, out)
     assert "already canceled" in out

@@ -29,9 +29,12 @@ from taskproc.client.errors import (
 )
 from taskproc.client.stream import Ready, Reset, StreamEvent, TaskChange
 from taskproc.models import (
+    LimitOrigin,
+    LimitPublic,
     Overlap,
     Priority,
     QueuePublic,
+    Rate,
     ScheduleFirePublic,
     SchedulePublic,
     ScheduleTask,
@@ -42,6 +45,7 @@ from taskproc.models import (
     TaskPublic,
     TaskStatus,
     TaskTypePublic,
+    TaskWaiting,
 )
 
 __all__ = [
@@ -53,10 +57,13 @@ __all__ = [
     "ConflictError",
     "InvalidInputError",
     "InvalidResponseError",
+    "LimitOrigin",
+    "LimitPublic",
     "NotFoundError",
     "Overlap",
     "Priority",
     "QueuePublic",
+    "Rate",
     "Ready",
     "Reset",
     "ScheduleFirePublic",
@@ -72,6 +79,7 @@ __all__ = [
     "TaskPublic",
     "TaskStatus",
     "TaskTypePublic",
+    "TaskWaiting",
     "TaskprocClient",
     "TaskprocClientError",
     "UnauthorizedError",

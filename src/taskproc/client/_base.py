@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 import tenacity
@@ -26,11 +27,13 @@ from taskproc.client.errors import (
 )
 from taskproc.client.stream import StreamEvent, TaskChange
 from taskproc.models import (
+    MAX_CONCURRENCY_KEY,
     QUEUE_PATTERN,
     SCHEDULE_NAME,
     TERMINAL,
     Overlap,
     Priority,
+    Rate,
     ScheduleTask,
     TaskCreate,
     TaskPublic,
@@ -119,6 +122,31 @@ def queue_path(name: str, suffix: str = "") -> str:
     return f"/queues/{name}{suffix}"
 
 
+def limit_path(key: str) -> str:
+    """A concurrency key in the path: any text of 1 to 200 characters, so every character but letters, digits and
+    `_-~` is escaped, dots too, so that a key like `..` or `a/../b` stays one key and never becomes a path step."""
+    if not 1 <= len(key) <= MAX_CONCURRENCY_KEY:
+        raise ValueError(f"a concurrency key has 1 to {MAX_CONCURRENCY_KEY} characters, not {len(key)}")
+    return "/limits/" + quote(key, safe="").replace(".", "%2E")
+
+
+RateSpec = Rate | Mapping[str, Any] | tuple[int, float]
+
+
+def limit_body(max_running: int | None, rate: RateSpec | None) -> dict[str, Any]:
+    """PUT /limits/{key}'s body; `rate` as a Rate, a mapping or a `(count, per_s)` pair."""
+    if rate is None:
+        rate_json = None
+    elif isinstance(rate, Rate):
+        rate_json = rate.model_dump(mode="json")
+    elif isinstance(rate, tuple):
+        count, per_s = rate
+        rate_json = {"count": count, "per_s": per_s}
+    else:
+        rate_json = dict(rate)
+    return {"max_running": max_running, "rate": rate_json}
+
+
 def schedule_body(
     task: ScheduleTask | Mapping[str, Any] | None,
     **fields: Any,
@@ -140,10 +168,12 @@ def submit_body(
     delay_s: float | None,
     idempotency_key: str | None,
     queue: str | None = None,
+    concurrency_key: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"type": task_type, "payload": dict(payload or {})}
     optional = {
         "queue": queue,
+        "concurrency_key": concurrency_key,
         "priority": None if priority is None else str(priority),
         "max_retries": max_retries,
         "timeout_s": timeout_s,
@@ -154,8 +184,16 @@ def submit_body(
     return body
 
 
-def batch_items(tasks: Iterable[TaskCreate | Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [t.model_dump(mode="json", exclude_unset=True) if isinstance(t, TaskCreate) else dict(t) for t in tasks]
+def batch_items(
+    tasks: Iterable[TaskCreate | Mapping[str, Any]], concurrency_key: str | None = None
+) -> list[dict[str, Any]]:
+    """The batch's items as JSON; `concurrency_key` goes to every item that does not name one."""
+    items = [t.model_dump(mode="json", exclude_unset=True) if isinstance(t, TaskCreate) else dict(t) for t in tasks]
+    if concurrency_key is not None:
+        for item in items:
+            if item.get("concurrency_key") is None:
+                item["concurrency_key"] = concurrency_key
+    return items
 
 
 def decode(response: httpx.Response, adapter: TypeAdapter[T]) -> T:

@@ -23,6 +23,7 @@ from taskproc.client.errors import (
 from taskproc.client.stream import Reset, StreamEvent, parse
 from taskproc.models import (
     TERMINAL,
+    LimitPublic,
     Overlap,
     Priority,
     QueuePublic,
@@ -50,6 +51,8 @@ _SCHEDULE = TypeAdapter(SchedulePublic)
 _QUEUE = TypeAdapter(QueuePublic)
 _QUEUES = TypeAdapter(builtins.list[QueuePublic])
 _SCHEDULES = TypeAdapter(builtins.list[SchedulePublic])
+_LIMIT = TypeAdapter(LimitPublic)
+_LIMITS = TypeAdapter(builtins.list[LimitPublic])
 
 
 class TaskprocClient:
@@ -121,8 +124,13 @@ class TaskprocClient:
         delay_s: float | None = None,
         idempotency_key: str | None = None,
         queue: str | None = None,
+        concurrency_key: str | None = None,
     ) -> TaskPublic:
-        """Submit one task. With an `idempotency_key`, a repeat returns the task created first (and is retried)."""
+        """Submit one task. With an `idempotency_key`, a repeat returns the task created first (and is retried).
+
+        `concurrency_key`: the key whose limit (`put_limit`) the task counts against; default: the key its task
+        type derives from the payload, if it declares one.
+        """
         body = _base.submit_body(
             task_type,
             payload,
@@ -132,12 +140,18 @@ class TaskprocClient:
             delay_s=delay_s,
             idempotency_key=idempotency_key,
             queue=queue,
+            concurrency_key=concurrency_key,
         )
         return self._call(_base.Call("POST", "/tasks", idempotency_key is not None, json=body), _TASK)
 
-    def submit_many(self, tasks: Iterable[TaskCreate | Mapping[str, Any]]) -> builtins.list[TaskPublic]:
-        """Submit up to 1000 tasks in one request, all or none; retried only if every item has a key."""
-        items = _base.batch_items(tasks)
+    def submit_many(
+        self, tasks: Iterable[TaskCreate | Mapping[str, Any]], *, concurrency_key: str | None = None
+    ) -> builtins.list[TaskPublic]:
+        """Submit up to 1000 tasks in one request, all or none; retried only if every item has a key.
+
+        `concurrency_key` is given to every item that does not name its own.
+        """
+        items = _base.batch_items(tasks, concurrency_key)
         idempotent = bool(items) and all(item.get("idempotency_key") for item in items)
         call = _base.Call("POST", "/tasks/batch", idempotent, json={"tasks": items})
         return self._call(call, _TASKS).items
@@ -225,6 +239,28 @@ class TaskprocClient:
     def resume_queue(self, name: str) -> QueuePublic:
         """Resume a paused queue."""
         return self._call(_base.Call("POST", _base.queue_path(name, "/resume"), True), _QUEUE)
+
+    # ---- limits ----
+
+    def put_limit(self, key: str, max_running: int | None = None, rate: _base.RateSpec | None = None) -> LimitPublic:
+        """Set a concurrency key's limit: at most `max_running` of its tasks at once, at most `rate` started per
+        period (a `Rate`, a mapping or a `(count, per_s)` pair); one of the two at least. Replaces the key's
+        limit, a task type's declared default included."""
+        call = _base.Call("PUT", _base.limit_path(key), True, json=_base.limit_body(max_running, rate))
+        return self._call(call, _LIMIT)
+
+    def get_limit(self, key: str) -> LimitPublic:
+        """A key's limit, with its tasks running now and its rate tokens (NotFoundError if it has none)."""
+        return self._call(_base.Call("GET", _base.limit_path(key), True), _LIMIT)
+
+    def list_limits(self) -> builtins.list[LimitPublic]:
+        """Every key that has a limit, by key."""
+        return self._call(_base.Call("GET", "/limits", True), _LIMITS)
+
+    def delete_limit(self, key: str) -> None:
+        """Delete a key's limit: its tasks run unlimited (NotFoundError if it has none)."""
+        # Not repeated on 503: a delete that went through would then answer 404.
+        _base.check(self._send(_base.Call("DELETE", _base.limit_path(key), False)))
 
     # ---- schedules ----
 

@@ -2,18 +2,23 @@
 
 import { API, api, authHeaders, clearKey, getKey, onUnauthorized, query, setKey } from './api.js';
 import { $, badge, clear, formatDuration, formatTime, h, pretty, shortId, taskDuration, toast } from './dom.js';
+import { refreshLimits, startLimits } from './limits.js';
+import { refreshQueues, startQueues } from './queues.js';
 import { startSchedules } from './schedules.js';
 import { FieldError, PayloadForm } from './schema-form.js';
 import { EventStream } from './sse.js';
+import { reasonBadge, startCountdowns, waitingLine } from './waiting.js';
 
 const STATUSES = ['pending', 'running', 'retrying', 'completed', 'failed', 'canceled'];
 const PRIORITIES = ['high', 'normal', 'low'];
 const ACTIVE = new Set(['pending', 'running', 'retrying']);
 const TERMINAL = new Set(['completed', 'failed', 'canceled']);
 const RETRYABLE = new Set(['failed', 'canceled']);
+const QUEUE_NAME = /^[a-z0-9_-]{1,64}$/;
+const SCHEDULE_NAME = QUEUE_NAME;
 
 const state = {
-  filters: { status: '', type: '', priority: '' },
+  filters: { status: '', type: '', priority: '', queue: '', schedule: '' },
   limit: 20,
   cursors: [null],
   page: 0,
@@ -24,6 +29,7 @@ const state = {
   listSeq: 0,
   detailSeq: 0,
   confirmDelete: null,
+  paused: null,
   connectedOnce: false,
   started: false,
 };
@@ -63,6 +69,8 @@ function throttled(fn, ms) {
 const scheduleStats = throttled(refreshStats, 1000);
 const scheduleTasks = throttled(refreshTasks, 500);
 const scheduleDetail = throttled(loadDetail, 300);
+const scheduleQueues = throttled(refreshQueues, 1000);
+const scheduleLimits = throttled(refreshLimits, 1000);
 
 function reportError(err) {
   if (err && err.status === 401) return; // the key prompt is showing
@@ -76,6 +84,8 @@ function readHash() {
   state.filters.status = STATUSES.includes(p.get('status')) ? p.get('status') : '';
   state.filters.type = p.get('type') || '';
   state.filters.priority = PRIORITIES.includes(p.get('priority')) ? p.get('priority') : '';
+  state.filters.queue = QUEUE_NAME.test(p.get('queue') || '') ? p.get('queue') : '';
+  state.filters.schedule = SCHEDULE_NAME.test(p.get('schedule') || '') ? p.get('schedule') : '';
   const limit = Number(p.get('limit'));
   if ([10, 20, 50, 100].includes(limit)) state.limit = limit;
   state.selected = p.get('task') || null;
@@ -123,6 +133,12 @@ function renderStats(stats) {
   const workers = $('#workers-count');
   workers.textContent = String(stats.workers);
   workers.classList.toggle('warn', stats.workers === 0);
+  // Tasks no live worker can take (its type or its queue served by none): they wait until one starts.
+  const orphans = (stats.waiting_no_worker || 0) + (stats.waiting_no_queue_worker || 0);
+  const hint = $('#workers-hint');
+  hint.textContent = orphans ? `${orphans.toLocaleString()} waiting with no worker for their type or queue`
+    : 'heartbeat within the lease';
+  hint.classList.toggle('warn-text', orphans > 0);
   $('#retried-count').textContent = stats.retried_total.toLocaleString();
 }
 
@@ -130,6 +146,7 @@ function renderStats(stats) {
 
 function matchesFilters(ev) {
   const f = state.filters;
+  // An event does not name the task's queue or schedule: with those filters, a new task may match, so look.
   return (!f.status || f.status === ev.task_status) && (!f.type || f.type === ev.type)
     && (!f.priority || f.priority === ev.priority);
 }
@@ -144,10 +161,17 @@ async function refreshTasks() {
   renderTasks();
 }
 
+function setFilterSelect(name, value) {
+  const select = $(`select#filter-${name}`); // the schedule filter is a chip, not a select
+  if (!select) return;
+  if (value && !Array.from(select.options).some((o) => o.value === value)) select.append(h('option', { value }, value));
+  select.value = value;
+}
+
 function setFilter(name, value) {
   state.filters[name] = value;
-  const select = $(`#filter-${name}`);
-  if (select) select.value = value;
+  setFilterSelect(name, value);
+  renderScheduleFilter();
   resetPaging();
   scheduleStats(); // re-renders the active card
 }
@@ -193,8 +217,10 @@ function taskRow(task) {
   },
   h('td', { class: 'task' }, h('span', { class: 'type' }, task.type),
     h('code', { class: 'id', title: task.id }, shortId(task.id))),
-  h('td', { class: 'status' }, badge(task.status)),
+  h('td', { class: 'status' }, badge(task.status),
+    task.waiting && task.waiting.reason !== 'ready' ? reasonBadge(task.waiting.reason) : null),
   h('td', {}, h('span', { class: `prio p-${task.priority}` }, task.priority)),
+  h('td', { class: 'queue queue-col' }, task.queue || ''),
   h('td', { class: 'num' }, `${task.attempts}/${task.max_retries + 1}`),
   h('td', { title: task.created_at }, formatTime(task.created_at)),
   h('td', { class: 'num' }, task.status === 'running' ? '…' : formatDuration(dur)),
@@ -224,6 +250,38 @@ function mergeTask(task) {
     state.tasks[i] = task;
     renderRow(task);
   }
+}
+
+function queuesSeen(items) {
+  queueNames(items.map((q) => q.name));
+  // With the one default queue, a queue column and filter would only take room from the actions.
+  const many = items.length > 1 || Boolean(state.filters.queue);
+  $('#task-table').classList.toggle('one-queue', !many);
+  $('#filter-queue').closest('label').hidden = !many;
+  // A pause or resume makes no task event, but changes why waiting tasks wait: read them again.
+  const paused = items.filter((q) => q.paused).map((q) => q.name).join('\n');
+  if (state.paused !== null && paused !== state.paused) {
+    scheduleTasks();
+    if (state.selected) scheduleDetail();
+  }
+  state.paused = paused;
+}
+
+// The queue filter offers every queue GET /queues knows, and keeps the one chosen even if it has gone.
+function queueNames(names) {
+  const select = $('#filter-queue');
+  const wanted = [...new Set([...names, ...(state.filters.queue ? [state.filters.queue] : [])])].sort();
+  const have = Array.from(select.options).slice(1).map((o) => o.value);
+  if (have.join('\n') === wanted.join('\n')) return;
+  select.replaceChildren(h('option', { value: '' }, 'any'), ...wanted.map((n) => h('option', { value: n }, n)));
+  select.value = state.filters.queue;
+}
+
+// A schedule's history (its "History" button) filters the list by schedule: shown as a removable chip.
+function renderScheduleFilter() {
+  const chip = $('#filter-schedule');
+  chip.hidden = !state.filters.schedule;
+  $('#filter-schedule-name').textContent = state.filters.schedule;
 }
 
 // ---- actions -----------------------------------------------------------------------------------------------
@@ -376,6 +434,7 @@ function renderDetail(task, events) {
     : h('span', { class: `prio p-${task.priority}` }, task.priority);
   const rows = [
     ['Priority', prio],
+    ['Queue', h('code', { id: 'detail-queue' }, task.queue)],
     ['Attempts', `${task.attempts} of ${task.max_retries + 1}`],
     ['Timeout', `${task.timeout_s} s per attempt`],
     ['Created', h('time', { datetime: task.created_at, title: task.created_at }, formatTime(task.created_at))],
@@ -390,6 +449,7 @@ function renderDetail(task, events) {
   }
   if (task.idempotency_key) rows.push(['Idempotency key', h('code', {}, task.idempotency_key)]);
   if (task.schedule) rows.push(['Schedule', h('code', {}, task.schedule)]);
+  if (task.concurrency_key) rows.push(['Concurrency key', h('code', { id: 'detail-key' }, task.concurrency_key)]);
 
   const sections = [
     h('section', {}, h('h3', {}, 'Payload'), h('pre', { class: 'json', id: 'detail-payload' }, pretty(task.payload))),
@@ -409,12 +469,13 @@ function renderDetail(task, events) {
         h('time', { title: ev.at }, formatTime(ev.at))),
       ev.detail ? h('div', { class: 'detail-text' }, ev.detail) : null)))));
 
-  panel.replaceChildren(
+  panel.replaceChildren(...[
     detailHeader(task, task.id),
+    task.waiting && ACTIVE.has(task.status) ? waitingLine(task.waiting) : null,
     h('dl', { class: 'facts' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])),
     h('div', { class: 'detail-actions' }, actionButtons(task, false)),
     ...sections,
-  );
+  ].filter(Boolean));
 }
 
 // ---- submit form -------------------------------------------------------------------------------------------
@@ -514,6 +575,10 @@ async function onSubmit(e) {
   if (maxRetries !== undefined) body.max_retries = maxRetries;
   if (timeout !== undefined) body.timeout_s = timeout;
   if (delay !== undefined) body.delay_s = delay;
+  const queue = $('#submit-queue').value.trim();
+  if (queue) body.queue = queue;
+  const key = $('#submit-concurrency-key').value;
+  if (key) body.concurrency_key = key;
 
   const button = $('#submit-button');
   button.disabled = true;
@@ -597,6 +662,8 @@ function onStreamEvent(type, data) {
   }
   if (type !== 'task' || !data || !data.task_id) return;
   scheduleStats();
+  scheduleQueues();
+  scheduleLimits();
   const row = state.tasks.find((t) => t.id === data.task_id);
   if (row) {
     const changed = row.status !== data.task_status;
@@ -621,6 +688,8 @@ const stream = new EventStream({
 
 function refreshAll() {
   scheduleStats();
+  scheduleQueues();
+  scheduleLimits();
   scheduleTasks();
   if (state.selected) scheduleDetail();
 }
@@ -644,18 +713,22 @@ async function start() {
   typeFilter.value = state.filters.type;
   stream.start();
   await Promise.all([refreshStats(), refreshTasks()]).catch(reportError);
-  startSchedules(reportError);
+  startSchedules(reportError, (name) => setFilter('schedule', name));
+  startQueues(reportError, queuesSeen);
+  startLimits(reportError);
+  startCountdowns(() => { if (state.selected) scheduleDetail(); });
   if (state.selected) openDetail(state.selected);
   state.started = true;
   document.body.dataset.ready = 'true';
 }
 
 function wire() {
-  for (const name of ['status', 'priority', 'type']) {
+  for (const name of ['status', 'priority', 'type', 'queue']) {
     const select = $(`#filter-${name}`);
-    select.value = state.filters[name];
+    setFilterSelect(name, state.filters[name]);
     select.addEventListener('change', () => setFilter(name, select.value));
   }
+  renderScheduleFilter();
   const size = $('#page-size');
   size.value = String(state.limit);
   size.addEventListener('change', () => {
@@ -663,11 +736,13 @@ function wire() {
     resetPaging();
   });
   $('#clear-filters').addEventListener('click', () => {
-    state.filters = { status: '', type: '', priority: '' };
-    for (const name of ['status', 'priority', 'type']) $(`#filter-${name}`).value = '';
+    state.filters = { status: '', type: '', priority: '', queue: '', schedule: '' };
+    for (const name of ['status', 'priority', 'type', 'queue']) $(`#filter-${name}`).value = '';
+    renderScheduleFilter();
     resetPaging();
     scheduleStats();
   });
+  $('#filter-schedule-clear').addEventListener('click', () => setFilter('schedule', ''));
   $('#page-newer').addEventListener('click', () => {
     if (state.page === 0) return;
     state.page -= 1;
@@ -695,6 +770,17 @@ function wire() {
   });
   document.addEventListener('keydown', (e) => {
     if (e.key === 'Escape' && state.selected && !document.querySelector('dialog[open]')) closeDetail();
+  });
+  // A link to another task or filter followed in this tab (the page itself only ever replaces the hash).
+  window.addEventListener('hashchange', () => {
+    readHash();
+    for (const name of ['status', 'priority', 'type', 'queue']) setFilterSelect(name, state.filters[name]);
+    $('#page-size').value = String(state.limit);
+    renderScheduleFilter();
+    resetPaging();
+    scheduleStats();
+    if (state.selected) openDetail(state.selected);
+    else closeDetail();
   });
   onUnauthorized(requireKey);
   // A slow safety net: if the event stream is down, the numbers still move.

@@ -64,6 +64,8 @@ def test_set_edit_and_delete_a_limit_and_see_a_task_held_back(stack_factory: Sta
         page.fill("#submit-concurrency-key", key)
         page.click("#submit-button")
         expect(page.locator("#submit-dialog")).to_be_hidden()
+        # The detail opens once the submit's answer is in: wait for it to name a task other than the busy one.
+        expect(page.locator("#detail")).to_have_attribute("data-task-id", re.compile(rf"^(?!{busy['id']}$).+"))
         held_id = page.locator("#detail").get_attribute("data-task-id")
         assert held_id and stack.get(held_id)["concurrency_key"] == key
         line = page.locator("#detail-waiting")

@@ -1,11 +1,12 @@
 """The bulk operations' background batches, in the API processes (started from the API's lifespan).
 
-Each step is one short transaction: lock the oldest running operation (SKIP LOCKED, so several API replicas
-share the work without doing any batch twice), read the next BATCH matching tasks after the operation's cursor
-(newest first, by the list's index), apply the action to them (each row a compare-and-set on its status, as
-the single-task operations are), and save the counts and the cursor. Redis is told after the commit. Between
-steps the loop yields (PAUSE_S), so submits and reads never wait behind a bulk operation for long: a batch's
-row locks live for one small statement's transaction.
+Each step reads the oldest running operation and the next BATCH matching tasks after its cursor (newest first,
+by the list's index), then applies the action to them in one statement (store.bulk_step): it takes the
+operation's row only if no other replica holds it and its cursor is still where the page was read, applies the
+action (each row a compare-and-set on its status, as the single-task operations are) and saves the counts and
+the new cursor, all in autocommit. So no lock outlives that one statement (a transaction held open across round
+trips would keep submits waiting on the counters' rows whenever the event loop is busy), and two replicas never
+apply one batch twice. Redis is told after the commit. Between steps the loop yields (PAUSE_S).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from taskproc.services import bulk as service
 
 log = logging.getLogger("taskproc.bulk")
 
-BATCH = 200  # tasks per step: a few ms of locks and of the event loop's time
-PAUSE_S = 0.005  # between steps of a running operation
+BATCH = 100  # tasks per step: a few ms of locks and of the event loop's time
+PAUSE_S = 0.01  # between steps of a running operation
 IDLE_S = 0.5  # between looks for work when there is none
 
 
@@ -39,39 +40,34 @@ class BulkRunner:
         self.batch = batch
 
     async def step(self) -> bool:
-        """Process one batch of one operation; False when no operation has work left (or all are taken)."""
+        """Process one batch of one operation; False when no operation has work left."""
         async with self.sessions() as session:
-            op = await store.next_bulk(session)
+            # Autocommit: each statement below is its own transaction, the step's writes one statement.
+            conn = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            op = await store.next_bulk(conn)
             if op is None:
-                await session.rollback()
                 return False
             after = None if op.cursor_at is None or op.cursor_id is None else (op.cursor_at, op.cursor_id)
             page = await store.matching_page(
-                session,
+                conn,
                 service.task_filter(BulkFilter.model_validate(op.filter)),
                 cutoff=op.cutoff,
                 after=after,
                 limit=self.batch,
             )
-            ids = [task_id for _, task_id in page]
-            done, rows = await service.apply_batch(session, op, ids) if ids else (0, [])
-            await testhooks.point("bulk.before_commit")
             finished = len(page) < self.batch
-            await store.advance_bulk(
-                session,
-                op.id,
-                done=done,
-                failed=len(ids) - done,
-                cursor=page[-1] if page else None,
+            await testhooks.point("bulk.before_step")
+            rows = await store.bulk_step(
+                conn,
+                op,
+                [task_id for _, task_id in page],
+                last=page[-1] if page else None,
                 finished=finished,
+                detail=service.event_detail(op),
             )
-            await session.commit()
         await service.after_batch(self.redis, op.action, rows)
         if finished:
-            log.info(
-                "bulk operation finished",
-                extra={"bulk_id": str(op.id), "action": op.action, "count": op.done + done},
-            )
+            log.info("bulk operation finished", extra={"bulk_id": str(op.id), "action": op.action})
         return True
 
     async def run(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -60,6 +61,8 @@ RECONCILE_LOCK = store.RECONCILE_LOCK
 # The reconciler scans (a bounded part of) the waiting tasks on a process's first pass and then on every such
 # pass (about every 2 minutes with the default 15 s), besides whenever the counts disagree.
 FULL_SCAN_EVERY = 8
+# Rows per page of the reconciler's scan in API processes (workers use 1000).
+API_PAGE = 200
 # How often API processes (and workers) copy limits and pauses from Postgres to Redis again.
 SYNC_EVERY_S = 5.0
 # API processes promote due deferred jobs this often: KEDA polls every 30 s by default, so this is plenty.
@@ -145,6 +148,8 @@ class Maintenance:
             # After wrapping around, only up to where this pass began: each row at most once per pass.
             rows = await store.reconcile_page(session, after=last, limit=limit, wrapped=wrapped, start=start)
             if rows:
+                # Let requests in between pages: a pass over a large backlog is many pages.
+                await asyncio.sleep(0)
                 scanned += len(rows)
                 last = rows[-1].id
                 states = await queue.job_states(self.redis, [(r.id, r.generation, r.priority, r.queue) for r in rows])
@@ -217,7 +222,10 @@ async def run_in_api(settings: Settings, redis: Redis) -> AsyncIterator[Maintena
     engine = create_engine(settings, pool_size=1, max_overflow=0)
     maintenance = Maintenance(settings=settings, sessions=create_sessionmaker(engine), redis=redis)
     tasks = [
-        asyncio.create_task(every(settings.reconcile_s, maintenance.reconcile, "reconciler")),
+        # Small pages here: each page's Redis lookups are parsed on the event loop that serves requests.
+        asyncio.create_task(
+            every(settings.reconcile_s, functools.partial(maintenance.reconcile, batch_size=API_PAGE), "reconciler")
+        ),
         asyncio.create_task(every(PROMOTE_EVERY_S, maintenance.promote_due, "promotion of due tasks")),
         asyncio.create_task(every(SYNC_EVERY_S, maintenance.sync_redis, "redis mirror of limits and pauses")),
     ]

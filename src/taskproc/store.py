@@ -32,7 +32,7 @@ from psycopg import sql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from taskproc.db import PgWriter
-from taskproc.models import DEFAULT_QUEUE, TERMINAL, WAITING, Priority, TaskStatus
+from taskproc.models import DEFAULT_QUEUE, TERMINAL, WAITING, BulkStatus, Priority, TaskStatus
 
 Db = AsyncSession | AsyncConnection
 
@@ -300,16 +300,16 @@ _EVENT_INSERT = "INSERT INTO task_event (task_id, at, status, attempt, detail)"
 
 
 def _transition(
-    *, sets: str, where: str, detail: str, from_: str = "", event_where: str = "", with_: str = ""
+    *, sets: str, where: str, detail: str, from_: str = "", event_where: str = "", with_: str = "", then: str = ""
 ) -> sa.TextClause:
     """UPDATE task SET <sets> WHERE <where>, returning the changed rows, plus one task_event per changed row
     whose detail is the SQL expression `detail` (over the updated row), all in one statement (`with_`: CTEs
-    the WHERE may use)."""
+    the WHERE may use; `then`: CTEs after, which may use `t`)."""
     return sa.text(
         f"WITH {with_}t AS (UPDATE task SET {sets}, updated_at = now() {from_} WHERE {where} "  # noqa: S608 - constant
         f"RETURNING {', '.join(f'task.{c}' for c in _names(TaskRow))}), "
         f"e AS ({_EVENT_INSERT} SELECT id, updated_at, status, attempts, {detail} FROM t {event_where}) "
-        "SELECT * FROM t"
+        f"{then}SELECT * FROM t"
     )
 
 
@@ -1508,7 +1508,7 @@ _TOKENS_NOW = (
     "+ greatest(0, extract(epoch FROM clock_timestamp() - k.refilled_at)) * k.rate_count / k.rate_per_s) END"
 )
 _KEY_COLUMNS = (
-    "k.key, (SELECT count(*) FROM task t WHERE t.concurrency_key = k.key AND t.status = 'running') AS running, "  # noqa: S608
+    "k.key, (SELECT count(*) FROM task t WHERE t.concurrency_key = k.key AND t.status = :s_running) AS running, "  # noqa: S608
     f"k.max_running, k.rate_count, k.rate_per_s, {_TOKENS_NOW} AS tokens_now, "
     f"CASE WHEN k.rate_count IS NULL OR {_TOKENS_NOW} >= 1 THEN NULL "
     f"ELSE (1 - {_TOKENS_NOW}) * k.rate_per_s / k.rate_count END AS next_token_in_s, k.origin, k.updated_at"
@@ -1535,7 +1535,7 @@ async def put_limit(
     db: Db, key: str, *, max_running: int | None, rate_count: int | None, rate_per_s: float | None
 ) -> KeyRow:
     """Set a key's limit (origin 'api'); a new or changed rate starts with a full bucket."""
-    params = {"key": key, "max_running": max_running, "rate_count": rate_count, "rate_per_s": rate_per_s}
+    params = _params(key=key, max_running=max_running, rate_count=rate_count, rate_per_s=rate_per_s)
     return _rows(KeyRow, await db.execute(PUT_LIMIT, params))[0]
 
 
@@ -1591,18 +1591,18 @@ LIST_LIMITS = sa.text(f"SELECT {_KEY_COLUMNS} FROM task_key k ORDER BY k.key")  
 
 async def get_key(db: Db, key: str) -> KeyRow | None:
     """A key's limit with its running tasks; None for a key without a limit."""
-    rows = _rows(KeyRow, await db.execute(GET_KEY, {"key": key}))
+    rows = _rows(KeyRow, await db.execute(GET_KEY, _params(key=key)))
     return rows[0] if rows else None
 
 
 async def get_keys(db: Db, keys: Sequence[str]) -> list[KeyRow]:
     """The limits of these keys (those that have one)."""
-    return _rows(KeyRow, await db.execute(GET_KEYS, {"keys": list(keys)}))
+    return _rows(KeyRow, await db.execute(GET_KEYS, _params(keys=list(keys))))
 
 
 async def list_limits(db: Db) -> list[KeyRow]:
     """Every key with a limit, by key."""
-    return _rows(KeyRow, await db.execute(LIST_LIMITS))
+    return _rows(KeyRow, await db.execute(LIST_LIMITS, STATUS_PARAMS))
 
 
 DELETE_LIMIT = sa.text("DELETE FROM task_key WHERE key = :key RETURNING key")
@@ -1617,32 +1617,31 @@ async def delete_limit(db: Db, key: str) -> bool:
 
 # The single-task transitions above, for a batch of ids: each row is still a compare-and-set on its status.
 _MANY = "id = ANY(CAST(:ids AS uuid[]))"
-RETRY_MANY = _transition(
-    sets=(
-        "status = :s_pending, attempts = 0, generation = generation + 1, run_at = now(), result = NULL, "
-        "error = NULL, started_at = NULL, finished_at = NULL, worker_id = NULL, cancel_requested = FALSE, "
-        "shutdown_requeues = 0"
-    ),
-    where=f"{_MANY} AND status = ANY(CAST(:retryable AS text[]))",
-    detail="CAST(:detail AS text)",
+_RETRY_SETS = (
+    "status = :s_pending, attempts = 0, generation = generation + 1, run_at = now(), result = NULL, "
+    "error = NULL, started_at = NULL, finished_at = NULL, worker_id = NULL, cancel_requested = FALSE, "
+    "shutdown_requeues = 0"
 )
+_CANCEL_SETS = (
+    "status = CASE WHEN status = :s_running THEN status ELSE :s_canceled END, "
+    "finished_at = CASE WHEN status = :s_running THEN finished_at ELSE now() END, "
+    "generation = CASE WHEN status = :s_running THEN generation ELSE generation + 1 END, "
+    "worker_id = CASE WHEN status = :s_running THEN worker_id END, "
+    "cancel_requested = cancel_requested OR status = :s_running"
+)
+_PRIORITY_SETS = "priority = :priority, generation = generation + 1"
+_RETRY_WHERE = "status = ANY(CAST(:retryable AS text[]))"
+_CANCEL_WHERE = "status = ANY(CAST(:cancelable AS text[]))"
+_PRIORITY_WHERE = "status = :s_pending AND priority <> :priority"
+
+RETRY_MANY = _transition(sets=_RETRY_SETS, where=f"{_MANY} AND {_RETRY_WHERE}", detail="CAST(:detail AS text)")
 CANCEL_MANY = _transition(
-    sets=(
-        "status = CASE WHEN status = :s_running THEN status ELSE :s_canceled END, "
-        "finished_at = CASE WHEN status = :s_running THEN finished_at ELSE now() END, "
-        "generation = CASE WHEN status = :s_running THEN generation ELSE generation + 1 END, "
-        "worker_id = CASE WHEN status = :s_running THEN worker_id END, "
-        "cancel_requested = cancel_requested OR status = :s_running"
-    ),
-    where=f"{_MANY} AND status = ANY(CAST(:cancelable AS text[]))",
+    sets=_CANCEL_SETS,
+    where=f"{_MANY} AND {_CANCEL_WHERE}",
     detail="CAST(:detail AS text)",
     event_where="WHERE status = :s_canceled",
 )
-PRIORITY_MANY = _transition(
-    sets="priority = :priority, generation = generation + 1",
-    where=f"{_MANY} AND status = :s_pending AND priority <> :priority",
-    detail="CAST(:detail AS text)",
-)
+PRIORITY_MANY = _transition(sets=_PRIORITY_SETS, where=f"{_MANY} AND {_PRIORITY_WHERE}", detail="CAST(:detail AS text)")
 DELETE_MANY = sa.text(f"DELETE FROM task WHERE {_MANY} AND status = ANY(CAST(:terminal AS text[])) RETURNING id")  # noqa: S608
 
 
@@ -1665,6 +1664,92 @@ async def update_many(db: Db, ids: Sequence[uuid.UUID], *, priority: Priority, d
 async def delete_many(db: Db, ids: Sequence[uuid.UUID]) -> int:
     """`delete` for each of `ids` that is finished; how many were deleted."""
     return len((await db.execute(DELETE_MANY, _params(ids=list(ids)))).all())
+
+
+# A bulk operation's statuses, bound like the tasks' (BulkStatus has some of the same words).
+BULK_PARAMS = {"bulk_running": BulkStatus.running.value, "bulk_completed": BulkStatus.completed.value}
+
+# One step of a bulk operation as ONE statement (run in autocommit): it takes the operation's row (SKIP LOCKED,
+# and only if its cursor is still where this step read its page: two API replicas never apply one batch twice),
+# applies the action to the batch, and records the counts and the new cursor. The task rows' locks and the
+# counters' rows the statement's triggers write live for this statement only, never across a round trip.
+_STEP_LOCK = (
+    "op AS (SELECT id FROM bulk_operation WHERE id = :op_id AND status = :bulk_running "
+    "AND (cursor_at, cursor_id) IS NOT DISTINCT FROM (CAST(:old_at AS timestamptz), CAST(:old_id AS uuid)) "
+    "FOR UPDATE SKIP LOCKED), "
+)
+_STEP_GUARD = " AND EXISTS (SELECT 1 FROM op)"
+
+
+def _step_record(applied: str) -> str:
+    """The CTE recording a step's outcome, counting the rows of the CTE `applied` (a constant name)."""
+    return (
+        f"rec AS (UPDATE bulk_operation SET done = done + (SELECT count(*) FROM {applied}), "  # noqa: S608 - constant
+        f"failed = failed + CAST(:matched AS int) - (SELECT count(*) FROM {applied}), "
+        "cursor_at = CAST(:new_at AS timestamptz), cursor_id = CAST(:new_id AS uuid), "
+        "status = CASE WHEN :finished THEN :bulk_completed ELSE status END, "
+        "finished_at = CASE WHEN :finished THEN now() END, updated_at = clock_timestamp() "
+        "WHERE id IN (SELECT id FROM op)) "
+    )
+
+
+BULK_STEP = {
+    "retry": _transition(
+        sets=_RETRY_SETS,
+        where=f"{_MANY} AND {_RETRY_WHERE}{_STEP_GUARD}",
+        detail="CAST(:detail AS text)",
+        with_=_STEP_LOCK,
+        then=", " + _step_record("t"),
+    ),
+    "cancel": _transition(
+        sets=_CANCEL_SETS,
+        where=f"{_MANY} AND {_CANCEL_WHERE}{_STEP_GUARD}",
+        detail="CAST(:detail AS text)",
+        event_where="WHERE status = :s_canceled",
+        with_=_STEP_LOCK,
+        then=", " + _step_record("t"),
+    ),
+    "set_priority": _transition(
+        sets=_PRIORITY_SETS,
+        where=f"{_MANY} AND {_PRIORITY_WHERE}{_STEP_GUARD}",
+        detail="CAST(:detail AS text)",
+        with_=_STEP_LOCK,
+        then=", " + _step_record("t"),
+    ),
+    "delete": sa.text(
+        f"WITH {_STEP_LOCK}d AS (DELETE FROM task WHERE {_MANY} AND status = ANY(CAST(:terminal AS text[]))"  # noqa: S608
+        f"{_STEP_GUARD} RETURNING id), {_step_record('d')}SELECT id FROM d"
+    ),
+}
+
+
+async def bulk_step(
+    db: Db,
+    op: BulkRow,
+    ids: Sequence[uuid.UUID],
+    *,
+    last: tuple[datetime, uuid.UUID] | None,
+    finished: bool,
+    detail: str,
+) -> list[TaskRow]:
+    """Apply `op`'s action to `ids` (its page after its cursor) and advance the cursor to `last`, in one
+    statement; the task rows changed (none for a delete). Does nothing if another process holds or moved the
+    operation meanwhile."""
+    params = _params(
+        **BULK_PARAMS,
+        op_id=op.id,
+        old_at=op.cursor_at,
+        old_id=op.cursor_id,
+        new_at=None if last is None else last[0],
+        new_id=None if last is None else last[1],
+        matched=len(ids),
+        finished=finished,
+        ids=list(ids),
+        detail=detail,
+        priority=op.priority,
+    )
+    result = await db.execute(BULK_STEP[op.action], params)
+    return [] if op.action == "delete" else _rows(TaskRow, result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1755,7 +1840,7 @@ _BULK_COLUMNS = ", ".join(_names(BulkRow))
 
 INSERT_BULK = sa.text(
     "INSERT INTO bulk_operation (id, action, filter, priority, status, total, cutoff, requested_by, request_id, "  # noqa: S608
-    "created_at, updated_at) VALUES (:id, :action, CAST(:filter AS jsonb), :priority, 'running', :total, now(), "
+    "created_at, updated_at) VALUES (:id, :action, CAST(:filter AS jsonb), :priority, :bulk_running, :total, now(), "
     f":requested_by, :request_id, now(), now()) RETURNING {_BULK_COLUMNS}"
 )
 
@@ -1772,6 +1857,7 @@ async def create_bulk(
 ) -> BulkRow:
     """A running operation over the tasks created before now()."""
     params = {
+        **BULK_PARAMS,
         "id": uuid.uuid4(),
         "action": action,
         "filter": filter_json,
@@ -1785,18 +1871,12 @@ async def create_bulk(
 
 GET_BULK = sa.text(f"SELECT {_BULK_COLUMNS} FROM bulk_operation WHERE id = :id")  # noqa: S608 - constant
 LIST_BULK = sa.text(f"SELECT {_BULK_COLUMNS} FROM bulk_operation ORDER BY created_at DESC LIMIT :limit")  # noqa: S608
-# The oldest running operation nobody else is processing right now (its row is locked for the batch).
+# The oldest running operation (a step claims it in its own statement, see BULK_STEP).
 NEXT_BULK = sa.text(
-    f"SELECT {_BULK_COLUMNS} FROM bulk_operation WHERE status = 'running' "  # noqa: S608 - constant
-    "ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+    f"SELECT {_BULK_COLUMNS} FROM bulk_operation WHERE status = :bulk_running ORDER BY created_at LIMIT 1"  # noqa: S608
 )
 CHANGED_BULK = sa.text(
     f"SELECT {_BULK_COLUMNS} FROM bulk_operation WHERE updated_at > :since ORDER BY updated_at LIMIT 100"  # noqa: S608
-)
-ADVANCE_BULK = sa.text(
-    "UPDATE bulk_operation SET done = done + :done, failed = failed + :failed, cursor_at = :c_at, cursor_id = :c_id, "
-    "status = CASE WHEN :finished THEN 'completed' ELSE status END, "
-    "finished_at = CASE WHEN :finished THEN now() END, updated_at = clock_timestamp() WHERE id = :id"
 )
 
 
@@ -1811,21 +1891,11 @@ async def list_bulk(db: Db, *, limit: int = 50) -> list[BulkRow]:
 
 
 async def next_bulk(db: Db) -> BulkRow | None:
-    """Lock the oldest running operation for one batch (inside the caller's transaction); None if there is
-    none, or every one is being processed by another process."""
-    rows = _rows(BulkRow, await db.execute(NEXT_BULK))
+    """The oldest running operation; None if there is none."""
+    rows = _rows(BulkRow, await db.execute(NEXT_BULK, BULK_PARAMS))
     return rows[0] if rows else None
 
 
 async def bulk_changed_since(db: Db, since: datetime) -> list[BulkRow]:
     """Operations whose progress moved after `since` (for the event stream), oldest change first."""
     return _rows(BulkRow, await db.execute(CHANGED_BULK, {"since": since}))
-
-
-async def advance_bulk(
-    db: Db, bulk_id: uuid.UUID, *, done: int, failed: int, cursor: tuple[datetime, uuid.UUID] | None, finished: bool
-) -> None:
-    """Record one batch's outcome and where the next one starts (in the batch's transaction)."""
-    c_at, c_id = cursor if cursor is not None else (None, None)
-    params = {"id": bulk_id, "done": done, "failed": failed, "c_at": c_at, "c_id": c_id, "finished": finished}
-    await db.execute(ADVANCE_BULK, params)

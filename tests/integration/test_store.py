@@ -1024,17 +1024,23 @@ async def test_bulk_operations_walk_their_matching_tasks_by_keyset_and_record_pr
     assert len(first) == 3 and len(rest) == 2, "the task created after the operation is not its"
     assert {i for _, i in first + rest} == {r.id for r in rows[:5]} and late[0].id not in {i for _, i in rest}
     assert first == sorted(first, reverse=True), "newest first"
-    async with pg.tx() as s:
-        locked = await store.next_bulk(s)
-        assert locked is not None and locked.id == op.id
-        async with pg.tx() as other:
-            assert await store.next_bulk(other) is None, "locked by the first transaction"
-        await store.advance_bulk(s, op.id, done=3, failed=0, cursor=first[-1], finished=False)
-        await s.commit()
     async with pg.auto() as s:
-        changed = await store.bulk_changed_since(s, since)
-        assert [(b.id, b.done, b.cursor_id) for b in changed] == [(op.id, 3, first[-1][1])]
-        await store.advance_bulk(s, op.id, done=1, failed=1, cursor=rest[-1], finished=True)
+        current = await store.next_bulk(s)
+        assert current is not None and current.id == op.id
+        [first_row] = await create(pg, new(queue="q", delay_s=0))  # not in the batch: untouched
+        changed = await store.bulk_step(
+            s, current, [i for _, i in first], last=first[-1], finished=False, detail="canceled (bulk)"
+        )
+        assert {r.id for r in changed} == {i for _, i in first} and {r.status for r in changed} == {TaskStatus.canceled}
+        assert (await pg.row(first_row.id)).status is TaskStatus.pending
+        # A step whose page was read before another moved the cursor changes nothing.
+        assert await store.bulk_step(s, current, [i for _, i in rest], last=rest[-1], finished=True, detail="x") == []
+        moved = await store.bulk_changed_since(s, since)
+        assert [(b.id, b.done, b.cursor_id) for b in moved] == [(op.id, 3, first[-1][1])]
+        after = await store.get_bulk(s, op.id)
+        assert after is not None
+        pg.sql("UPDATE task SET status = 'completed' WHERE id = %s", (rest[0][1],))
+        await store.bulk_step(s, after, [i for _, i in rest], last=rest[-1], finished=True, detail="canceled (bulk)")
         final = await store.get_bulk(s, op.id)
     assert final is not None and (final.status, final.done, final.failed) == ("completed", 4, 1)
     assert final.finished_at is not None

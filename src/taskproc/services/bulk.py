@@ -110,23 +110,14 @@ async def list_bulk(*, session: AsyncSession, limit: int) -> list[BulkPublic]:
     return [to_public(r) for r in await store.list_bulk(session, limit=limit)]
 
 
-async def apply_batch(
-    session: AsyncSession, op: store.BulkRow, ids: list[uuid.UUID]
-) -> tuple[int, list[store.TaskRow]]:
-    """Apply the operation's action to one batch (in the caller's transaction): (tasks done, rows changed)."""
-    detail = f"bulk {op.action} {op.id}"
-    if op.action == BulkAction.retry:
-        rows = await store.retry_many(session, ids, detail=f"retry requested ({detail})")
-        return len(rows), rows
-    if op.action == BulkAction.cancel:
-        rows = await store.cancel_many(session, ids, detail=f"canceled before it ran ({detail})")
-        return len(rows), rows
-    if op.action == BulkAction.set_priority:
-        assert op.priority is not None
-        priority = Priority(op.priority)
-        rows = await store.update_many(session, ids, priority=priority, detail=f"priority changed to {op.priority}")
-        return len(rows), rows
-    return await store.delete_many(session, ids), []
+def event_detail(op: store.BulkRow) -> str:
+    """The detail of the events a batch writes, naming the operation."""
+    what = {
+        BulkAction.retry: "retry requested",
+        BulkAction.cancel: "canceled before it ran",
+        BulkAction.set_priority: f"priority changed to {op.priority}",
+    }.get(BulkAction(op.action), op.action)
+    return f"{what} (bulk {op.action} {op.id})"
 
 
 async def after_batch(redis: Redis, action: str, rows: list[store.TaskRow]) -> None:

@@ -728,6 +728,9 @@ class WebhookFilter(SQLModel):
     queue: list[str] | None = Field(default=None, min_length=1, max_length=100, description="Queues.")
 
 
+WEBHOOK_SECRET_PATTERN = r"^whsec_[A-Za-z0-9+/]{32,128}={0,2}$"  # noqa: S105 - a pattern, not a secret
+
+
 class WebhookCreate(SQLModel):
     """Body of POST /api/v1/webhooks."""
 
@@ -743,10 +746,17 @@ class WebhookCreate(SQLModel):
     filter: WebhookFilter | None = Field(default=None, description="Only the tasks that match it.")
     secret: str | None = Field(
         default=None,
-        pattern=r"^whsec_[A-Za-z0-9+/]{32,128}={0,2}$",
+        schema_extra={"pattern": WEBHOOK_SECRET_PATTERN},
         description="The Standard Webhooks signing secret (`whsec_` and base64 of 24 to 96 bytes); one is generated "
         "when none is given. Returned only by this call.",
     )
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(WEBHOOK_SECRET_PATTERN, value):
+            raise ValueError("use whsec_ and the base64 of 24 to 96 random bytes")
+        return value
 
 
 class WebhookPublic(SQLModel):

@@ -7,6 +7,8 @@ delivery loses nothing."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -17,9 +19,11 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from taskproc.client import TaskprocClient
+
 from conftest import StackFactory
 from inprocess import InProcess, InProcessFactory, wait_until
-from support import wait_for
+from support import TASKPROC, wait_for
 
 # Short retries, the receiver on 127.0.0.1 allowed, a fast tick: tests wait for seconds, not minutes.
 FAST = {
@@ -288,3 +292,38 @@ def test_an_api_restart_between_the_event_and_the_delivery_loses_nothing(
         )
         [got] = receiver.on("/r")
         assert got.verified and got.body["data"]["id"] == task["id"] and got.body["data"]["result"] == {"sum": 9}
+        # The SDK and the CLI on the same API.
+        with TaskprocClient(stack.url) as client:
+            [hook] = client.list_webhooks()
+            assert client.get_webhook(hook.id) == hook
+            [record] = client.list_webhook_deliveries(hook.id, limit=5)
+            assert record.status == "delivered" and record.attempts == 1 and record.last_status_code == 200
+            again = client.redeliver_webhook_delivery(record.id, webhook_id=hook.id)
+            assert again.status == "pending"
+            wait_for(lambda: len(receiver.on("/r")) == 2, what="the SDK's redelivery")
+            called = client.submit("add", {"a": 1, "b": 1}, callback_url=receiver.base + "/sdk")
+            wait_for(lambda: receiver.on("/sdk"), what="the SDK-submitted task's callback")
+            mine = client.list_task_deliveries(called.id)
+            assert sorted(str(d.webhook_id) for d in mine) == sorted([str(hook.id), "None"]), "the webhook's too"
+        env = {**os.environ, "TASKPROC_API_URL": stack.url}
+
+        def cli(*args: str) -> Any:
+            done = subprocess.run(
+                [TASKPROC, "webhooks", *args, "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr + done.stdout
+            return json.loads(done.stdout)
+
+        created = cli("create", receiver.base + "/cli", "--event", "task.failed", "--type", "sleep")
+        assert created["secret"].startswith("whsec_") and created["filter"] == {"type": ["sleep"], "queue": None}
+        assert {h["id"] for h in cli("list")} == {str(hook.id), created["id"]}
+        [row] = [d for d in cli("deliveries", str(hook.id)) if d["id"] == str(record.id)]
+        assert row["attempts"] == 2 and row["status"] == "delivered"
+        assert cli("redeliver", row["id"])["status"] == "pending"
+        assert cli("delete", created["id"]) == {"id": created["id"], "deleted": True}
+        assert [h["id"] for h in cli("list")] == [str(hook.id)]

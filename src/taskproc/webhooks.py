@@ -10,7 +10,7 @@ Two loops in every API process (TASKPROC_WEBHOOKS), on the maintenance connectio
   id below the cursor may still commit later: such holes are kept with the cursor and read again for GAP_TTL_S.
   Nothing is added to the workers' statements (no trigger, no NOTIFY): a delivery never slows a task down, and
   a receiver that is down only grows the outbox.
-- The sender leases due rows (FOR UPDATE SKIP LOCKED, then next_attempt_at moved past the attempt's timeout:
+- The sender leases due rows (row locks that skip the locked ones, then the next attempt moved past the timeout:
   every API process can send, none sends a row another one is sending, a dead one's rows come due again) and
   posts them with httpx, at most TASKPROC_WEBHOOK_CONCURRENCY at once. A 2xx is delivered; anything else is
   retried with the project's backoff (taskproc.retry.backoff, from TASKPROC_WEBHOOK_RETRY_BASE_S up to

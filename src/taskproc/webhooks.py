@@ -240,7 +240,8 @@ class Webhooks:
                 if ev.id in gaps:
                     del gaps[ev.id]  # a hole was filled
                     continue
-                for missing in range(last + 1, ev.id):
+                # Bounded: a rolled-back batch can burn a long run of ids, and only GAP_MAX are kept anyway.
+                for missing in range(max(last + 1, ev.id - GAP_MAX), ev.id):
                     gaps[missing] = now + GAP_TTL_S
                 last = max(last, ev.id)
             if len(gaps) > GAP_MAX:
@@ -307,7 +308,9 @@ class Webhooks:
                 error = f"HTTP {code}"
         except TargetRefusedError as exc:
             error = f"refused: {exc}"
-        except httpx.HTTPError as exc:
+        except Exception as exc:
+            # Any failure (httpx's, an invalid URL, a secret edited into something that is not base64) is this
+            # attempt's: recorded and retried, never a row that stays leased and unrecorded forever.
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         latency = time.perf_counter() - started
         metrics.WEBHOOK_LATENCY.observe(latency)

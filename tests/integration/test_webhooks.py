@@ -6,6 +6,7 @@ delivery loses nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -19,7 +20,9 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from taskproc import webhooks
 from taskproc.client import TaskprocClient
+from taskproc.db import create_engine, create_sessionmaker
 
 from conftest import StackFactory
 from inprocess import InProcess, InProcessFactory, wait_until
@@ -265,6 +268,37 @@ async def test_private_loopback_and_link_local_targets_are_refused_without_the_a
         )
         assert rows[0][0].startswith("refused: ") and "127.0.0.1" in rows[0][0]
         assert receiver.on("/sneaky") == []
+
+
+async def test_two_dispatchers_on_one_database_make_each_delivery_once(
+    inprocess_factory: InProcessFactory, receiver: Receiver
+) -> None:
+    """The API's own loops and a second process's dispatcher and sender, stepped as fast as they go: the advisory
+    lock lets one dispatcher at a time move the cursor, the leases let both send, and no event is delivered twice."""
+    async with inprocess_factory(workers=1, env=FAST) as api:
+        hook = await create_webhook(api, receiver, "/twice", events=["task.completed"])
+        engine = create_engine(api.settings, pool_size=2, max_overflow=0)
+        other = webhooks.Webhooks(settings=api.settings, sessions=create_sessionmaker(engine))
+        stop = asyncio.Event()
+
+        async def rival() -> None:
+            async with other.client():
+                while not stop.is_set():
+                    await other.tick()
+                    await other.send_due()
+
+        running = asyncio.create_task(rival())
+        try:
+            tasks = [await api.submit("add", {"a": i, "b": 0}) for i in range(30)]
+            await wait_until(lambda: _all_delivered(api, hook["id"], 30), timeout=60, what="30 deliveries")
+        finally:
+            stop.set()
+            await running
+            await engine.dispose()
+        sent = receiver.on("/twice")
+        assert sorted(r.body["data"]["id"] for r in sent) == sorted(t["id"] for t in tasks), "each task once"
+        assert all(r.verified for r in sent)
+        assert api.sql("SELECT count(*), count(DISTINCT task_id) FROM webhook_delivery") == [(30, 30)]
 
 
 def test_an_api_restart_between_the_event_and_the_delivery_loses_nothing(

@@ -50,7 +50,7 @@ import tenacity
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook as Signer
 
-from taskproc import __version__, metrics, retry, store
+from taskproc import __version__, metrics, retry, store, testhooks
 from taskproc.config import Settings
 from taskproc.maintenance import every
 from taskproc.models import TaskPublic, TaskStatus, WebhookEventType
@@ -247,6 +247,7 @@ class Webhooks:
             if len(gaps) > GAP_MAX:
                 for gid in sorted(gaps)[: len(gaps) - GAP_MAX]:
                     del gaps[gid]
+            await testhooks.point("webhooks.dispatch_before_insert")  # the lock held, the events read
             new = deliveries_for(events, webhooks)
             if new:
                 await store.insert_deliveries(session, new, max_age_s=self.settings.webhook_max_age_s)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from taskproc import webhooks
+from taskproc import testhooks, webhooks
 from taskproc.client import TaskprocClient
 from taskproc.db import create_engine, create_sessionmaker
 
@@ -268,6 +268,33 @@ async def test_private_loopback_and_link_local_targets_are_refused_without_the_a
         )
         assert rows[0][0].startswith("refused: ") and "127.0.0.1" in rows[0][0]
         assert receiver.on("/sneaky") == []
+
+
+async def test_a_dispatcher_that_holds_the_lock_keeps_the_other_out_until_its_deliveries_are_committed(
+    inprocess_factory: InProcessFactory, receiver: Receiver
+) -> None:
+    async with inprocess_factory(workers=1, env={**FAST, "TASKPROC_WEBHOOKS": "false"}) as api:
+        hook = await create_webhook(api, receiver, "/lock", events=["task.completed"])
+        task = await api.submit("add", {"a": 1, "b": 1})
+        await api.wait_status(task["id"], "completed")
+        engines = [create_engine(api.settings, pool_size=1, max_overflow=0) for _ in range(2)]
+        first, second = (webhooks.Webhooks(settings=api.settings, sessions=create_sessionmaker(e)) for e in engines)
+        meanwhile: list[tuple[int, int, bool]] = []
+
+        async def rival() -> None:
+            if not meanwhile:
+                meanwhile.append(await second.dispatch())
+
+        try:
+            with testhooks.installed("webhooks.dispatch_before_insert", rival):
+                read, made, busy = await first.dispatch()
+            assert meanwhile == [(0, 0, True)], "the lock was held: the second dispatcher read nothing"
+            assert (read, made, busy) == (3, 1, False), "pending, running, completed events: one delivery"
+            assert await second.dispatch() == (0, 0, False), "after the commit the cursor is past every event"
+        finally:
+            for engine in engines:
+                await engine.dispose()
+        assert api.sql("SELECT webhook_id::text, task_id::text FROM webhook_delivery") == [(hook["id"], task["id"])]
 
 
 async def test_two_dispatchers_on_one_database_make_each_delivery_once(

@@ -23,7 +23,8 @@ signed by the `standardwebhooks` library, which receivers use to verify). The bo
 task as it was when the dispatcher read the event.
 
 Targets must resolve to public addresses only (`check_target`, against SSRF): at create time (422) and again
-before every attempt, since DNS can change; TASKPROC_WEBHOOK_ALLOW_PRIVATE lifts it.
+before every attempt, since DNS can change, and the attempt connects to the address checked (`pinned`), not to
+whatever the name resolves to a moment later; TASKPROC_WEBHOOK_ALLOW_PRIVATE lifts it.
 """
 
 from __future__ import annotations
@@ -106,13 +107,17 @@ def parse_target(url: str) -> tuple[str, int]:
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
-async def check_target(url: str, *, allow_private: bool) -> None:
-    """Refuse (TargetRefusedError) a URL that is not http(s), or whose host resolves to any non-public address."""
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+async def check_target(url: str, *, allow_private: bool) -> list[Address]:
+    """Refuse (TargetRefusedError) a URL that is not http(s), or whose host resolves to any non-public address;
+    returns the addresses checked (none with `allow_private`: nothing was resolved)."""
     host, port = parse_target(url)
     if allow_private:
-        return
+        return []
     try:
-        literal: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+        literal: Address | None = ipaddress.ip_address(host)
     except ValueError:
         literal = None
     if literal is not None:
@@ -129,6 +134,18 @@ async def check_target(url: str, *, allow_private: bool) -> None:
                 f"the host {host!r} resolves to {ip}, a private, loopback, link-local or reserved address "
                 "(set TASKPROC_WEBHOOK_ALLOW_PRIVATE to allow it)"
             )
+    return addresses
+
+
+def pinned(url: str, address: Address) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The request to `url` sent to `address`, the one `check_target` checked, instead of resolving the name again
+    (which a DNS answer that changed in between, rebinding, would turn into a private target): the URL with the
+    address as host, the Host header, and for https the name TLS checks the certificate against (SNI)."""
+    parts = urlsplit(url)
+    host = f"[{address}]" if address.version == 6 else str(address)
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    extensions: dict[str, Any] = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    return parts._replace(netloc=netloc).geturl(), {"host": parts.netloc}, extensions
 
 
 # ---- signing --------------------------------------------------------------------------------------------------
@@ -292,8 +309,10 @@ class Webhooks:
         code: int | None = None
         error: str | None = None
         try:
-            await check_target(d.url, allow_private=self.settings.webhook_allow_private)
+            addresses = await check_target(d.url, allow_private=self.settings.webhook_allow_private)
+            url, host, extensions = pinned(d.url, addresses[0]) if addresses else (d.url, {}, {})
             headers = {
+                **host,
                 "content-type": "application/json",
                 "user-agent": f"taskproc/{__version__}",
                 **signed_headers(
@@ -303,7 +322,7 @@ class Webhooks:
                     datetime.now(UTC),
                 ),
             }
-            response = await client.post(d.url, content=d.body.encode(), headers=headers)
+            response = await client.post(url, content=d.body.encode(), headers=headers, extensions=extensions)
             code = response.status_code
             if not 200 <= code < 300:
                 error = f"HTTP {code}"

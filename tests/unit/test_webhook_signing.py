@@ -3,6 +3,7 @@ own verifier, the one receivers use), the SSRF guard on literal addresses and na
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -85,6 +86,22 @@ async def test_what_is_not_an_http_url_is_refused_even_with_the_allowance(url: s
 async def test_a_public_literal_address_is_accepted() -> None:
     await webhooks.check_target("https://8.8.8.8/hook", allow_private=False)
     await webhooks.check_target("http://[2001:4860:4860::8888]:8080/", allow_private=False)
+
+
+async def test_the_checked_addresses_come_back_and_the_request_is_pinned_to_them() -> None:
+    assert [str(a) for a in await webhooks.check_target("https://8.8.8.8/x", allow_private=False)] == ["8.8.8.8"]
+    assert await webhooks.check_target("http://127.0.0.1/", allow_private=True) == [], "nothing resolved"
+    ip4, ip6 = ipaddress.ip_address("93.184.216.34"), ipaddress.ip_address("2606:2800:220:1::1")
+    assert webhooks.pinned("https://hooks.example.com/a?b=1", ip4) == (
+        "https://93.184.216.34/a?b=1",
+        {"host": "hooks.example.com"},
+        {"sni_hostname": "hooks.example.com"},
+    )
+    assert webhooks.pinned("http://hooks.example.com:8080/a", ip6) == (
+        "http://[2606:2800:220:1::1]:8080/a",
+        {"host": "hooks.example.com:8080"},
+        {},
+    )
 
 
 def _task(**fields: object) -> TaskRow:

@@ -349,7 +349,10 @@ class Webhooks:
 
     @asynccontextmanager
     async def client(self) -> AsyncIterator[httpx.AsyncClient]:
-        limits = httpx.Limits(max_connections=self.settings.webhook_concurrency)
+        # Pinned requests (see `pinned`) are pooled by address, not by name: a connection made for one name must not
+        # carry the request for another name on the same address (a CDN's), so they are not kept alive.
+        keepalive = None if self.settings.webhook_allow_private else 0
+        limits = httpx.Limits(max_connections=self.settings.webhook_concurrency, max_keepalive_connections=keepalive)
         # No redirects: a 3xx to an internal address would be a way around the target check.
         async with httpx.AsyncClient(
             timeout=self.settings.webhook_timeout_s, follow_redirects=False, limits=limits, trust_env=False

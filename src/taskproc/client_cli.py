@@ -1070,6 +1070,119 @@ def limits_delete(key: KeyArg, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = 
     out.print(f"[green]✓[/green] deleted the limit of {escape(key)}")
 
 
+# ---- webhooks -------------------------------------------------------------------------------------------------
+
+webhooks_app = typer.Typer(help="Webhooks: create, list, delete, deliveries, redeliver.")
+WebhookArg = Annotated[str, typer.Argument(metavar="WEBHOOK_ID", help="Webhook id.")]
+
+
+@webhooks_app.command("create")
+def webhooks_create(
+    url: Annotated[str, typer.Argument(help="The http(s) URL that gets the deliveries.")],
+    event: Annotated[
+        list[str], typer.Option("--event", help="An event type (repeatable): task.completed, task.failed, ...")
+    ],
+    type_: Annotated[list[str] | None, typer.Option("--type", help="Only tasks of this type (repeatable).")] = None,
+    queue: Annotated[list[str] | None, typer.Option(help="Only tasks of this queue (repeatable).")] = None,
+    secret: Annotated[str | None, typer.Option(help="A whsec_ secret of your own (default: generated).")] = None,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Create a webhook; prints its signing secret, shown this once."""
+    flt = {k: v for k, v in (("type", type_), ("queue", queue)) if v}
+    with client_for(api_url, api_key) as client:
+        hook = client.create_webhook(url, events=event, filter=flt or None, secret=secret)
+    if json_out:
+        emit_json(dump(hook))
+    else:
+        out.print(f"[green]✓[/green] created webhook {hook.id} -> {escape(hook.url)}")
+        out.print(f"secret (shown once): {hook.secret}")
+
+
+@webhooks_app.command("list")
+def webhooks_list(api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False) -> None:
+    """List the webhooks."""
+    with client_for(api_url, api_key) as client:
+        items = client.list_webhooks()
+    if json_out:
+        emit_json(dump(items))
+        return
+    if not items:
+        out.print("no webhooks")
+        return
+    table = Table(box=box.SIMPLE_HEAD, title=None)
+    for column in ("id", "url", "events", "filter", "created"):
+        table.add_column(column)
+    for h in items:
+        flt = "-" if h.filter is None else json.dumps(h.filter.model_dump(exclude_none=True))
+        table.add_row(
+            str(h.id), escape(h.url), ", ".join(e.value for e in h.events), escape(flt), fmt_time(h.created_at)
+        )
+    out.print(table)
+
+
+@webhooks_app.command("delete")
+def webhooks_delete(
+    webhook_id: WebhookArg, api_url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, json_out: JsonOut = False
+) -> None:
+    """Delete a webhook and its deliveries."""
+    with client_for(api_url, api_key) as client:
+        client.delete_webhook(webhook_id)
+    if json_out:
+        emit_json({"id": webhook_id, "deleted": True})
+    else:
+        out.print(f"[green]✓[/green] deleted webhook {webhook_id}")
+
+
+@webhooks_app.command("deliveries")
+def webhooks_deliveries(
+    webhook_id: WebhookArg,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first.")] = 50,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """A webhook's deliveries: status, attempts, last status code and latency."""
+    with client_for(api_url, api_key) as client:
+        items = client.list_webhook_deliveries(webhook_id, limit=limit)
+    if json_out:
+        emit_json(dump(items))
+        return
+    table = Table(box=box.SIMPLE_HEAD, title=None)
+    for column in ("id", "event", "task", "status", "attempts", "last code", "last ms", "last error", "created"):
+        table.add_column(column)
+    for d in items:
+        table.add_row(
+            str(d.id),
+            d.event.value,
+            str(d.task_id or "-"),
+            d.status.value,
+            str(d.attempts),
+            str(d.last_status_code if d.last_status_code is not None else "-"),
+            "-" if d.last_latency_ms is None else f"{d.last_latency_ms:.0f}",
+            escape(d.last_error or "-"),
+            fmt_time(d.created_at),
+        )
+    out.print(table)
+
+
+@webhooks_app.command("redeliver")
+def webhooks_redeliver(
+    delivery_id: Annotated[str, typer.Argument(metavar="DELIVERY_ID", help="Delivery id.")],
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Send a delivery again now."""
+    with client_for(api_url, api_key) as client:
+        delivery = client.redeliver_webhook_delivery(delivery_id)
+    if json_out:
+        emit_json(dump(delivery))
+    else:
+        out.print(f"[green]✓[/green] redelivery of {delivery.id} queued")
+
+
 def register(app: typer.Typer) -> None:
     """Add the client commands to the `taskproc` command."""
     panel = "Client commands (talk to a running API)"
@@ -1090,4 +1203,5 @@ def register(app: typer.Typer) -> None:
     app.command(rich_help_panel=panel)(watch)
     app.add_typer(schedules_app, name="schedules", rich_help_panel=panel)
     app.add_typer(queues_app, name="queues", rich_help_panel=panel)
+    app.add_typer(webhooks_app, name="webhooks", rich_help_panel=panel)
     app.add_typer(limits_app, name="limits", rich_help_panel=panel)

@@ -97,6 +97,30 @@ class Settings(BaseSettings):
     scheduler_tick_s: float = Field(
         default=1.0, gt=0, le=60, description="How often the scheduler looks for due schedules."
     )
+    webhooks: bool = Field(
+        default=True,
+        description="API processes turn task events into webhook deliveries (one process at a time, under an "
+        "advisory lock) and send the due ones.",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Allow webhook and callback_url targets on private, loopback, link-local and other non-public "
+        "addresses (refused otherwise, against SSRF).",
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300, description="Timeout of one webhook delivery attempt.")
+    webhook_retry_base_s: float = Field(default=5.0, gt=0, description="Base of a failed delivery's retry backoff.")
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0, description="Cap of a failed delivery's retry backoff.")
+    webhook_max_age_s: float = Field(
+        default=86_400.0, gt=0, description="A delivery is retried this long after its event, then marked failed."
+    )
+    webhook_concurrency: int = Field(default=16, ge=1, le=1000, description="Deliveries sent at once per API process.")
+    webhook_tick_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often API processes look for new events and due deliveries."
+    )
+    webhook_callback_secret: SecretStr | None = Field(
+        default=None,
+        description="The `whsec_` secret that signs deliveries to a task's callback_url (unsigned when unset).",
+    )
     pod_deletion_cost: bool = Field(
         default=False,
         description="Workers set their pod's controller.kubernetes.io/pod-deletion-cost annotation from their "

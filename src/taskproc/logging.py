@@ -116,6 +116,8 @@ def configure_logging(settings: Settings, role: str) -> None:
     root.setLevel(settings.log_level.upper())
     # arq logs every job start and end at INFO; taskproc logs its own task events, so keep arq's to warnings.
     logging.getLogger("arq").setLevel(logging.WARNING)
+    # httpx logs every request at INFO, webhook deliveries' full URLs included; taskproc.webhooks logs failures.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers = []

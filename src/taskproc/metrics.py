@@ -121,3 +121,18 @@ def render_latest() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+# ---- webhooks ------------------------------------------------------------------------------------------------------
+
+WEBHOOK_DELIVERIES = Counter(
+    "taskproc_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome: delivered (2xx), retry (failed, another attempt is scheduled), failed "
+    "(failed, and the delivery expired: no more attempts), refused (the target resolved to a private address).",
+    ["outcome"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "taskproc_webhook_delivery_seconds",
+    "Time from sending a webhook delivery to the receiver's answer (or the error).",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

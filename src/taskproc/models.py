@@ -87,6 +87,13 @@ class TaskCreate(TaskBase):
         description="The key whose limit (PUT /api/v1/limits/{key}) this task counts against; default: the one its "
         "task type derives from the payload, if it declares one.",
     )
+    callback_url: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2000,
+        description="An http(s) URL that gets the task's task.completed, task.failed and task.canceled webhooks "
+        "(see docs/webhooks.md); private targets are refused unless TASKPROC_WEBHOOK_ALLOW_PRIVATE is set.",
+    )
 
 
 class TaskBatchCreate(SQLModel):
@@ -193,6 +200,8 @@ class Task(TaskBase, table=True):
     )
     # Migration 0008: the per-key limit the task counts against (table task_key), NULL for none.
     concurrency_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
+    # Migration 0010: where the task's own webhooks go (taskproc.webhooks), NULL for none.
+    callback_url: str | None = Field(default=None, sa_column=sa.Column(sa.String(2000), nullable=True))
     created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     started_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
     finished_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
@@ -243,6 +252,7 @@ class TaskPublic(TaskBase):
     updated_at: datetime
     schedule: str | None = Field(default=None, description="The schedule that created the task, if one did.")
     concurrency_key: str | None = Field(default=None, description="The key whose limit the task counts against.")
+    callback_url: str | None = Field(default=None, description="Where the task's own webhooks go, if anywhere.")
     waiting: TaskWaiting | None = Field(
         default=None, description="Set on a pending or retrying task that waits for something besides a free slot."
     )
@@ -690,6 +700,186 @@ class TaskKey(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
 
 
+# ---- webhooks (migration 0011) ----------------------------------------------------------------------------------
+
+
+class WebhookEventType(StrEnum):
+    """What a webhook subscribes to: a task entering one of these states."""
+
+    running = "task.running"
+    retrying = "task.retrying"
+    completed = "task.completed"
+    failed = "task.failed"
+    canceled = "task.canceled"
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"  # not delivered yet: its next attempt is due at `next_attempt_at`
+    delivered = "delivered"  # the receiver answered 2xx
+    failed = "failed"  # every attempt failed until the delivery expired (a day by default)
+
+
+class WebhookFilter(SQLModel):
+    """Only tasks that match every list given (a list given is one of its values)."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    type: list[str] | None = Field(default=None, min_length=1, max_length=100, description="Task types.")
+    queue: list[str] | None = Field(default=None, min_length=1, max_length=100, description="Queues.")
+
+
+WEBHOOK_SECRET_PATTERN = r"^whsec_[A-Za-z0-9+/]{32,128}={0,2}$"  # noqa: S105 - a pattern, not a secret
+
+
+class WebhookCreate(SQLModel):
+    """Body of POST /api/v1/webhooks."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    url: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="The http(s) URL that gets the deliveries; private, loopback and link-local targets are refused "
+        "unless TASKPROC_WEBHOOK_ALLOW_PRIVATE is set.",
+    )
+    events: list[WebhookEventType] = Field(min_length=1, max_length=5, description="The event types to deliver.")
+    filter: WebhookFilter | None = Field(default=None, description="Only the tasks that match it.")
+    secret: str | None = Field(
+        default=None,
+        schema_extra={"pattern": WEBHOOK_SECRET_PATTERN},
+        description="The Standard Webhooks signing secret (`whsec_` and base64 of 24 to 96 bytes); one is generated "
+        "when none is given. Returned only by this call.",
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(WEBHOOK_SECRET_PATTERN, value):
+            raise ValueError("use whsec_ and the base64 of 24 to 96 random bytes")
+        return value
+
+
+class WebhookPublic(SQLModel):
+    """A webhook as the API returns it (without its secret)."""
+
+    id: uuid.UUID
+    url: str
+    events: list[WebhookEventType]
+    filter: WebhookFilter | None
+    created_at: datetime
+
+    @field_serializer("created_at")
+    def _utc(self, value: datetime) -> str | None:
+        return _iso(value)
+
+
+class WebhookCreated(WebhookPublic):
+    """The webhook just created, with the secret that signs its deliveries (shown this once)."""
+
+    secret: str
+
+
+class DeliveryAttempt(SQLModel):
+    """One attempt at a delivery."""
+
+    at: datetime
+    status_code: int | None = Field(description="The receiver's HTTP status; null if there was no answer.")
+    latency_ms: float
+    error: str | None = Field(description="Why it failed, when it did.")
+
+    @field_serializer("at")
+    def _utc(self, value: datetime) -> str | None:
+        return _iso(value)
+
+
+class WebhookDeliveryPublic(SQLModel):
+    """One event to deliver to one target, and what became of it."""
+
+    id: uuid.UUID = Field(description="Also its `webhook-id` header: the same on every attempt and redelivery.")
+    webhook_id: uuid.UUID | None = Field(description="Null for a delivery to a task's `callback_url`.")
+    task_id: uuid.UUID | None
+    url: str
+    event: WebhookEventType
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None = Field(description="When the next attempt is due (pending deliveries only).")
+    expires_at: datetime = Field(description="No attempt is made after this; the delivery is then failed.")
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_latency_ms: float | None
+    last_error: str | None
+    attempt_log: list[DeliveryAttempt] = Field(description="The latest attempts, oldest first.")
+    created_at: datetime
+
+    @field_serializer("next_attempt_at", "expires_at", "last_attempt_at", "created_at")
+    def _utc(self, value: datetime | None) -> str | None:
+        return _iso(value)
+
+
+class Webhook(SQLModel, table=True):
+    """A webhook subscription (migration 0011)."""
+
+    __tablename__ = "webhook"
+
+    id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid, primary_key=True))
+    url: str = Field(sa_column=sa.Column(sa.String(2000), nullable=False))
+    events: list[str] = Field(sa_column=sa.Column(JSONB, nullable=False))
+    filter: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(JSONB, nullable=True))
+    # Kept as given: HMAC signing needs the secret itself, not a hash of it.
+    secret: str = Field(sa_column=sa.Column(sa.String(200), nullable=False))
+    created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """The outbox (migration 0011): one event for one target, with its attempts so far."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        sa.Index("ix_webhook_delivery_due", "next_attempt_at", postgresql_where=sa.text("status = 'pending'")),
+        sa.Index("ix_webhook_delivery_webhook", "webhook_id", sa.text("created_at DESC")),
+        sa.Index("ix_webhook_delivery_created", "created_at"),
+        sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="ck_webhook_delivery_status"),
+    )
+
+    id: uuid.UUID = Field(sa_column=sa.Column(sa.Uuid, primary_key=True))
+    webhook_id: uuid.UUID | None = Field(
+        default=None, sa_column=sa.Column(sa.Uuid, sa.ForeignKey("webhook.id", ondelete="CASCADE"), nullable=True)
+    )
+    # No foreign key: a delivery's record outlives a deleted task.
+    task_id: uuid.UUID | None = Field(default=None, sa_column=sa.Column(sa.Uuid, nullable=True))
+    url: str = Field(sa_column=sa.Column(sa.String(2000), nullable=False))
+    event: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    body: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    status: str = Field(sa_column=sa.Column(sa.String(10), nullable=False))
+    attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    next_attempt_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    expires_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    last_attempt_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
+    last_status_code: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    last_latency_ms: float | None = Field(default=None, sa_column=sa.Column(sa.Float, nullable=True))
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    attempt_log: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=sa.Column(JSONB, nullable=False, server_default=sa.text("'[]'::jsonb"))
+    )
+    created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+
+
+class WebhookCursor(SQLModel, table=True):
+    """Where the webhook dispatcher's read of task_event got to (migration 0011), and the ids below it that were
+    still uncommitted then (`gaps`: id -> until when they are waited for, epoch seconds)."""
+
+    __tablename__ = "webhook_cursor"
+
+    name: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    last_id: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    gaps: dict[str, float] = Field(
+        default_factory=dict, sa_column=sa.Column(JSONB, nullable=False, server_default=sa.text("'{}'::jsonb"))
+    )
+    updated_at: datetime = Field(
+        sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()"))
+    )
+
+
 # ---- bulk actions (migration 0010) ------------------------------------------------------------------------------
 
 
@@ -781,7 +971,7 @@ class BulkPublic(SQLModel):
 
 
 class BulkOperation(SQLModel, table=True):
-    """A bulk operation's row (migration 0010)."""
+    """A bulk operation's row (migration 0011)."""
 
     __tablename__ = "bulk_operation"
     __table_args__ = (

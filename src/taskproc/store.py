@@ -119,6 +119,7 @@ class TaskRow:
     schedule: str | None
     queue: str
     concurrency_key: str | None
+    callback_url: str | None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TaskStatus(self.status))
@@ -143,6 +144,7 @@ class NewTask:
     schedule: str | None = None  # the schedule whose fire or trigger creates it
     queue: str = DEFAULT_QUEUE
     concurrency_key: str | None = None
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,15 +332,15 @@ INSERT_TASKS = sa.text(
     "WITH input AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), "  # noqa: S608 - constant SQL
     "CAST(:priorities AS text[]), CAST(:payloads AS text[]), CAST(:max_retries AS int[]), "
     "CAST(:timeouts AS float8[]), CAST(:keys AS text[]), CAST(:delays AS float8[]), CAST(:schedules AS text[]), "
-    "CAST(:queues AS text[]), CAST(:ckeys AS text[])) "
+    "CAST(:queues AS text[]), CAST(:ckeys AS text[]), CAST(:callbacks AS text[])) "
     "WITH ORDINALITY AS i(id, type, priority, payload, max_retries, timeout_s, idempotency_key, delay_s, schedule, "
-    "queue, concurrency_key, ord)), "
+    "queue, concurrency_key, callback_url, ord)), "
     "ins AS (INSERT INTO task (id, type, priority, payload, status, attempts, max_retries, timeout_s, "
     "idempotency_key, generation, run_at, cancel_requested, created_at, updated_at, schedule, queue, "
-    "concurrency_key) "
+    "concurrency_key, callback_url) "
     "SELECT id, type, priority, CAST(payload AS jsonb), CAST(:s_pending AS text), 0, max_retries, timeout_s, "
     "idempotency_key, 1, now() + make_interval(secs => delay_s), FALSE, now(), now(), schedule, queue, "
-    "concurrency_key FROM input "
+    "concurrency_key, callback_url FROM input "
     "ORDER BY ord "
     "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     f"RETURNING {TASK_COLUMNS}), "
@@ -364,6 +366,7 @@ async def create(db: Db, tasks: Sequence[NewTask]) -> list[TaskRow]:
         schedules=[t.schedule for t in tasks],
         queues=[t.queue for t in tasks],
         ckeys=[t.concurrency_key for t in tasks],
+        callbacks=[t.callback_url for t in tasks],
     )
     return _rows(TaskRow, await db.execute(INSERT_TASKS, params))
 
@@ -1611,6 +1614,314 @@ DELETE_LIMIT = sa.text("DELETE FROM task_key WHERE key = :key RETURNING key")
 async def delete_limit(db: Db, key: str) -> bool:
     """Remove a key's limit; False if it had none."""
     return (await db.execute(DELETE_LIMIT, {"key": key})).scalar_one_or_none() is not None
+
+
+# ---- webhooks (migration 0011; the dispatcher runs under WEBHOOK_LOCK, taskproc.webhooks) -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRow:
+    """A `webhook` row."""
+
+    id: uuid.UUID
+    url: str
+    events: list[str]
+    filter: dict[str, Any] | None
+    secret: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """A `webhook_delivery` row without its body."""
+
+    id: uuid.UUID
+    webhook_id: uuid.UUID | None
+    task_id: uuid.UUID | None
+    url: str
+    event: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    expires_at: datetime
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_latency_ms: float | None
+    last_error: str | None
+    attempt_log: list[dict[str, Any]]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    """A delivery this process has leased to attempt now: what it sends, and the secret that signs it."""
+
+    id: uuid.UUID
+    webhook_id: uuid.UUID | None
+    url: str
+    event: str
+    body: str
+    attempts: int
+    secret: str | None  # the webhook's; None for a task's callback_url
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    id: uuid.UUID
+    webhook_id: uuid.UUID | None
+    task_id: uuid.UUID
+    url: str
+    event: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """A `task_event` row the dispatcher read; `task` is set for the events some target may want."""
+
+    id: int
+    status: TaskStatus
+    at: datetime
+    task: TaskRow | None
+
+
+WEBHOOK_COLUMNS = ", ".join(_names(WebhookRow))
+DELIVERY_COLUMNS = ", ".join(_names(DeliveryRow))
+DELIVERY_PARAMS = {"d_pending": "pending", "d_delivered": "delivered", "d_failed": "failed"}
+
+INSERT_WEBHOOK = sa.text(
+    "INSERT INTO webhook (id, url, events, filter, secret, created_at) VALUES (:id, :url, CAST(:events AS jsonb), "  # noqa: S608
+    f"CAST(:filter AS jsonb), :secret, now()) RETURNING {WEBHOOK_COLUMNS}"
+)
+
+
+async def create_webhook(
+    db: Db, *, id: uuid.UUID, url: str, events: Sequence[str], filter: Mapping[str, Any] | None, secret: str
+) -> WebhookRow:
+    params = {
+        "id": id,
+        "url": url,
+        "events": json.dumps(list(events)),
+        "filter": None if filter is None else json.dumps(dict(filter)),
+        "secret": secret,
+    }
+    return _make(WebhookRow, (await db.execute(INSERT_WEBHOOK, params)).one()._mapping)
+
+
+GET_WEBHOOK = sa.text(f"SELECT {WEBHOOK_COLUMNS} FROM webhook WHERE id = :id")  # noqa: S608
+LIST_WEBHOOKS = sa.text(f"SELECT {WEBHOOK_COLUMNS} FROM webhook ORDER BY created_at, id")  # noqa: S608
+DELETE_WEBHOOK = sa.text("DELETE FROM webhook WHERE id = :id")
+
+
+async def get_webhook(db: Db, webhook_id: uuid.UUID) -> WebhookRow | None:
+    row = (await db.execute(GET_WEBHOOK, {"id": webhook_id})).first()
+    return None if row is None else _make(WebhookRow, row._mapping)
+
+
+async def list_webhooks(db: Db) -> list[WebhookRow]:
+    """Every webhook, oldest first (they are few: operators make them)."""
+    return _rows(WebhookRow, await db.execute(LIST_WEBHOOKS))
+
+
+async def delete_webhook(db: Db, webhook_id: uuid.UUID) -> bool:
+    """Delete a webhook and its deliveries (pending ones are never sent); False if there was none."""
+    return bool(getattr(await db.execute(DELETE_WEBHOOK, {"id": webhook_id}), "rowcount", 0))
+
+
+WEBHOOK_LOCK = 7314250004
+TRY_WEBHOOK_LOCK = sa.text("SELECT pg_try_advisory_xact_lock(:k)")
+
+
+async def try_webhook_lock(db: Db) -> bool:
+    """Take the webhook dispatcher's transaction-level advisory lock if no other process holds it."""
+    return bool((await db.execute(TRY_WEBHOOK_LOCK, {"k": WEBHOOK_LOCK})).scalar_one())
+
+
+WEBHOOK_CURSOR = sa.text("SELECT last_id, gaps FROM webhook_cursor WHERE name = 'dispatcher'")
+SAVE_WEBHOOK_CURSOR = sa.text(
+    "INSERT INTO webhook_cursor (name, last_id, gaps, updated_at) VALUES ('dispatcher', :last, CAST(:gaps AS jsonb), "
+    "now()) ON CONFLICT (name) DO UPDATE SET last_id = EXCLUDED.last_id, gaps = EXCLUDED.gaps, "
+    "updated_at = EXCLUDED.updated_at"
+)
+
+
+async def webhook_cursor(db: Db) -> tuple[int, dict[int, float]]:
+    """The last task_event id the dispatcher read, and the ids below it it still waits for (id -> until, epoch
+    seconds); a missing row (never the case after migration 0011) starts at the newest event."""
+    row = (await db.execute(WEBHOOK_CURSOR)).first()
+    if row is None:
+        return await max_event_id(db), {}
+    return int(row.last_id), {int(k): float(v) for k, v in dict(row.gaps).items()}
+
+
+async def save_webhook_cursor(db: Db, last: int, gaps: Mapping[int, float]) -> None:
+    await db.execute(SAVE_WEBHOOK_CURSOR, {"last": last, "gaps": json.dumps({str(k): v for k, v in gaps.items()})})
+
+
+WEBHOOK_EVENTS = sa.text(
+    # The task is joined only for the events a target may want: a status some webhook subscribes to, or a final
+    # status of a task that has a callback_url. The other rows still come back, for the cursor and its gaps.
+    "SELECT e.id AS e_id, e.status AS e_status, e.at AS e_at, "  # noqa: S608 - constant SQL
+    f"{', '.join(f't.{c}' for c in _names(TaskRow))} "
+    "FROM task_event e LEFT JOIN task t ON t.id = e.task_id AND (e.status = ANY(CAST(:wanted AS text[])) "
+    "OR (e.status = ANY(CAST(:terminal AS text[])) AND t.callback_url IS NOT NULL)) "
+    "WHERE e.id > :after OR e.id = ANY(CAST(:gaps AS bigint[])) ORDER BY e.id LIMIT :limit"
+)
+
+
+async def webhook_events(
+    db: Db, after: int, *, wanted: Sequence[TaskStatus], gaps: Sequence[int] = (), limit: int = 500
+) -> list[WebhookEvent]:
+    """The task_event rows after `after` (and those of `gaps`), oldest first, each with its task as it is now
+    when a webhook wants the status or the task has a callback_url and the status is final."""
+    params = _params(after=after, wanted=[s.value for s in wanted], gaps=list(gaps), limit=limit)
+    out: list[WebhookEvent] = []
+    for r in await db.execute(WEBHOOK_EVENTS, params):
+        m = r._mapping
+        task = None if m["id"] is None else _make(TaskRow, m)
+        out.append(WebhookEvent(id=int(m["e_id"]), status=TaskStatus(m["e_status"]), at=m["e_at"], task=task))
+    return out
+
+
+INSERT_DELIVERIES = sa.text(
+    "INSERT INTO webhook_delivery (id, webhook_id, task_id, url, event, body, status, attempts, next_attempt_at, "
+    "expires_at, created_at) "
+    "SELECT id, webhook_id, task_id, url, event, body, :d_pending, 0, now(), now() + make_interval(secs => :max_age), "
+    "now() FROM unnest(CAST(:ids AS uuid[]), CAST(:webhooks AS uuid[]), CAST(:tasks AS uuid[]), "
+    "CAST(:urls AS text[]), CAST(:events AS text[]), CAST(:bodies AS text[])) "
+    "AS i(id, webhook_id, task_id, url, event, body)"
+)
+
+
+async def insert_deliveries(db: Db, deliveries: Sequence[NewDelivery], *, max_age_s: float) -> None:
+    """Queue deliveries, due now, that give up `max_age_s` from now."""
+    params = {
+        **DELIVERY_PARAMS,
+        "max_age": max_age_s,
+        "ids": [d.id for d in deliveries],
+        "webhooks": [d.webhook_id for d in deliveries],
+        "tasks": [d.task_id for d in deliveries],
+        "urls": [d.url for d in deliveries],
+        "events": [d.event for d in deliveries],
+        "bodies": [d.body for d in deliveries],
+    }
+    await db.execute(INSERT_DELIVERIES, params)
+
+
+LEASE_DUE_DELIVERIES = sa.text(
+    # SKIP LOCKED and the lease (next_attempt_at moved past the attempt's timeout) let every API process send:
+    # none takes a row another one is sending, and a process that dies mid-attempt leaves its rows due again.
+    "WITH due AS (SELECT id FROM webhook_delivery WHERE status = :d_pending AND next_attempt_at <= now() "
+    "ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
+    "UPDATE webhook_delivery d SET next_attempt_at = now() + make_interval(secs => :lease) FROM due "
+    "WHERE d.id = due.id RETURNING d.id, d.webhook_id, d.url, d.event, d.body, d.attempts, "
+    "(SELECT w.secret FROM webhook w WHERE w.id = d.webhook_id) AS secret"
+)
+
+
+async def lease_due_deliveries(db: Db, *, limit: int, lease_s: float) -> list[DueDelivery]:
+    """Up to `limit` due deliveries, leased to the caller for `lease_s` seconds."""
+    params = {**DELIVERY_PARAMS, "limit": limit, "lease": lease_s}
+    return _rows(DueDelivery, await db.execute(LEASE_DUE_DELIVERIES, params))
+
+
+# The latest attempts a delivery keeps in its attempt_log.
+ATTEMPT_LOG_MAX = 20
+
+RECORD_ATTEMPT = sa.text(
+    # A compare-and-set on the attempt count: a lease that ran out (the row was sent again elsewhere) or a
+    # redelivery in between records nothing twice. A failure whose retry would come after expires_at is final.
+    "UPDATE webhook_delivery SET attempts = attempts + 1, last_attempt_at = now(), last_status_code = :code, "  # noqa: S608
+    "last_latency_ms = :latency, last_error = :error, "
+    "attempt_log = (SELECT coalesce(jsonb_agg(x ORDER BY n), '[]'::jsonb) FROM (SELECT x, n FROM "
+    "jsonb_array_elements(attempt_log || jsonb_build_array(jsonb_build_object('at', now(), 'status_code', "
+    "CAST(:code AS int), 'latency_ms', CAST(:latency AS float8), 'error', CAST(:error AS text)))) "
+    f"WITH ORDINALITY AS a(x, n) ORDER BY n DESC LIMIT {ATTEMPT_LOG_MAX}) AS kept), "
+    "status = CASE WHEN :delivered THEN :d_delivered "
+    "WHEN now() + make_interval(secs => :delay) > expires_at THEN :d_failed ELSE :d_pending END, "
+    "next_attempt_at = CASE WHEN :delivered THEN next_attempt_at ELSE now() + make_interval(secs => :delay) END "
+    "WHERE id = :id AND attempts = :attempts AND status = :d_pending RETURNING status"
+)
+
+
+async def record_attempt(
+    db: Db,
+    delivery_id: uuid.UUID,
+    *,
+    attempts: int,
+    delivered: bool,
+    status_code: int | None,
+    latency_ms: float,
+    error: str | None,
+    retry_in_s: float,
+) -> str | None:
+    """Record the attempt made after `attempts` earlier ones: delivered, or due again in `retry_in_s` (failed
+    when that is past its expiry). Returns the delivery's new status, None if the row moved on meanwhile."""
+    params = {
+        **DELIVERY_PARAMS,
+        "id": delivery_id,
+        "attempts": attempts,
+        "delivered": delivered,
+        "code": status_code,
+        "latency": latency_ms,
+        "error": None if error is None else storable(error, 1000),
+        "delay": retry_in_s,
+    }
+    status: str | None = (await db.execute(RECORD_ATTEMPT, params)).scalar_one_or_none()
+    return status
+
+
+LIST_DELIVERIES = sa.text(
+    f"SELECT {DELIVERY_COLUMNS} FROM webhook_delivery WHERE webhook_id = :webhook "  # noqa: S608
+    "ORDER BY created_at DESC, id DESC LIMIT :limit"
+)
+LIST_TASK_DELIVERIES = sa.text(
+    f"SELECT {DELIVERY_COLUMNS} FROM webhook_delivery WHERE task_id = :task "  # noqa: S608
+    "ORDER BY created_at DESC, id DESC LIMIT :limit"
+)
+GET_DELIVERY = sa.text(f"SELECT {DELIVERY_COLUMNS} FROM webhook_delivery WHERE id = :id")  # noqa: S608
+
+
+async def list_deliveries(db: Db, webhook_id: uuid.UUID, *, limit: int = 50) -> list[DeliveryRow]:
+    """A webhook's deliveries, newest first."""
+    return _rows(DeliveryRow, await db.execute(LIST_DELIVERIES, {"webhook": webhook_id, "limit": limit}))
+
+
+async def list_task_deliveries(db: Db, task_id: uuid.UUID, *, limit: int = 50) -> list[DeliveryRow]:
+    """The deliveries about one task (its webhooks' and its callback_url's), newest first."""
+    return _rows(DeliveryRow, await db.execute(LIST_TASK_DELIVERIES, {"task": task_id, "limit": limit}))
+
+
+async def get_delivery(db: Db, delivery_id: uuid.UUID) -> DeliveryRow | None:
+    row = (await db.execute(GET_DELIVERY, {"id": delivery_id})).first()
+    return None if row is None else _make(DeliveryRow, row._mapping)
+
+
+REDELIVER = sa.text(
+    "UPDATE webhook_delivery SET status = :d_pending, next_attempt_at = now(), "  # noqa: S608
+    f"expires_at = now() + make_interval(secs => :max_age) WHERE id = :id RETURNING {DELIVERY_COLUMNS}"
+)
+
+
+async def redeliver(db: Db, delivery_id: uuid.UUID, *, max_age_s: float) -> DeliveryRow | None:
+    """Make a delivery due now again, whatever became of it, with a new day of retries (same id, same body:
+    receivers deduplicate on webhook-id). None if there is no such delivery."""
+    params = {**DELIVERY_PARAMS, "id": delivery_id, "max_age": max_age_s}
+    row = (await db.execute(REDELIVER, params)).first()
+    return None if row is None else _make(DeliveryRow, row._mapping)
+
+
+PURGE_DELIVERIES = sa.text(
+    "WITH old AS (SELECT id FROM webhook_delivery WHERE status <> :d_pending "
+    "AND created_at < now() - make_interval(secs => :secs) LIMIT :batch), "
+    "d AS (DELETE FROM webhook_delivery w USING old WHERE w.id = old.id RETURNING 1) SELECT count(*) FROM d"
+)
+
+
+async def purge_deliveries(db: Db, *, older_than_s: float, batch: int = 1000) -> int:
+    """Delete up to `batch` finished deliveries created over `older_than_s` ago; returns how many."""
+    params = {**DELIVERY_PARAMS, "secs": older_than_s, "batch": batch}
+    return int((await db.execute(PURGE_DELIVERIES, params)).scalar_one())
 
 
 # ---- bulk actions (migration 0010) -------------------------------------------------------------------------------

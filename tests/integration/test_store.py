@@ -972,6 +972,70 @@ async def test_a_rate_refuses_claims_once_its_tokens_are_spent_and_a_type_defaul
         assert row is not None and (row.origin, row.max_running, row.rate_count) == ("api", 5, None)
 
 
+# ---- webhooks (migration 0011) ----------------------------------------------------------------------------------
+
+
+async def test_webhooks_events_become_deliveries_that_are_leased_recorded_redelivered_and_purged(pg: Pg) -> None:
+    async with pg.auto() as s:
+        hook = await store.create_webhook(
+            s, id=uuid.uuid4(), url="http://r/x", events=["task.completed"], filter={"type": ["add"]}, secret="whsec_a"
+        )
+        assert (await store.get_webhook(s, hook.id)) == hook and hook.filter == {"type": ["add"]}
+        assert [w.id for w in await store.list_webhooks(s)] == [hook.id]
+        start, gaps = await store.webhook_cursor(s)
+        assert gaps == {} and start == await store.max_event_id(s), "migration 0011 starts at the newest event"
+    plain, called = await create(pg, new(), new(callback_url="http://cb/y"))
+    async with pg.auto() as s:
+        events = await store.webhook_events(s, start, wanted=[TaskStatus.pending])
+        assert [e.id for e in events] == sorted(e.id for e in events) and len(events) == 2
+        assert {e.task.id for e in events if e.task is not None} == {plain.id, called.id}, "pending is wanted"
+        events = await store.webhook_events(s, start, wanted=[])
+        assert all(e.task is None for e in events), "nobody wants pending: no task is read"
+        assert (await store.webhook_events(s, events[-1].id, wanted=[], gaps=[events[0].id]))[0].id == events[0].id
+        async with pg.tx() as t:
+            assert await store.try_webhook_lock(t)
+            async with pg.tx() as other:
+                assert not await store.try_webhook_lock(other)
+            await store.save_webhook_cursor(t, events[-1].id, {events[0].id: 1.5})
+            await t.commit()
+        assert await store.webhook_cursor(s) == (events[-1].id, {events[0].id: 1.5})
+        d1, d2 = uuid.uuid4(), uuid.uuid4()
+        await store.insert_deliveries(
+            s,
+            [
+                store.NewDelivery(
+                    id=d1, webhook_id=hook.id, task_id=plain.id, url=hook.url, event="task.completed", body="{}"
+                ),
+                store.NewDelivery(
+                    id=d2, webhook_id=None, task_id=called.id, url="http://cb/y", event="task.failed", body="[]"
+                ),
+            ],
+            max_age_s=3600,
+        )
+        due = await store.lease_due_deliveries(s, limit=10, lease_s=60)
+        assert {(d.id, d.secret) for d in due} == {(d1, "whsec_a"), (d2, None)}
+        assert await store.lease_due_deliveries(s, limit=10, lease_s=60) == [], "leased: not due again yet"
+        ok = dict(delivered=True, status_code=200, latency_ms=1.5, error=None, retry_in_s=0.0)
+        assert await store.record_attempt(s, d1, attempts=0, **ok) == "delivered"
+        assert await store.record_attempt(s, d1, attempts=0, **ok) is None, "recorded once"
+        bad = dict(delivered=False, status_code=500, latency_ms=2.0, error="HTTP 500")
+        assert await store.record_attempt(s, d2, attempts=0, retry_in_s=10, **bad) == "pending"
+        assert await store.record_attempt(s, d2, attempts=1, retry_in_s=7200, **bad) == "failed", "past its expiry"
+        [row] = await store.list_deliveries(s, hook.id)
+        assert (row.status, row.attempts, row.last_status_code, row.last_latency_ms) == ("delivered", 1, 200, 1.5)
+        [cb] = await store.list_task_deliveries(s, called.id)
+        assert cb.webhook_id is None and cb.status == "failed" and cb.attempts == 2
+        assert [a["status_code"] for a in cb.attempt_log] == [500, 500] and cb.last_error == "HTTP 500"
+        again = await store.redeliver(s, d2, max_age_s=3600)
+        assert again is not None and again.status == "pending" and again.attempts == 2
+        assert [d.id for d in await store.lease_due_deliveries(s, limit=10, lease_s=60)] == [d2]
+        assert await store.redeliver(s, uuid.uuid4(), max_age_s=1) is None
+        assert (await store.get_delivery(s, d1)) == row
+        assert await store.purge_deliveries(s, older_than_s=0) == 1, "the delivered one; the pending one stays"
+        assert await store.delete_webhook(s, hook.id) and not await store.delete_webhook(s, hook.id)
+        assert await store.get_delivery(s, d2) is not None, "a callback's delivery belongs to no webhook"
+
+
 # ---- bulk actions (migration 0010) ------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 from redis.asyncio import Redis
 
-from taskproc import __version__, bulk, scheduler
+from taskproc import __version__, bulk, scheduler, webhooks
 from taskproc.api.deps import AuthDep
 from taskproc.api.errors import install_error_handlers
 from taskproc.api.middleware import (
@@ -23,6 +23,7 @@ from taskproc.api.middleware import (
 )
 from taskproc.api.routes import bulk as bulk_routes
 from taskproc.api.routes import events, health, limits, meta, queues, schedules, tasks, web
+from taskproc.api.routes import webhooks as webhook_routes
 from taskproc.api.routing import DocstringRoute
 from taskproc.config import Settings, get_settings
 from taskproc.db import create_engine, create_sessionmaker
@@ -67,9 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with run_in_api(settings, app.state.redis) as maintenance:
                 # The cron scheduler too, on the maintenance connection: schedules fire with no worker running.
                 sessions = maintenance.sessions if maintenance is not None else None
+                # And the bulk operations' batches, and the webhook deliveries from their outbox in Postgres.
                 async with (
                     scheduler.run_in_api(settings, app.state.redis, app.state.registry, sessions),
                     bulk.run_in_api(settings, app.state.redis, sessions),
+                    webhooks.run_in_api(settings, sessions),
                 ):
                     yield
         finally:
@@ -97,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(limits.router)
     api.include_router(meta.router)
     api.include_router(events.router)
+    api.include_router(webhook_routes.router)
     app.include_router(api)
     app.include_router(health.router)
     app.include_router(web.router)

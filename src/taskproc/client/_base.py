@@ -115,6 +115,28 @@ def schedule_path(name: str, suffix: str = "") -> str:
     return f"/schedules/{name}{suffix}"
 
 
+def webhook_path(webhook_id: TaskId, suffix: str = "") -> str:
+    return f"/webhooks/{uuid.UUID(str(webhook_id))}{suffix}"
+
+
+def webhook_body(
+    url: str, events: Iterable[str], filter: Mapping[str, Any] | None, secret: str | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"url": url, "events": [str(e) for e in events]}
+    if filter is not None:
+        body["filter"] = dict(filter)
+    if secret is not None:
+        body["secret"] = secret
+    return body
+
+
+def redeliver_path(delivery_id: TaskId, webhook_id: TaskId | None) -> str:
+    delivery = uuid.UUID(str(delivery_id))
+    if webhook_id is None:
+        return f"/webhook-deliveries/{delivery}/redeliver"
+    return webhook_path(webhook_id, f"/deliveries/{delivery}/redeliver")
+
+
 def queue_path(name: str, suffix: str = "") -> str:
     # Checked like a schedule name: a name with a "/" or ".." must not reach another route.
     if not QUEUE_NAME_RE.fullmatch(name):
@@ -169,6 +191,7 @@ def submit_body(
     idempotency_key: str | None,
     queue: str | None = None,
     concurrency_key: str | None = None,
+    callback_url: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"type": task_type, "payload": dict(payload or {})}
     optional = {
@@ -179,6 +202,7 @@ def submit_body(
         "timeout_s": timeout_s,
         "delay_s": delay_s,
         "idempotency_key": idempotency_key,
+        "callback_url": callback_url,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     return body

@@ -37,6 +37,9 @@ from taskproc.models import (
     TaskPublic,
     TaskStatus,
     TaskTypePublic,
+    WebhookCreated,
+    WebhookDeliveryPublic,
+    WebhookPublic,
 )
 
 T = TypeVar("T")
@@ -51,6 +54,11 @@ _SCHEDULE = TypeAdapter(SchedulePublic)
 _QUEUE = TypeAdapter(QueuePublic)
 _QUEUES = TypeAdapter(builtins.list[QueuePublic])
 _SCHEDULES = TypeAdapter(builtins.list[SchedulePublic])
+_WEBHOOK_CREATED = TypeAdapter(WebhookCreated)
+_WEBHOOK = TypeAdapter(WebhookPublic)
+_WEBHOOKS = TypeAdapter(builtins.list[WebhookPublic])
+_DELIVERY = TypeAdapter(WebhookDeliveryPublic)
+_DELIVERIES = TypeAdapter(builtins.list[WebhookDeliveryPublic])
 _LIMIT = TypeAdapter(LimitPublic)
 _LIMITS = TypeAdapter(builtins.list[LimitPublic])
 
@@ -122,6 +130,7 @@ class TaskprocClient:
         max_retries: int | None = None,
         timeout_s: float | None = None,
         delay_s: float | None = None,
+        callback_url: str | None = None,
         idempotency_key: str | None = None,
         queue: str | None = None,
         concurrency_key: str | None = None,
@@ -141,6 +150,7 @@ class TaskprocClient:
             idempotency_key=idempotency_key,
             queue=queue,
             concurrency_key=concurrency_key,
+            callback_url=callback_url,
         )
         return self._call(_base.Call("POST", "/tasks", idempotency_key is not None, json=body), _TASK)
 
@@ -314,6 +324,52 @@ class TaskprocClient:
     def trigger_schedule(self, name: str) -> TaskPublic:
         """Run a schedule now: one task at once; returns it."""
         return self._call(_base.Call("POST", _base.schedule_path(name, "/trigger"), False), _TASK)
+
+    # ---- webhooks ----
+
+    def create_webhook(
+        self,
+        url: str,
+        *,
+        events: Iterable[str],
+        filter: Mapping[str, Any] | None = None,
+        secret: str | None = None,
+    ) -> WebhookCreated:
+        """Subscribe `url` to task events (`task.completed`, ...); the answer has the signing secret, once."""
+        body = _base.webhook_body(url, events, filter, secret)
+        return self._call(_base.Call("POST", "/webhooks", False, json=body), _WEBHOOK_CREATED)
+
+    def list_webhooks(self) -> builtins.list[WebhookPublic]:
+        """Every webhook, oldest first (without secrets)."""
+        return self._call(_base.Call("GET", "/webhooks", True), _WEBHOOKS)
+
+    def get_webhook(self, webhook_id: TaskId) -> WebhookPublic:
+        """One webhook."""
+        return self._call(_base.Call("GET", _base.webhook_path(webhook_id), True), _WEBHOOK)
+
+    def delete_webhook(self, webhook_id: TaskId) -> None:
+        """Delete a webhook and its deliveries."""
+        _base.check(self._send(_base.Call("DELETE", _base.webhook_path(webhook_id), False)))
+
+    def list_webhook_deliveries(
+        self, webhook_id: TaskId, *, limit: int | None = None
+    ) -> builtins.list[WebhookDeliveryPublic]:
+        """A webhook's deliveries, newest first, with their attempts' status codes and latencies."""
+        params = {"limit": limit} if limit is not None else None
+        call = _base.Call("GET", _base.webhook_path(webhook_id, "/deliveries"), True, params=params)
+        return self._call(call, _DELIVERIES)
+
+    def list_task_deliveries(self, task_id: TaskId) -> builtins.list[WebhookDeliveryPublic]:
+        """The deliveries about one task, its callback_url's included, newest first."""
+        params = {"task_id": str(task_id)}
+        return self._call(_base.Call("GET", "/webhook-deliveries", True, params=params), _DELIVERIES)
+
+    def redeliver_webhook_delivery(
+        self, delivery_id: TaskId, *, webhook_id: TaskId | None = None
+    ) -> WebhookDeliveryPublic:
+        """Send a delivery again now (same webhook-id and body, a new day of retries)."""
+        path = _base.redeliver_path(delivery_id, webhook_id)
+        return self._call(_base.Call("POST", path, True), _DELIVERY)
 
     # ---- service ----
 

@@ -37,6 +37,7 @@ from taskproc.models import (
     TaskUpdate,
     TaskWaiting,
 )
+from taskproc.services import webhooks as webhook_service
 from taskproc.store import TaskRow
 from taskproc.tasks.registry import TaskRegistry
 
@@ -178,6 +179,10 @@ async def create_tasks(
     """
     payloads = _validated_payloads(tasks_in, registry, batch)
     keys = _concurrency_keys(tasks_in, payloads, registry, batch)
+    for index, task_in in enumerate(tasks_in):
+        if task_in.callback_url is not None:  # refused before anything is written, like an invalid payload
+            field = ("tasks", index, "callback_url") if batch else ("callback_url",)
+            await webhook_service.check_url(task_in.callback_url, settings, field)
 
     # No times from this process's clock: created_at and run_at are Postgres's now() (+ the delay), the one clock
     # every worker's claim and lease compare with.
@@ -194,6 +199,7 @@ async def create_tasks(
             schedule=schedule,
             queue=task_in.queue,
             concurrency_key=key,
+            callback_url=task_in.callback_url,
         )
         for task_in, payload, key in zip(tasks_in, payloads, keys, strict=True)
     ]

@@ -9,6 +9,7 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ from taskproc import queue
 
 from conftest import StackFactory
 from inprocess import InProcess, InProcessFactory, wait_until
-from support import wait_for
+from support import Stack, wait_for
 
 BULK = "/api/v1/tasks/bulk"
 
@@ -140,6 +141,15 @@ async def test_the_audit_record_names_the_api_key_by_fingerprint(inprocess_facto
         assert stored["requested_by"] == fingerprint
 
 
+def _submits(stack: Stack, more: Callable[[], bool]) -> Iterator[float]:
+    """Submit one task after another while `more()`; yields each submit's latency in seconds."""
+    while more():
+        t0 = time.perf_counter()
+        r = stack.client.post("/api/v1/tasks", json={"type": "add", "payload": {"a": 1, "b": 1}})
+        assert r.status_code == 201, r.text
+        yield time.perf_counter() - t0
+
+
 def _bulk_events(url: str, into: list[dict[str, Any]], stop: threading.Event) -> None:
     """Read the event stream, keeping the `bulk` messages, until `stop` is set."""
     with (
@@ -174,28 +184,24 @@ def test_a_bulk_retry_of_100000_tasks_never_holds_up_submits_and_shows_its_progr
         stop = threading.Event()
         reader = threading.Thread(target=_bulk_events, args=(stack.url, progress, stop), daemon=True)
         reader.start()
+        # What a submit costs on this machine right now without a bulk operation: the yardstick for "held up".
+        t_end = time.monotonic() + 3
+        baseline = list(_submits(stack, lambda: time.monotonic() < t_end))
         r = stack.client.post(BULK, json={"action": "retry", "filter": {"status": "failed"}})
         assert r.status_code == 202, r.text
         location = r.headers["location"]
-        latencies: list[float] = []
         try:
-            while stack.client.get(location).json()["status"] == "running":
-                t0 = time.perf_counter()
-                assert (
-                    stack.client.post("/api/v1/tasks", json={"type": "add", "payload": {"a": 1, "b": 1}}).status_code
-                    == 201
-                )
-                latencies.append(time.perf_counter() - t0)
+            latencies = list(_submits(stack, lambda: stack.client.get(location).json()["status"] == "running"))
         finally:
             wait_for(lambda: any(p["status"] == "completed" for p in progress), timeout=10, what="the last progress")
             stop.set()
         op = stack.client.get(location).json()
         assert (op["total"], op["done"], op["failed"]) == (100_000, 100_000, 0)
         assert len(latencies) > 20, "submits ran all along"
-        assert max(latencies) <= 0.100, (
-            f"slowest submit {max(latencies) * 1000:.0f} ms, median {statistics.median(latencies) * 1000:.1f} ms"
-        )
+        slowest, median, base = max(latencies) * 1000, statistics.median(latencies) * 1000, max(baseline) * 1000
+        # Held up: waiting on the operation, beyond what a submit costs on this (shared, busy) machine anyway.
+        assert slowest - base <= 100, f"slowest submit {slowest:.0f} ms (median {median:.1f}, without bulk {base:.0f})"
         pending = stack.sql("SELECT count(*) FROM task WHERE status = 'pending' AND type = 'add'")[0][0]
-        assert pending == 100_000 + len(latencies)
+        assert pending == 100_000 + len(latencies) + len(baseline)
         dones = [p["done"] for p in progress if p["id"] == op["id"]]
         assert dones == sorted(dones) and len(dones) >= 3 and dones[-1] == 100_000, "progress, in order"

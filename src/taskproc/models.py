@@ -212,9 +212,7 @@ class Task(TaskBase, table=True):
     result_expired_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
     # Migration 0010: attempts lost to a worker that died, and whether that failed the task (crash quarantine).
     lost_attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
-    quarantined: bool = Field(
-        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false())
-    )
+    quarantined: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false()))
     created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     started_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
     finished_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
@@ -476,6 +474,9 @@ class TaskTypePublic(SQLModel):
     name: str
     description: str
     payload_schema: dict[str, Any]
+    result_ttl_s: float | None = Field(
+        default=None, description="Its tasks' results are dropped this long after finishing, unless a task says."
+    )
 
 
 # ---- schedules (migration 0006) ---------------------------------------------------------------------------------

@@ -1010,7 +1010,8 @@ async def test_reap_expired_quarantines_a_task_at_its_max_lost_th_lost_attempt_w
     # A retry starts afresh: no lost attempts, not quarantined.
     async with pg.auto() as s:
         again = await store.retry(s, row.id)
-    assert again is not None and (again.lost_attempts, again.quarantined, again.status) == (0, False, TaskStatus.pending)
+    assert again is not None
+    assert (again.lost_attempts, again.quarantined, again.status) == (0, False, TaskStatus.pending)
 
 
 async def test_reap_expired_cancels_rather_than_quarantines_a_task_whose_cancel_was_requested(pg: Pg) -> None:
@@ -1061,8 +1062,7 @@ async def test_expire_results_drops_results_past_their_ttl_in_batches_and_keeps_
 async def test_expire_results_skips_rows_another_transaction_holds(pg: Pg) -> None:
     rows = await create(pg, *(new(result_ttl_s=1.0) for _ in range(2)))
     pg.sql(
-        "UPDATE task SET status = 'failed', result = '1', finished_at = now() - interval '1 minute' "
-        "WHERE id = ANY(%s)",
+        "UPDATE task SET status = 'failed', result = '1', finished_at = now() - interval '1 minute' WHERE id = ANY(%s)",
         ([r.id for r in rows],),
     )
     locked = min(r.id for r in rows)
@@ -1072,3 +1072,9 @@ async def test_expire_results_skips_rows_another_transaction_holds(pg: Pg) -> No
             assert await store.expire_results(s, batch=10) == 1
         await holder.rollback()
     assert (await pg.row(locked)).result == 1
+    # A retry of the task whose result expired starts afresh: no longer expired.
+    [expired] = [r.id for r in rows if r.id != locked]
+    assert (await pg.row(expired)).result_expired_at is not None
+    async with pg.auto() as s:
+        again = await store.retry(s, expired)
+    assert again is not None and again.result_expired_at is None and again.result is None

@@ -4,54 +4,15 @@ times is then quarantined, failed for good, while other tasks keep flowing throu
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
-from taskproc.dev.embedded import free_port
 
 from conftest import StackFactory
-from support import ROOT, Proc, Stack, wait_for
+from support import ROOT, Stack, SupervisedWorkers, wait_for
 
 ENV = {
     "TASKPROC_TASK_MODULES": "poison_tasks",
     "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
     "TASKPROC_WORKER_CONCURRENCY": "4",
 }
-
-
-@dataclass
-class Pool:
-    """Worker processes, each replaced by a fresh one as soon as it dies (the test is their supervisor, as a
-    Deployment would be), each with a /metrics port of its own."""
-
-    stack: Stack
-    live: list[tuple[Proc, int]] = field(default_factory=list)
-    deaths: int = 0
-
-    def start(self) -> None:
-        port = free_port()
-        self.live.append((self.stack.start_worker(metrics_port=port), port))
-
-    def supervise(self) -> None:
-        for proc, port in list(self.live):
-            if not proc.alive():
-                self.deaths += 1
-                self.live.remove((proc, port))
-                self.start()
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of `name` with these labels over the live workers' /metrics."""
-        total = 0.0
-        for _, port in self.live:
-            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-            for family in text_string_to_metric_families(text):
-                for s in family.samples:
-                    if s.name == name and set(labels.items()) <= set(s.labels.items()):
-                        total += s.value
-        return total
 
 
 def _completed(stack: Stack, ids: list[str]) -> int:
@@ -63,22 +24,14 @@ def test_a_poison_task_is_quarantined_after_killing_three_workers_while_others_f
     stack_factory: StackFactory,
 ) -> None:
     with stack_factory(workers=0, env=ENV) as stack:
-        pool = Pool(stack)
+        pool = SupervisedWorkers(stack)
         pool.start()
         pool.start()
         stack.wait_ready(2)
         # Retries are plenty: the quarantine, not max_retries, is what stops it.
         poison = stack.submit("poison", {"note": "kills its worker"}, max_retries=10)
         others: list[str] = []
-
-        def quarantined() -> dict[str, Any] | None:
-            pool.supervise()
-            others.extend(stack.submit("add", {"a": len(others), "b": 1})["id"] for _ in range(3))
-            task = stack.get(poison["id"])
-            return task if task["status"] in {"failed", "completed"} else None
-
-        task = wait_for(quarantined, timeout=120, interval=0.2, what="the poison task to be quarantined")
-        pool.supervise()
+        task = pool.until_ended(poison["id"], others)
         assert task["status"] == "failed" and task["quarantined"] is True, task
         assert task["error"] == "worker died during 3 attempts"
         assert (task["lost_attempts"], task["attempts"]) == (3, 3), "its max_retries of 10 were not what stopped it"

@@ -529,14 +529,14 @@ class SupervisedWorkers:
         """Wait for a task (say, one that kills its workers) to end, replacing each worker that dies meanwhile and,
         given `others`, submitting `add` tasks all along (their ids appended to it); returns the task as it ended."""
 
-        def ended() -> dict[str, Any] | None:
+        def ended() -> dict[str, Any]:  # empty (falsy) until the task ended
             self.supervise()
             if others is not None:
                 others.extend(self.stack.submit("add", {"a": len(others), "b": 1})["id"] for _ in range(3))
             task = self.stack.get(task_id)
-            return task if task["status"] in {"failed", "completed", "canceled"} else None
+            return task if task["status"] in {"failed", "completed", "canceled"} else {}
 
-        task: dict[str, Any] = wait_for(ended, timeout=timeout, interval=0.2, what=f"task {task_id} to end")
+        task = wait_for(ended, timeout=timeout, interval=0.2, what=f"task {task_id} to end")
         self.supervise()
         return task
 

@@ -258,6 +258,14 @@ def stats_line(stats: Stats) -> Text:
     return line
 
 
+def _crash_facts(facts: Table, task: TaskPublic) -> None:
+    """Attempts lost to a dying worker, and the quarantine they led to (a poison task)."""
+    if task.lost_attempts:
+        facts.add_row("lost attempts", f"{task.lost_attempts} (its worker died)")
+    if task.quarantined:
+        facts.add_row("quarantined", Text("yes: its attempts killed their worker, not retried", style="bold red"))
+
+
 def show_task(task: TaskPublic, events: Sequence[TaskEventPublic] | None) -> None:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
@@ -267,6 +275,7 @@ def show_task(task: TaskPublic, events: Sequence[TaskEventPublic] | None) -> Non
     facts.add_row("status", status_text(task.status))
     facts.add_row("priority", Text(task.priority, style=PRIORITY_STYLE.get(task.priority, "")))
     facts.add_row("attempts", f"{task.attempts} of {task.max_retries + 1}")
+    _crash_facts(facts, task)
     facts.add_row("timeout", f"{task.timeout_s} s per attempt")
     facts.add_row("created", fmt_time(task.created_at))
     if task.started_at:
@@ -279,7 +288,9 @@ def show_task(task: TaskPublic, events: Sequence[TaskEventPublic] | None) -> Non
     out.print(facts)
     out.print(Text("payload", style="bold"))
     out.print(Syntax(json.dumps(task.payload, indent=2), "json", background_color="default"))
-    if task.result is not None:
+    if task.result_expired:
+        out.print(Text(f"result expired at {fmt_time(task.result_expires_at)}", style="bold"))
+    elif task.result is not None:
         out.print(Text("result", style="bold green"))
         out.print(Syntax(json.dumps(task.result, indent=2), "json", background_color="default"))
     if task.error:

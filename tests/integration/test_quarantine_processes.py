@@ -4,9 +4,10 @@ times is then quarantined, failed for good, while other tasks keep flowing throu
 from __future__ import annotations
 
 import os
+import subprocess
 
 from conftest import StackFactory
-from support import ROOT, Stack, SupervisedWorkers, wait_for
+from support import ROOT, TASKPROC, Stack, SupervisedWorkers, wait_for
 
 ENV = {
     "TASKPROC_TASK_MODULES": "poison_tasks",
@@ -43,6 +44,18 @@ def test_a_poison_task_is_quarantined_after_killing_three_workers_while_others_f
         )
         listed = stack.client.get("/api/v1/tasks", params={"status": "failed", "type": "poison"}).json()["items"]
         assert [(t["id"], t["quarantined"]) for t in listed] == [(poison["id"], True)]
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPROC_API_")}
+        shown = subprocess.run(
+            [TASKPROC, "get", poison["id"]],
+            env={**env, "TASKPROC_API_URL": stack.url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "quarantined" in shown.stdout and "worker died during 3 attempts" in shown.stdout
 
         # Meanwhile the other tasks kept flowing: completed between the first death's reap and the quarantine.
         [(first_reap,)] = stack.sql(

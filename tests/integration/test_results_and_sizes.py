@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -13,10 +14,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from taskproc.client import TaskprocClient
 from taskproc.dev.embedded import free_port
 
 from conftest import StackFactory
-from support import ROOT, Stack, wait_for
+from support import ROOT, TASKPROC, Stack, wait_for
 
 MAX_PAYLOAD = 1024
 MAX_RESULT = 200
@@ -74,6 +76,26 @@ def test_a_result_is_dropped_after_its_ttl_and_the_task_and_history_stay(stack: 
     p = stack.wait_status(plain["id"], "completed")
     assert (p["result"], p["result_ttl_s"], p["result_expires_at"]) == ({"sum": 5}, None, None)
     assert p["result_expired"] is False
+
+
+def test_the_sdk_submits_a_ttl_and_the_cli_says_the_result_expired(stack: Stack) -> None:
+    with TaskprocClient(stack.url) as client:
+        task = client.submit("add", {"a": 20, "b": 22}, result_ttl_s=1)
+        assert task.result_ttl_s == 1
+        done = client.wait(task.id, timeout=30)
+        wait_for(lambda: client.get(task.id).result_expired, timeout=30, what="the TTL to pass")
+        assert client.get(task.id).result is None and done.finished_at is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPROC_API_")}
+    shown = subprocess.run(
+        [TASKPROC, "get", str(task.id)],
+        env={**env, "TASKPROC_API_URL": stack.url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "result expired at" in shown.stdout and '"sum": 42' not in shown.stdout
 
 
 def test_a_task_types_ttl_applies_unless_the_task_sets_its_own(stack: Stack) -> None:

@@ -140,6 +140,7 @@ def submit_body(
     delay_s: float | None,
     idempotency_key: str | None,
     queue: str | None = None,
+    result_ttl_s: float | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"type": task_type, "payload": dict(payload or {})}
     optional = {
@@ -149,6 +150,7 @@ def submit_body(
         "timeout_s": timeout_s,
         "delay_s": delay_s,
         "idempotency_key": idempotency_key,
+        "result_ttl_s": result_ttl_s,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     return body

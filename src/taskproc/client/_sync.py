@@ -121,8 +121,10 @@ class TaskprocClient:
         delay_s: float | None = None,
         idempotency_key: str | None = None,
         queue: str | None = None,
+        result_ttl_s: float | None = None,
     ) -> TaskPublic:
-        """Submit one task. With an `idempotency_key`, a repeat returns the task created first (and is retried)."""
+        """Submit one task. With an `idempotency_key`, a repeat returns the task created first (and is retried);
+        `result_ttl_s` drops its result that long after it finished."""
         body = _base.submit_body(
             task_type,
             payload,
@@ -132,6 +134,7 @@ class TaskprocClient:
             delay_s=delay_s,
             idempotency_key=idempotency_key,
             queue=queue,
+            result_ttl_s=result_ttl_s,
         )
         return self._call(_base.Call("POST", "/tasks", idempotency_key is not None, json=body), _TASK)
 

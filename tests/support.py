@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import httpx
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 from taskproc.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
@@ -502,3 +503,50 @@ class NetNamespace:
     def remove(self) -> None:
         _ip("link", "del", self.host_if, check=False)
         _ip("netns", "del", self.name, check=False)
+
+
+@dataclass
+class SupervisedWorkers:
+    """Worker processes of a stack, each replaced by a fresh one by `supervise()` once it died (the test is their
+    supervisor, as a Deployment would be), each with a /metrics port of its own."""
+
+    stack: Stack
+    live: list[tuple[Proc, int]] = field(default_factory=list)
+    deaths: int = 0
+
+    def start(self) -> None:
+        port = free_port()
+        self.live.append((self.stack.start_worker(metrics_port=port), port))
+
+    def supervise(self) -> None:
+        for proc, port in list(self.live):
+            if not proc.alive():
+                self.deaths += 1
+                self.live.remove((proc, port))
+                self.start()
+
+    def until_ended(self, task_id: str, others: list[str] | None = None, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait for a task (say, one that kills its workers) to end, replacing each worker that dies meanwhile and,
+        given `others`, submitting `add` tasks all along (their ids appended to it); returns the task as it ended."""
+
+        def ended() -> dict[str, Any]:  # empty (falsy) until the task ended
+            self.supervise()
+            if others is not None:
+                others.extend(self.stack.submit("add", {"a": len(others), "b": 1})["id"] for _ in range(3))
+            task = self.stack.get(task_id)
+            return task if task["status"] in {"failed", "completed", "canceled"} else {}
+
+        task = wait_for(ended, timeout=timeout, interval=0.2, what=f"task {task_id} to end")
+        self.supervise()
+        return task
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` with these labels over the live workers' /metrics."""
+        total = 0.0
+        for _, port in self.live:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            for family in text_string_to_metric_families(text):
+                for s in family.samples:
+                    if s.name == name and set(labels.items()) <= set(s.labels.items()):
+                        total += s.value
+        return total

@@ -307,6 +307,7 @@ def task_facts(task: TaskPublic) -> Table:
     if task.waiting is not None and task.status not in TERMINAL:
         facts.add_row("waiting", waiting_text(task.waiting))
     facts.add_row("attempts", f"{task.attempts} of {task.max_retries + 1}")
+    _crash_facts(facts, task)
     facts.add_row("timeout", f"{task.timeout_s} s per attempt")
     facts.add_row("created", fmt_time(task.created_at))
     if task.started_at:
@@ -323,11 +324,21 @@ def task_facts(task: TaskPublic) -> Table:
     return facts
 
 
+def _crash_facts(facts: Table, task: TaskPublic) -> None:
+    """Attempts lost to a dying worker, and the quarantine they led to (a poison task)."""
+    if task.lost_attempts:
+        facts.add_row("lost attempts", f"{task.lost_attempts} (its worker died)")
+    if task.quarantined:
+        facts.add_row("quarantined", Text("yes: its attempts killed their worker, not retried", style="bold red"))
+
+
 def show_task(task: TaskPublic, events: Sequence[TaskEventPublic] | None) -> None:
     out.print(task_facts(task))
     out.print(Text("payload", style="bold"))
     out.print(Syntax(json.dumps(task.payload, indent=2), "json", background_color="default"))
-    if task.result is not None:
+    if task.result_expired:
+        out.print(Text(f"result expired at {fmt_time(task.result_expires_at)}", style="bold"))
+    elif task.result is not None:
         out.print(Text("result", style="bold green"))
         out.print(Syntax(json.dumps(task.result, indent=2), "json", background_color="default"))
     if task.error:

@@ -56,10 +56,29 @@ class Settings(BaseSettings):
         description="A task handed back by worker shutdowns more than this many times spends an attempt on the "
         "next one, so a flapping scale-down cannot restart it forever.",
     )
+    max_lost_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="A task whose attempts were lost to a dying worker this many times is failed for good, "
+        "`quarantined` (a poison task), whatever retries it has left, so it cannot crash-loop the workers.",
+    )
     reconcile_s: float = Field(
         default=15.0, gt=0, description="How often pending tasks missing from Redis are re-enqueued."
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
+    max_payload_bytes: int = Field(
+        default=262_144,
+        ge=64,
+        description="Largest payload of one task (as compact JSON); a bigger one is refused with 413, also in a "
+        "batch (whose body TASKPROC_MAX_BODY_BYTES bounds as a whole).",
+    )
+    max_result_bytes: int = Field(
+        default=1_048_576,
+        ge=64,
+        description="Largest result a handler may return (as compact JSON); a bigger one fails the task without "
+        "retries, the error naming both sizes.",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated API keys; when set, /api/v1 requires one."
     )
@@ -68,7 +87,10 @@ class Settings(BaseSettings):
         default=7.0, ge=0, description="Terminal tasks older than this are purged (0 = keep forever)."
     )
     retention_interval_s: float = Field(
-        default=300.0, gt=0, description="How often a worker purges expired tasks (in batches of 1000)."
+        default=300.0,
+        gt=0,
+        description="How often a worker purges expired tasks and drops results past their `result_ttl_s` (in "
+        "batches of 1000).",
     )
     log_format: Literal["json", "text"] = Field(default="json", description="Log line format on stdout.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")

@@ -29,8 +29,14 @@ TASKS_SUBMITTED = Counter("taskproc_tasks_submitted_total", "Tasks accepted by t
 TASKS_FINISHED = Counter("taskproc_tasks_finished_total", "Tasks that reached a terminal state.", ["type", "status"])
 TASK_ATTEMPTS = Counter(
     "taskproc_task_attempts_total",
-    "Attempts that ended, by outcome (success, error, timeout, aborted, lost).",
+    "Attempts that ended, by outcome (success, error, timeout, aborted, lost, result_too_large).",
     ["type", "outcome"],
+)
+TASKS_QUARANTINED = Counter(
+    "taskproc_tasks_quarantined_total",
+    "Tasks failed for good because their attempts killed their worker TASKPROC_MAX_LOST_ATTEMPTS times (also "
+    "counted as failed in taskproc_tasks_finished_total).",
+    ["type"],
 )
 TASKS_RETRIED = Counter("taskproc_tasks_retried_total", "Retries scheduled after a failed attempt.", ["type"])
 TASK_DURATION = Histogram(

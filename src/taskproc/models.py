@@ -15,6 +15,7 @@ from sqlmodel import Field, SQLModel
 
 MAX_TIMEOUT_S = 86_400.0
 MAX_DELAY_S = 30 * 86_400.0
+MAX_RESULT_TTL_S = 365 * 86_400.0
 
 
 def utcnow() -> datetime:
@@ -79,6 +80,13 @@ class TaskCreate(TaskBase):
     delay_s: float | None = Field(default=None, ge=0, le=MAX_DELAY_S, description="Run no earlier than this.")
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=200, description="Same key, same task: never created twice."
+    )
+    result_ttl_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_RESULT_TTL_S,
+        description="Drop the result this many seconds after the task finished (the task and its history stay; "
+        "`result_expired` says so); default: its task type's `result_ttl_s`, else kept until the task is purged.",
     )
     concurrency_key: str | None = Field(
         default=None,
@@ -161,6 +169,12 @@ class Task(TaskBase, table=True):
             "finished_at",
             postgresql_where=sa.text("status IN ('completed', 'failed', 'canceled')"),
         ),
+        # Results still waiting to expire (migration 0010): what the retention pass looks at.
+        sa.Index(
+            "ix_task_result_expiring",
+            "finished_at",
+            postgresql_where=sa.text("result_ttl_s IS NOT NULL AND result IS NOT NULL AND finished_at IS NOT NULL"),
+        ),
         sa.Index(
             "uq_task_idempotency_key",
             "idempotency_key",
@@ -200,8 +214,14 @@ class Task(TaskBase, table=True):
     )
     # Migration 0008: the per-key limit the task counts against (table task_key), NULL for none.
     concurrency_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
-    # Migration 0010: where the task's own webhooks go (taskproc.webhooks), NULL for none.
+    # Migration 0011: where the task's own webhooks go (taskproc.webhooks), NULL for none.
     callback_url: str | None = Field(default=None, sa_column=sa.Column(sa.String(2000), nullable=True))
+    # Migration 0012: the result is dropped this long after the task finished (NULL: kept), and when it was.
+    result_ttl_s: float | None = Field(default=None, sa_column=sa.Column(sa.Float, nullable=True))
+    result_expired_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
+    # Migration 0012: attempts lost to a worker that died, and whether that failed the task (crash quarantine).
+    lost_attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    quarantined: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false()))
     created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     started_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
     finished_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
@@ -256,8 +276,23 @@ class TaskPublic(TaskBase):
     waiting: TaskWaiting | None = Field(
         default=None, description="Set on a pending or retrying task that waits for something besides a free slot."
     )
+    result_ttl_s: float | None = Field(default=None, description="The result is dropped this long after finishing.")
+    result_expires_at: datetime | None = Field(
+        default=None, description="When the result is (or was) dropped: `finished_at` + `result_ttl_s`."
+    )
+    result_expired: bool = Field(
+        default=False, description="The result was dropped after its `result_ttl_s`: `result` is null for good."
+    )
+    lost_attempts: int = Field(
+        default=0, description="Attempts lost to a worker that died while running it (counted in `attempts` too)."
+    )
+    quarantined: bool = Field(
+        default=False,
+        description="Failed because it killed its worker TASKPROC_MAX_LOST_ATTEMPTS times (a poison task), not by "
+        "a handler error; `error` says so.",
+    )
 
-    @field_serializer("run_at", "created_at", "started_at", "finished_at", "updated_at")
+    @field_serializer("run_at", "created_at", "started_at", "finished_at", "updated_at", "result_expires_at")
     def _utc(self, value: datetime | None) -> str | None:
         return _iso(value)
 
@@ -449,6 +484,9 @@ class TaskTypePublic(SQLModel):
     name: str
     description: str
     payload_schema: dict[str, Any]
+    result_ttl_s: float | None = Field(
+        default=None, description="Its tasks' results are dropped this long after finishing, unless a task says."
+    )
 
 
 # ---- schedules (migration 0006) ---------------------------------------------------------------------------------

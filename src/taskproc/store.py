@@ -120,6 +120,10 @@ class TaskRow:
     queue: str
     concurrency_key: str | None
     callback_url: str | None
+    result_ttl_s: float | None
+    result_expired_at: datetime | None
+    lost_attempts: int
+    quarantined: bool
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TaskStatus(self.status))
@@ -145,6 +149,7 @@ class NewTask:
     queue: str = DEFAULT_QUEUE
     concurrency_key: str | None = None
     callback_url: str | None = None
+    result_ttl_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,15 +337,15 @@ INSERT_TASKS = sa.text(
     "WITH input AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), "  # noqa: S608 - constant SQL
     "CAST(:priorities AS text[]), CAST(:payloads AS text[]), CAST(:max_retries AS int[]), "
     "CAST(:timeouts AS float8[]), CAST(:keys AS text[]), CAST(:delays AS float8[]), CAST(:schedules AS text[]), "
-    "CAST(:queues AS text[]), CAST(:ckeys AS text[]), CAST(:callbacks AS text[])) "
+    "CAST(:queues AS text[]), CAST(:ckeys AS text[]), CAST(:callbacks AS text[]), CAST(:ttls AS float8[])) "
     "WITH ORDINALITY AS i(id, type, priority, payload, max_retries, timeout_s, idempotency_key, delay_s, schedule, "
-    "queue, concurrency_key, callback_url, ord)), "
+    "queue, concurrency_key, callback_url, result_ttl_s, ord)), "
     "ins AS (INSERT INTO task (id, type, priority, payload, status, attempts, max_retries, timeout_s, "
     "idempotency_key, generation, run_at, cancel_requested, created_at, updated_at, schedule, queue, "
-    "concurrency_key, callback_url) "
+    "concurrency_key, callback_url, result_ttl_s) "
     "SELECT id, type, priority, CAST(payload AS jsonb), CAST(:s_pending AS text), 0, max_retries, timeout_s, "
     "idempotency_key, 1, now() + make_interval(secs => delay_s), FALSE, now(), now(), schedule, queue, "
-    "concurrency_key, callback_url FROM input "
+    "concurrency_key, callback_url, result_ttl_s FROM input "
     "ORDER BY ord "
     "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     f"RETURNING {TASK_COLUMNS}), "
@@ -367,6 +372,7 @@ async def create(db: Db, tasks: Sequence[NewTask]) -> list[TaskRow]:
         queues=[t.queue for t in tasks],
         ckeys=[t.concurrency_key for t in tasks],
         callbacks=[t.callback_url for t in tasks],
+        ttls=[t.result_ttl_s for t in tasks],
     )
     return _rows(TaskRow, await db.execute(INSERT_TASKS, params))
 
@@ -596,7 +602,7 @@ RETRY = _transition(
     sets=(
         "status = :s_pending, attempts = 0, generation = generation + 1, run_at = now(), result = NULL, "
         "error = NULL, started_at = NULL, finished_at = NULL, worker_id = NULL, cancel_requested = FALSE, "
-        "shutdown_requeues = 0"
+        "shutdown_requeues = 0, lost_attempts = 0, quarantined = FALSE, result_expired_at = NULL"
     ),
     where="id = :id AND status = ANY(CAST(:retryable AS text[]))",
     detail="'retry requested'",
@@ -1012,12 +1018,18 @@ async def reap_orphans(db: Db, worker_id: str, orphans: Sequence[AttemptRef]) ->
     return _rows(TaskRow, await db.execute(REAP_ORPHANS, params))
 
 
+# A task whose attempts have killed their worker :max_lost times is quarantined: failed whatever retries it has
+# left, so one poison payload cannot crash-loop a pool. (In SET, lost_attempts is the value before this reap.)
+_POISON = "(NOT cancel_requested AND lost_attempts + 1 >= :max_lost)"
 REAP_EXPIRED = _transition(
     sets=(
         "status = CASE WHEN cancel_requested THEN :s_canceled "
-        "WHEN attempts >= max_retries + 1 THEN :s_failed ELSE :s_retrying END, "
-        "error = CASE WHEN cancel_requested THEN error ELSE 'worker lost: its lease expired' END, "
-        "finished_at = CASE WHEN cancel_requested OR attempts >= max_retries + 1 THEN now() END, "
+        f"WHEN attempts >= max_retries + 1 OR {_POISON} THEN :s_failed ELSE :s_retrying END, "
+        f"error = CASE WHEN cancel_requested THEN error WHEN {_POISON} THEN "
+        "'worker died during ' || (lost_attempts + 1) || ' attempts' ELSE 'worker lost: its lease expired' END, "
+        "finished_at = CASE WHEN cancel_requested OR attempts >= max_retries + 1 OR "
+        f"{_POISON} THEN now() END, "
+        f"lost_attempts = lost_attempts + 1, quarantined = {_POISON}, "
         "generation = generation + 1, worker_id = NULL, run_at = now()"
     ),
     # The rows are picked once, in a materialized CTE: as an IN (subquery) the planner may rescan the locking
@@ -1029,17 +1041,19 @@ REAP_EXPIRED = _transition(
         "ORDER BY l.id LIMIT :limit FOR UPDATE SKIP LOCKED), "
     ),
     where="id IN (SELECT id FROM lost) AND status = :s_running",
-    detail="'worker lost (lease expired); attempt counted'",
+    detail="CASE WHEN quarantined THEN 'quarantined: ' || error || ' (TASKPROC_MAX_LOST_ATTEMPTS); not retried' "
+    "ELSE 'worker lost (lease expired); attempt counted' END",
 )
 DELETE_DEAD_WORKERS = sa.text("DELETE FROM worker WHERE expires_at < now() - interval '1 hour'")
 
 
-async def reap_expired(db: Db, worker_id: str, *, limit: int = 500) -> list[TaskRow]:
+async def reap_expired(db: Db, worker_id: str, *, limit: int = 500, max_lost: int = 3) -> list[TaskRow]:
     """Two statements for the caller's transaction: up to `limit` running tasks of workers whose lease expired
-    (never `worker_id`'s own) are retried now, the lost attempt counted (`retrying`, `failed` with none left,
-    `canceled` if a cancel was requested; rows another reaper holds are skipped); then worker rows expired for
-    an hour are deleted."""
-    rows = _rows(TaskRow, await db.execute(REAP_EXPIRED, _params(me=worker_id, limit=limit)))
+    (never `worker_id`'s own) are retried now, the lost attempt counted in `attempts` and `lost_attempts`
+    (`retrying`, `failed` with none left, `canceled` if a cancel was requested; rows another reaper holds are
+    skipped), or, at their `max_lost`th lost attempt, failed and `quarantined`; then worker rows expired for an
+    hour are deleted."""
+    rows = _rows(TaskRow, await db.execute(REAP_EXPIRED, _params(me=worker_id, limit=limit, max_lost=max_lost)))
     await db.execute(DELETE_DEAD_WORKERS)
     return rows
 
@@ -2210,3 +2224,23 @@ async def next_bulk(db: Db) -> BulkRow | None:
 async def bulk_changed_since(db: Db, since: datetime) -> list[BulkRow]:
     """Operations whose progress moved after `since` (for the event stream), oldest change first."""
     return _rows(BulkRow, await db.execute(CHANGED_BULK, {"since": since}))
+
+
+# ---- results that expire (migration 0012) ------------------------------------------------------------------
+
+EXPIRE_RESULTS = sa.text(
+    # Picked once, in a materialized CTE, so that `batch` bounds the rows (see REAP_EXPIRED); the partial index
+    # ix_task_result_expiring holds exactly the results still to expire, oldest first.
+    "WITH due AS MATERIALIZED (SELECT id FROM task "
+    "WHERE result_ttl_s IS NOT NULL AND result IS NOT NULL AND finished_at IS NOT NULL "
+    "AND finished_at + make_interval(secs => result_ttl_s) <= now() "
+    "ORDER BY finished_at LIMIT :batch FOR UPDATE SKIP LOCKED), "
+    "x AS (UPDATE task SET result = NULL, result_expired_at = now(), updated_at = now() "
+    "WHERE id IN (SELECT id FROM due) AND result IS NOT NULL RETURNING 1) SELECT count(*) FROM x"
+)
+
+
+async def expire_results(db: Db, *, batch: int) -> int:
+    """Drop the results of up to `batch` finished tasks whose `result_ttl_s` has passed (the row and its history
+    stay, `result_expired_at` says when), skipping rows someone holds a lock on; returns how many."""
+    return int((await db.execute(EXPIRE_RESULTS, {"batch": batch})).scalar_one())

@@ -1108,3 +1108,111 @@ async def test_bulk_operations_walk_their_matching_tasks_by_keyset_and_record_pr
         final = await store.get_bulk(s, op.id)
     assert final is not None and (final.status, final.done, final.failed) == ("completed", 4, 1)
     assert final.finished_at is not None
+
+
+# ---- crash quarantine and results that expire (migration 0012) ---------------------------------------------------
+
+
+async def _lose(pg: Pg, row: TaskRow, *, max_lost: int = 3) -> TaskRow:
+    """One attempt of `row` lost: claimed by a worker with no live lease, then reaped by another."""
+    await claim(pg, row, "dead")
+    async with pg.tx() as s:
+        [reaped] = await store.reap_expired(s, "me", max_lost=max_lost)
+        await s.commit()
+    return reaped
+
+
+async def test_reap_expired_quarantines_a_task_at_its_max_lost_th_lost_attempt_whatever_retries_are_left(
+    pg: Pg,
+) -> None:
+    [row] = await create(pg, new(max_retries=10))
+    for n in (1, 2):
+        row = await _lose(pg, row)
+        assert (row.status, row.lost_attempts, row.attempts, row.quarantined) == (TaskStatus.retrying, n, n, False)
+        assert row.error == "worker lost: its lease expired" and row.finished_at is None
+    row = await _lose(pg, row)
+    assert (row.status, row.lost_attempts, row.attempts, row.quarantined) == (TaskStatus.failed, 3, 3, True)
+    assert row.error == "worker died during 3 attempts" and row.finished_at is not None
+    assert (await pg.details(row.id))[-1] == (
+        TaskStatus.failed,
+        "quarantined: worker died during 3 attempts (TASKPROC_MAX_LOST_ATTEMPTS); not retried",
+    )
+    # An ordinary failed attempt in between counts against max_retries but not as a lost one.
+    [other] = await create(pg, new(max_retries=10))
+    other = await _lose(pg, other)
+    c = await claim(pg, other, "w1")
+    async with pg.tx() as s:
+        failed = await store.fail_attempt(s, attempt(c), error="E: handler", delay_s=0.0, retry=True)
+        await s.commit()
+    assert failed is not None and (failed.status, failed.lost_attempts, failed.attempts) == (TaskStatus.retrying, 1, 2)
+    # A retry starts afresh: no lost attempts, not quarantined.
+    async with pg.auto() as s:
+        again = await store.retry(s, row.id)
+    assert again is not None
+    assert (again.lost_attempts, again.quarantined, again.status) == (0, False, TaskStatus.pending)
+
+
+async def test_reap_expired_cancels_rather_than_quarantines_a_task_whose_cancel_was_requested(pg: Pg) -> None:
+    [row] = await create(pg, new(max_retries=10))
+    row = await _lose(pg, row, max_lost=2)
+    c = await claim(pg, row, "dead")
+    pg.sql("UPDATE task SET cancel_requested = TRUE WHERE id = %s", (c.id,))
+    async with pg.tx() as s:
+        [reaped] = await store.reap_expired(s, "me", max_lost=2)
+        await s.commit()
+    assert (reaped.status, reaped.quarantined, reaped.lost_attempts) == (TaskStatus.canceled, False, 2)
+
+
+async def test_expire_results_drops_results_past_their_ttl_in_batches_and_keeps_the_rest(pg: Pg) -> None:
+    due1, due2, young, no_ttl, no_result, waiting = await create(
+        pg,
+        new(result_ttl_s=5.0),
+        new(result_ttl_s=5.0),
+        new(result_ttl_s=60.0),
+        new(),
+        new(result_ttl_s=5.0),
+        new(result_ttl_s=1.0),
+    )
+    assert due1.result_ttl_s == 5.0 and no_ttl.result_ttl_s is None and due1.result_expired_at is None
+    finished = [due1.id, due2.id, young.id, no_ttl.id, no_result.id]
+    pg.sql(
+        "UPDATE task SET status = 'completed', result = '{\"x\": 1}', finished_at = now() - interval '10 seconds' "
+        "WHERE id = ANY(%s)",
+        (finished,),
+    )
+    pg.sql("UPDATE task SET result = NULL WHERE id = %s", (no_result.id,))
+    pg.sql("UPDATE task SET result = '{\"x\": 1}' WHERE id = %s", (waiting.id,))  # not finished: never expires
+    events_before = pg.sql("SELECT count(*) FROM task_event")
+    async with pg.auto() as s:
+        assert await store.expire_results(s, batch=1) == 1
+        assert await store.expire_results(s, batch=1) == 1
+        assert await store.expire_results(s, batch=1) == 0
+    for task in (due1, due2):
+        row = await pg.row(task.id)
+        assert row.result is None and row.result_expired_at is not None and row.status is TaskStatus.completed
+    for task in (young, no_ttl, waiting):
+        row = await pg.row(task.id)
+        assert row.result == {"x": 1} and row.result_expired_at is None
+    assert (await pg.row(no_result.id)).result_expired_at is None, "nothing to drop, nothing marked"
+    assert pg.sql("SELECT count(*) FROM task_event") == events_before, "the history stays as it was"
+
+
+async def test_expire_results_skips_rows_another_transaction_holds(pg: Pg) -> None:
+    rows = await create(pg, *(new(result_ttl_s=1.0) for _ in range(2)))
+    pg.sql(
+        "UPDATE task SET status = 'failed', result = '1', finished_at = now() - interval '1 minute' WHERE id = ANY(%s)",
+        ([r.id for r in rows],),
+    )
+    locked = min(r.id for r in rows)
+    async with pg.tx() as holder:
+        await holder.execute(sa.text("SELECT 1 FROM task WHERE id = :id FOR UPDATE"), {"id": locked})
+        async with pg.auto() as s:
+            assert await store.expire_results(s, batch=10) == 1
+        await holder.rollback()
+    assert (await pg.row(locked)).result == 1
+    # A retry of the task whose result expired starts afresh: no longer expired.
+    [expired] = [r.id for r in rows if r.id != locked]
+    assert (await pg.row(expired)).result_expired_at is not None
+    async with pg.auto() as s:
+        again = await store.retry(s, expired)
+    assert again is not None and again.result_expired_at is None and again.result is None

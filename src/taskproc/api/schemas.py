@@ -18,7 +18,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "API key missing or invalid (when keys are configured)."},
     404: {"model": ErrorResponse, "description": "No such task."},
     409: {"model": ErrorResponse, "description": "Not allowed in the task's current state."},
-    413: {"model": ErrorResponse, "description": "Request body too large."},
+    413: {"model": ErrorResponse, "description": "Request body, or a task's payload, too large."},
     415: {"model": ErrorResponse, "description": "Request body is not JSON."},
     422: {"model": ErrorResponse, "description": "Invalid input."},
     503: {"model": ErrorResponse, "description": "Postgres or Redis unavailable."},

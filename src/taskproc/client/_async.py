@@ -134,11 +134,13 @@ class AsyncTaskprocClient:
         idempotency_key: str | None = None,
         queue: str | None = None,
         concurrency_key: str | None = None,
+        result_ttl_s: float | None = None,
     ) -> TaskPublic:
         """Submit one task. With an `idempotency_key`, a repeat returns the task created first (and is retried).
 
         `concurrency_key`: the key whose limit (`put_limit`) the task counts against; default: the key its task
-        type derives from the payload, if it declares one.
+        type derives from the payload, if it declares one. `result_ttl_s` drops its result that long after it
+        finished.
         """
         body = _base.submit_body(
             task_type,
@@ -151,6 +153,7 @@ class AsyncTaskprocClient:
             queue=queue,
             concurrency_key=concurrency_key,
             callback_url=callback_url,
+            result_ttl_s=result_ttl_s,
         )
         return await self._call(_base.Call("POST", "/tasks", idempotency_key is not None, json=body), _TASK)
 

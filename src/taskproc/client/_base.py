@@ -192,6 +192,7 @@ def submit_body(
     queue: str | None = None,
     concurrency_key: str | None = None,
     callback_url: str | None = None,
+    result_ttl_s: float | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"type": task_type, "payload": dict(payload or {})}
     optional = {
@@ -203,6 +204,7 @@ def submit_body(
         "delay_s": delay_s,
         "idempotency_key": idempotency_key,
         "callback_url": callback_url,
+        "result_ttl_s": result_ttl_s,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     return body

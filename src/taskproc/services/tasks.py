@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskproc import queue, store, testhooks
 from taskproc.config import Settings
-from taskproc.errors import ConflictError, FieldPath, InvalidInputError, NotFoundError, Problem
+from taskproc.errors import ConflictError, FieldPath, InvalidInputError, NotFoundError, PayloadTooLargeError, Problem
 from taskproc.models import (
     TERMINAL,
     WAITING,
@@ -45,7 +46,17 @@ log = logging.getLogger("taskproc.service")
 
 
 def to_public(row: TaskRow) -> TaskPublic:
-    return TaskPublic.model_validate(row, from_attributes=True)
+    task = TaskPublic.model_validate(row, from_attributes=True)
+    if row.result_ttl_s is not None and row.finished_at is not None:
+        task.result_expires_at = row.finished_at + timedelta(seconds=row.result_ttl_s)
+    # Expired from the moment the TTL has passed, though the retention pass may not have dropped it yet: a read
+    # never shows a result its TTL has ended (compared with this process's clock, a read's courtesy only).
+    if row.result_expired_at is not None or (
+        task.result_expires_at is not None and task.result_expires_at <= datetime.now(UTC)
+    ):
+        task.result_expired = True
+        task.result = None
+    return task
 
 
 async def _redis_best_effort(what: str, coro: Awaitable[Any]) -> None:
@@ -59,6 +70,17 @@ async def _redis_best_effort(what: str, coro: Awaitable[Any]) -> None:
 def enqueue_item(row: TaskRow) -> queue.Enqueue:
     """The queue entry of a row a statement just wrote (its `updated_at` is Postgres's now())."""
     return queue.entry(row, row.updated_at)
+
+
+def _check_payload_sizes(tasks_in: Sequence[TaskCreate], settings: Settings, batch: bool) -> None:
+    """PayloadTooLargeError naming the first payload over TASKPROC_MAX_PAYLOAD_BYTES (as compact JSON, the way
+    it is stored), and the limit."""
+    limit = settings.max_payload_bytes
+    for index, task_in in enumerate(tasks_in):
+        size = len(json.dumps(task_in.payload, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > limit:
+            where = f"tasks[{index}].payload" if batch else "payload"
+            raise PayloadTooLargeError(f"{where} is {size} bytes, over TASKPROC_MAX_PAYLOAD_BYTES={limit}")
 
 
 def _validated_payloads(tasks_in: Sequence[TaskCreate], registry: TaskRegistry, batch: bool) -> list[dict[str, Any]]:
@@ -177,6 +199,7 @@ async def create_tasks(
     A task whose idempotency key already exists is returned as it is, not created again, even when concurrent
     requests race on the same key (the unique index decides, ON CONFLICT DO NOTHING yields to the winner).
     """
+    _check_payload_sizes(tasks_in, settings, batch)
     payloads = _validated_payloads(tasks_in, registry, batch)
     keys = _concurrency_keys(tasks_in, payloads, registry, batch)
     for index, task_in in enumerate(tasks_in):
@@ -200,6 +223,7 @@ async def create_tasks(
             queue=task_in.queue,
             concurrency_key=key,
             callback_url=task_in.callback_url,
+            result_ttl_s=task_in.result_ttl_s if task_in.result_ttl_s is not None else _type_ttl(registry, task_in),
         )
         for task_in, payload, key in zip(tasks_in, payloads, keys, strict=True)
     ]
@@ -223,6 +247,11 @@ async def create_tasks(
     if inserted:
         await _redis_best_effort("enqueue", queue.enqueue(redis, [enqueue_item(r) for r in inserted.values()]))
     return out
+
+
+def _type_ttl(registry: TaskRegistry, task_in: TaskCreate) -> float | None:
+    task_type = registry.get(task_in.type)
+    return None if task_type is None else task_type.result_ttl_s
 
 
 async def served_types(session: AsyncSession) -> frozenset[str] | None:

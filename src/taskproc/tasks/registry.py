@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from taskproc.errors import FieldPath, InvalidInputError, Problem
+from taskproc.models import MAX_RESULT_TTL_S
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class TaskType:
     key: Callable[[Any], str] | None = None
     max_running_per_key: int | None = None
     rate: tuple[int, float] | None = None  # (count, per_s)
+    result_ttl_s: float | None = None  # a task's results are dropped this long after it finished (its own wins)
 
     @property
     def has_key_limit(self) -> bool:
@@ -78,12 +80,14 @@ class TaskRegistry:
         key: Callable[[P], str] | None = None,
         max_running_per_key: int | None = None,
         rate: tuple[int, float] | None = None,
+        result_ttl_s: float | None = None,
     ) -> Callable[[TaskHandler[P]], TaskHandler[P]]:
         """Decorator: `@task_type("resize", payload=ResizeIn)` on `async def resize(payload, ctx)`.
 
         `key` derives each task's concurrency key from its validated payload (`key=lambda p: p.tenant`); with
         `max_running_per_key=N` and/or `rate=(count, per_s)` every such key gets that limit, enforced across all
-        workers, unless PUT /api/v1/limits/{key} set another.
+        workers, unless PUT /api/v1/limits/{key} set another. `result_ttl_s`: its tasks' results are dropped this
+        long after they finished, unless a task says otherwise.
         """
         if (max_running_per_key is not None or rate is not None) and key is None:
             raise ValueError(f"task type {name!r}: max_running_per_key= and rate= need key= to name the key")
@@ -91,6 +95,8 @@ class TaskRegistry:
             raise ValueError(f"task type {name!r}: max_running_per_key must be at least 1")
         if rate is not None and (rate[0] < 1 or rate[1] <= 0):
             raise ValueError(f"task type {name!r}: rate is (count >= 1, per_s > 0)")
+        if result_ttl_s is not None and not 0 < result_ttl_s <= MAX_RESULT_TTL_S:
+            raise ValueError(f"task type {name!r}: result_ttl_s is > 0 and at most {MAX_RESULT_TTL_S:g} (a year)")
 
         def decorate(handler: TaskHandler[P]) -> TaskHandler[P]:
             if not inspect.iscoroutinefunction(handler):
@@ -106,6 +112,7 @@ class TaskRegistry:
                 key=key,
                 max_running_per_key=max_running_per_key,
                 rate=None if rate is None else (int(rate[0]), float(rate[1])),
+                result_ttl_s=None if result_ttl_s is None else float(result_ttl_s),
             )
             return handler
 

@@ -265,6 +265,7 @@ class WorkerRuntime:
                 result = await task_type.handler(payload, ctx)
             # Serialise here, so a result that is not JSON fails the attempt instead of the worker.
             result_text = _json(to_jsonable_python(result))
+            oversized = _oversized(result_text, self.settings.max_result_bytes)
         except asyncio.CancelledError as exc:
             if _cancel_requested():
                 await self._aborted(key, label, t0)
@@ -289,7 +290,11 @@ class WorkerRuntime:
                 delay_s=exc.delay_s if isinstance(exc, RetryAfter) else None,
             )
         else:
-            await self._completed(key, label, t0, result_text)
+            if oversized is None:
+                await self._completed(key, label, t0, result_text)
+            else:
+                # The same handler would most likely return it again: failed without retries.
+                await self._attempt_failed(key, label, t0, oversized, outcome="result_too_large", permanent=True)
         finally:
             metrics.TASKS_RUNNING.dec()
 
@@ -655,7 +660,7 @@ class WorkerRuntime:
     async def _reap_expired(self) -> int:
         async with self.sessions() as session:
             # Our own tasks are never "lost" to us: the ones we still run carry on, the others are orphans.
-            rows = await store.reap_expired(session, self.worker_id)
+            rows = await store.reap_expired(session, self.worker_id, max_lost=self.settings.max_lost_attempts)
             await session.commit()
         if not rows:
             return 0
@@ -666,6 +671,13 @@ class WorkerRuntime:
                 metrics.TASKS_RETRIED.labels(label).inc()
             else:
                 metrics.TASKS_FINISHED.labels(label, r.status.value).inc()
+            if r.quarantined:
+                metrics.TASKS_QUARANTINED.labels(label).inc()
+                log.error(
+                    "task quarantined: its attempts killed their worker",
+                    extra={"task_id": str(r.id), "type": r.type, "attempt": r.attempts, "error": r.error},
+                )
+                continue
             log.warning(
                 "task recovered from a lost worker",
                 extra={"task_id": str(r.id), "type": r.type, "attempt": r.attempts, "status": r.status.value},
@@ -684,7 +696,9 @@ class WorkerRuntime:
         return await self.maintenance.reconcile(batch_size=batch_size, max_rows=max_rows)
 
     async def purge_expired(self, *, batch: int = 1000) -> int:
-        """Delete terminal tasks older than the retention, in small batches so no lock is held for long."""
+        """Drop results past their `result_ttl_s`, then delete terminal tasks older than the retention, in small
+        batches so no lock is held for long; returns how many tasks were deleted."""
+        await self.expire_results(batch=batch)
         days = self.settings.retention_days
         if days <= 0:
             return 0
@@ -700,6 +714,21 @@ class WorkerRuntime:
             log.info("purged expired tasks", extra={"count": total})
         return total
 
+    async def expire_results(self, *, batch: int = 1000, max_rows: int = 100_000) -> int:
+        """Drop the results whose `result_ttl_s` has passed (the tasks and their history stay), `batch` rows a
+        transaction, at most `max_rows` a pass so one pass never runs for long; returns how many."""
+        total = 0
+        while total < max_rows:
+            async with self.sessions() as session:
+                n = await store.expire_results(session, batch=batch)
+                await session.commit()
+            total += n
+            if n < batch:
+                break
+        if total:
+            log.info("dropped expired results", extra={"count": total})
+        return total
+
 
 def _cancel_requested() -> bool:
     """Whether the running attempt was cancelled from outside, rather than by a CancelledError its handler raised."""
@@ -713,3 +742,11 @@ def _error_text(exc: BaseException) -> str:
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _oversized(result_text: str, limit: int) -> str | None:
+    """The error of a result over TASKPROC_MAX_RESULT_BYTES, None if it fits."""
+    size = len(result_text.encode())
+    if size <= limit:
+        return None
+    return f"result of {size} bytes exceeds TASKPROC_MAX_RESULT_BYTES={limit}"

@@ -36,6 +36,8 @@ async def get_stats(
 async def list_task_types(registry: RegistryDep) -> list[TaskTypePublic]:
     """The task types this deployment can run, with the JSON schema of each payload."""
     return [
-        TaskTypePublic(name=t.name, description=t.description, payload_schema=t.payload_schema())
+        TaskTypePublic(
+            name=t.name, description=t.description, payload_schema=t.payload_schema(), result_ttl_s=t.result_ttl_s
+        )
         for t in registry.all()
     ]

@@ -217,7 +217,7 @@ function taskRow(task) {
   },
   h('td', { class: 'task' }, h('span', { class: 'type' }, task.type),
     h('code', { class: 'id', title: task.id }, shortId(task.id))),
-  h('td', { class: 'status' }, badge(task.status),
+  h('td', { class: 'status' }, badge(task.status), task.quarantined ? quarantineBadge(task) : null,
     task.waiting && task.waiting.reason !== 'ready' ? reasonBadge(task.waiting.reason) : null),
   h('td', {}, h('span', { class: `prio p-${task.priority}` }, task.priority)),
   h('td', { class: 'queue queue-col' }, task.queue || ''),
@@ -225,6 +225,12 @@ function taskRow(task) {
   h('td', { title: task.created_at }, formatTime(task.created_at)),
   h('td', { class: 'num' }, task.status === 'running' ? '…' : formatDuration(dur)),
   h('td', { class: 'actions' }, h('div', { class: 'btns' }, actionButtons(task, true))));
+}
+
+// A poison task (its attempts killed their worker TASKPROC_MAX_LOST_ATTEMPTS times): failed, but not by its handler.
+function quarantineBadge(task) {
+  return h('span', { class: 'badge quarantined', title: task.error || 'quarantined', dataset: { quarantined: '' } },
+    'quarantined');
 }
 
 function renderTasks() {
@@ -407,7 +413,8 @@ async function loadDetail() {
 function detailHeader(task, id) {
   return h('header', {},
     h('div', {},
-      h('h2', {}, task ? task.type : 'Task', ' ', task ? badge(task.status) : null),
+      h('h2', {}, task ? task.type : 'Task', ' ', task ? badge(task.status) : null, ' ',
+        task && task.quarantined ? quarantineBadge(task) : null),
       h('div', { class: 'idline' }, h('code', { class: 'full-id' }, id),
         h('button', { type: 'button', class: 'ghost small', title: 'Copy the task id', onclick: () => copy(id) },
           'Copy'))),
@@ -435,7 +442,8 @@ function renderDetail(task, events) {
   const rows = [
     ['Priority', prio],
     ['Queue', h('code', { id: 'detail-queue' }, task.queue)],
-    ['Attempts', `${task.attempts} of ${task.max_retries + 1}`],
+    ['Attempts', `${task.attempts} of ${task.max_retries + 1}`
+      + (task.lost_attempts ? ` (${task.lost_attempts} lost to a dying worker)` : '')],
     ['Timeout', `${task.timeout_s} s per attempt`],
     ['Created', h('time', { datetime: task.created_at, title: task.created_at }, formatTime(task.created_at))],
   ];
@@ -454,11 +462,22 @@ function renderDetail(task, events) {
   const sections = [
     h('section', {}, h('h3', {}, 'Payload'), h('pre', { class: 'json', id: 'detail-payload' }, pretty(task.payload))),
   ];
-  if (task.result !== null && task.result !== undefined) {
+  if (task.result_expired) {
     sections.push(h('section', {}, h('h3', {}, 'Result'),
-      h('pre', { class: 'json ok', id: 'detail-result' }, pretty(task.result))));
+      h('p', { class: 'hint expired', id: 'detail-result-expired' }, 'Result expired ',
+        h('time', { title: task.result_expires_at }, formatTime(task.result_expires_at)),
+        ` (kept ${task.result_ttl_s} s after the task finished)`)));
+  } else if (task.result !== null && task.result !== undefined) {
+    sections.push(h('section', {}, h('h3', {}, 'Result'),
+      h('pre', { class: 'json ok', id: 'detail-result' }, pretty(task.result)),
+      task.result_expires_at ? h('p', { class: 'hint' }, 'Expires ',
+        h('time', { title: task.result_expires_at }, formatTime(task.result_expires_at))) : null));
   }
-  if (task.error) {
+  if (task.quarantined) {
+    sections.push(h('section', {}, h('h3', {}, 'Quarantined'),
+      h('p', { class: 'error', id: 'detail-quarantine' }, `${task.error}: it killed its worker each time, so it is `
+        + 'not retried (TASKPROC_MAX_LOST_ATTEMPTS). Retry it once the cause is fixed.')));
+  } else if (task.error) {
     sections.push(h('section', {}, h('h3', {}, 'Error'), h('pre', { class: 'error', id: 'detail-error' }, task.error)));
   }
   sections.push(h('section', {}, h('h3', {}, `Timeline `, h('span', { class: 'hint' }, `${events.length} events`)),

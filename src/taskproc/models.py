@@ -193,6 +193,9 @@ class Task(TaskBase, table=True):
     )
     # Migration 0008: the per-key limit the task counts against (table task_key), NULL for none.
     concurrency_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(200), nullable=True))
+    # Migration 0010 (taskproc.tracing): the submit's W3C trace context, and the span of the last failed attempt.
+    traceparent: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    attempt_traceparent: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     started_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
     finished_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
@@ -243,6 +246,11 @@ class TaskPublic(TaskBase):
     updated_at: datetime
     schedule: str | None = Field(default=None, description="The schedule that created the task, if one did.")
     concurrency_key: str | None = Field(default=None, description="The key whose limit the task counts against.")
+    trace_id: str | None = Field(
+        default=None,
+        description="The OpenTelemetry trace of the submit and the attempts (W3C, 32 hex digits): the caller's "
+        "`traceparent` trace, or the API's when it traces; null when neither.",
+    )
     waiting: TaskWaiting | None = Field(
         default=None, description="Set on a pending or retrying task that waits for something besides a free slot."
     )

@@ -167,11 +167,13 @@ async def create_tasks(
     registry: TaskRegistry,
     batch: bool = False,
     schedule: str | None = None,
+    traceparent: str | None = None,
 ) -> list[tuple[TaskPublic, bool]]:
     """Validate every payload, then insert all tasks in one transaction; (task, created) per input, in order.
 
     `schedule` names the schedule whose fire creates them (the scheduler's call, in a transaction of its own
-    that the commit here ends, so the fire's record and its task are committed together).
+    that the commit here ends, so the fire's record and its task are committed together). `traceparent`: the
+    submit's trace context, stored with every task (taskproc.tracing.send).
 
     A task whose idempotency key already exists is returned as it is, not created again, even when concurrent
     requests race on the same key (the unique index decides, ON CONFLICT DO NOTHING yields to the winner).
@@ -194,6 +196,7 @@ async def create_tasks(
             schedule=schedule,
             queue=task_in.queue,
             concurrency_key=key,
+            traceparent=traceparent,
         )
         for task_in, payload, key in zip(tasks_in, payloads, keys, strict=True)
     ]

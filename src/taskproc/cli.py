@@ -61,6 +61,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a worker process (arq): takes tasks from Redis, records their state in Postgres."""
+    from taskproc import tracing
     from taskproc.logging import configure_logging
     from taskproc.tasks import load_task_modules
     from taskproc.worker.main import run_worker
@@ -70,6 +71,7 @@ def worker(
         # Through the settings' own validator: the same split and name check as TASKPROC_WORKER_QUEUES.
         settings = Settings.model_validate({**settings.model_dump(), "worker_queues": queues})
     configure_logging(settings, "worker")
+    tracing.setup("worker")
     load_task_modules(settings.task_modules)
     run_worker(settings)
 

@@ -26,6 +26,8 @@ FIELDS = (
     "error",
     "count",
     "concurrency",
+    "trace_id",  # with tracing on, of the span current when the record was made (taskproc.tracing)
+    "span_id",
 )
 
 

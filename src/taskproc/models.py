@@ -169,7 +169,7 @@ class Task(TaskBase, table=True):
             "finished_at",
             postgresql_where=sa.text("status IN ('completed', 'failed', 'canceled')"),
         ),
-        # Results still waiting to expire (migration 0010): what the retention pass looks at.
+        # Results still waiting to expire (migration 0012): what the retention pass looks at.
         sa.Index(
             "ix_task_result_expiring",
             "finished_at",
@@ -222,6 +222,9 @@ class Task(TaskBase, table=True):
     # Migration 0012: attempts lost to a worker that died, and whether that failed the task (crash quarantine).
     lost_attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
     quarantined: bool = Field(default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false()))
+    # Migration 0013 (taskproc.tracing): the submit's W3C trace context, and the span of the last failed attempt.
+    traceparent: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    attempt_traceparent: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     started_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
     finished_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
@@ -272,6 +275,11 @@ class TaskPublic(TaskBase):
     updated_at: datetime
     schedule: str | None = Field(default=None, description="The schedule that created the task, if one did.")
     concurrency_key: str | None = Field(default=None, description="The key whose limit the task counts against.")
+    trace_id: str | None = Field(
+        default=None,
+        description="The OpenTelemetry trace of the submit and the attempts (W3C, 32 hex digits): the caller's "
+        "`traceparent` trace, or the API's when it traces; null when neither.",
+    )
     callback_url: str | None = Field(default=None, description="Where the task's own webhooks go, if anywhere.")
     waiting: TaskWaiting | None = Field(
         default=None, description="Set on a pending or retrying task that waits for something besides a free slot."

@@ -95,7 +95,8 @@ def _rows(cls: type[R], result: sa.Result[Any]) -> list[R]:
 
 @dataclass(frozen=True, slots=True)
 class TaskRow:
-    """A `task` row as the statements below return it (every column but `shutdown_requeues`)."""
+    """A `task` row as the statements below return it (every column but `shutdown_requeues` and
+    `attempt_traceparent`)."""
 
     id: uuid.UUID
     type: str
@@ -124,6 +125,11 @@ class TaskRow:
     result_expired_at: datetime | None
     lost_attempts: int
     quarantined: bool
+    traceparent: str | None  # W3C trace context of the submit (migration 0013, taskproc.tracing)
+
+    @property
+    def trace_id(self) -> str | None:
+        return self.traceparent[3:35] if self.traceparent else None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TaskStatus(self.status))
@@ -150,6 +156,7 @@ class NewTask:
     concurrency_key: str | None = None
     callback_url: str | None = None
     result_ttl_s: float | None = None
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +220,8 @@ class Claimed:
     started_at: datetime
     queue: str
     concurrency_key: str | None
+    traceparent: str | None  # the submit's trace context; the attempt's span is its child (taskproc.tracing)
+    attempt_traceparent: str | None  # the span of the last failed attempt, which this one links
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priority", Priority(self.priority))
@@ -337,15 +346,16 @@ INSERT_TASKS = sa.text(
     "WITH input AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), "  # noqa: S608 - constant SQL
     "CAST(:priorities AS text[]), CAST(:payloads AS text[]), CAST(:max_retries AS int[]), "
     "CAST(:timeouts AS float8[]), CAST(:keys AS text[]), CAST(:delays AS float8[]), CAST(:schedules AS text[]), "
-    "CAST(:queues AS text[]), CAST(:ckeys AS text[]), CAST(:callbacks AS text[]), CAST(:ttls AS float8[])) "
+    "CAST(:queues AS text[]), CAST(:ckeys AS text[]), CAST(:callbacks AS text[]), CAST(:ttls AS float8[]), "
+    "CAST(:traceparents AS text[])) "
     "WITH ORDINALITY AS i(id, type, priority, payload, max_retries, timeout_s, idempotency_key, delay_s, schedule, "
-    "queue, concurrency_key, callback_url, result_ttl_s, ord)), "
+    "queue, concurrency_key, callback_url, result_ttl_s, traceparent, ord)), "
     "ins AS (INSERT INTO task (id, type, priority, payload, status, attempts, max_retries, timeout_s, "
     "idempotency_key, generation, run_at, cancel_requested, created_at, updated_at, schedule, queue, "
-    "concurrency_key, callback_url, result_ttl_s) "
+    "concurrency_key, callback_url, result_ttl_s, traceparent) "
     "SELECT id, type, priority, CAST(payload AS jsonb), CAST(:s_pending AS text), 0, max_retries, timeout_s, "
     "idempotency_key, 1, now() + make_interval(secs => delay_s), FALSE, now(), now(), schedule, queue, "
-    "concurrency_key, callback_url, result_ttl_s FROM input "
+    "concurrency_key, callback_url, result_ttl_s, traceparent FROM input "
     "ORDER BY ord "
     "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     f"RETURNING {TASK_COLUMNS}), "
@@ -373,6 +383,7 @@ async def create(db: Db, tasks: Sequence[NewTask]) -> list[TaskRow]:
         ckeys=[t.concurrency_key for t in tasks],
         callbacks=[t.callback_url for t in tasks],
         ttls=[t.result_ttl_s for t in tasks],
+        traceparents=[t.traceparent for t in tasks],
     )
     return _rows(TaskRow, await db.execute(INSERT_TASKS, params))
 
@@ -683,7 +694,7 @@ def _claim_sql(locks: str, lock_guard: str) -> sql.SQL:
         "AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.name = task.queue AND q.paused) " + lock_guard +
         # A keyed task's row is skipped by the trigger taskproc_task_key (migration 0008) if its key has no room.
         "RETURNING task.id, task.generation, task.type, task.priority, task.payload, task.attempts, task.timeout_s, "
-        "task.run_at, task.started_at, task.queue, task.concurrency_key), "
+        "task.run_at, task.started_at, task.queue, task.concurrency_key, task.traceparent, task.attempt_traceparent), "
         "e AS (INSERT INTO task_event (task_id, at, status, attempt, detail) "
         "SELECT id, started_at, %(s_running)s::text, attempts, %(detail)s FROM t), "
         # Jobs this worker would claim if it served their type, if their queue were not paused, or if their key had
@@ -699,7 +710,7 @@ def _claim_sql(locks: str, lock_guard: str) -> sql.SQL:
         "OR EXISTS (SELECT 1 FROM queue q WHERE q.name = task.queue AND q.paused))) "
         "SELECT TRUE AS claimed, *, NULL::boolean AS limited FROM t "
         "UNION ALL SELECT FALSE, u.id, u.generation, u.type, u.priority, NULL::jsonb, NULL::int, NULL::float8, "
-        "NULL::timestamptz, NULL::timestamptz, u.queue, u.concurrency_key, u.limited FROM u"
+        "NULL::timestamptz, NULL::timestamptz, u.queue, u.concurrency_key, NULL::text, NULL::text, u.limited FROM u"
     )
 
 
@@ -846,7 +857,8 @@ FAIL_ATTEMPT = _transition(
         "ELSE :s_failed END, "
         f"error = :error, worker_id = NULL, finished_at = CASE WHEN {_RETRY_LEFT} THEN NULL ELSE now() END, "
         f"generation = CASE WHEN {_RETRY_LEFT} THEN generation + 1 ELSE generation END, "
-        f"run_at = CASE WHEN {_RETRY_LEFT} THEN now() + make_interval(secs => :delay) ELSE run_at END"
+        f"run_at = CASE WHEN {_RETRY_LEFT} THEN now() + make_interval(secs => :delay) ELSE run_at END, "
+        "attempt_traceparent = CAST(:span AS text)"
     ),
     where=_THIS_ATTEMPT,
     detail=_detail_by_status(TaskStatus.canceled, TaskStatus.retrying, TaskStatus.failed),
@@ -860,10 +872,12 @@ async def fail_attempt(
     error: str,
     delay_s: float,
     retry: bool = True,
+    span: str | None = None,
 ) -> TaskRow | None:
     """A failed attempt: `canceled` if a cancel was requested, else `retrying` (due in `delay_s`, new
     generation) if `retry` and attempts are left, else `failed`. `retry=False` is a permanent failure.
-    None if the attempt is stale (its row moved on)."""
+    `span`: the attempt's traceparent, which the next attempt's span links. None if the attempt is stale (its
+    row moved on)."""
     n = attempt.attempts
     params = _params(
         id=attempt.id,
@@ -872,6 +886,7 @@ async def fail_attempt(
         error=error,
         retry=retry,
         delay=delay_s,
+        span=span,
         d_canceled="canceled while running",
         d_retrying=f"attempt {n} failed: {error[:500]}; retry in {delay_s:.2f}s",
         d_failed=f"attempt {n} failed: {error[:500]}; "

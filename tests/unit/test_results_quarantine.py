@@ -82,6 +82,8 @@ def _row(**fields: Any) -> TaskRow:
         "schedule": None,
         "queue": "default",
         "concurrency_key": None,
+        "callback_url": None,
+        "traceparent": None,
         "result_ttl_s": None,
         "result_expired_at": None,
         "lost_attempts": 0,

@@ -130,6 +130,11 @@ def _task(**fields: object) -> TaskRow:
         "queue": "default",
         "concurrency_key": None,
         "callback_url": None,
+        "traceparent": None,
+        "result_ttl_s": None,
+        "result_expired_at": None,
+        "lost_attempts": 0,
+        "quarantined": False,
         **fields,
     }
     return TaskRow(**values)  # type: ignore[arg-type]

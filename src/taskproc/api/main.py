@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 from redis.asyncio import Redis
 
-from taskproc import __version__, bulk, scheduler, webhooks
+from taskproc import __version__, bulk, scheduler, tracing, webhooks
 from taskproc.api.deps import AuthDep
 from taskproc.api.errors import install_error_handlers
 from taskproc.api.middleware import (
@@ -39,9 +40,18 @@ When API keys are configured, every `/api/v1` route needs `Authorization: Bearer
 """
 
 
+# Probes and scrapes: a span every few seconds per pod that says nothing about any task.
+UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    return scope.get("path") in UNTRACED_PATHS
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     load_task_modules(settings.task_modules)
+    tracing.setup("api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,6 +94,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry support makes the HTTP server spans once tracing.setup has installed a
+        # provider (with none, it passes requests through). Its metrics and logs stay off: taskproc has its own.
+        telemetry={
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+            "exclude": _untraced,
+        },
     )
     app.state.settings = settings
     app.state.registry = registry

@@ -190,11 +190,13 @@ async def create_tasks(
     registry: TaskRegistry,
     batch: bool = False,
     schedule: str | None = None,
+    traceparent: str | None = None,
 ) -> list[tuple[TaskPublic, bool]]:
     """Validate every payload, then insert all tasks in one transaction; (task, created) per input, in order.
 
     `schedule` names the schedule whose fire creates them (the scheduler's call, in a transaction of its own
-    that the commit here ends, so the fire's record and its task are committed together).
+    that the commit here ends, so the fire's record and its task are committed together). `traceparent`: the
+    submit's trace context, stored with every task (taskproc.tracing.send).
 
     A task whose idempotency key already exists is returned as it is, not created again, even when concurrent
     requests race on the same key (the unique index decides, ON CONFLICT DO NOTHING yields to the winner).
@@ -223,6 +225,7 @@ async def create_tasks(
             queue=task_in.queue,
             concurrency_key=key,
             callback_url=task_in.callback_url,
+            traceparent=traceparent,
             result_ttl_s=task_in.result_ttl_s if task_in.result_ttl_s is not None else _type_ttl(registry, task_in),
         )
         for task_in, payload, key in zip(tasks_in, payloads, keys, strict=True)

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from taskproc import metrics, queue, retry, store, testhooks
+from taskproc import metrics, queue, retry, store, testhooks, tracing
 from taskproc.config import Settings
 from taskproc.db import PgWriter
 
@@ -232,7 +232,8 @@ class WorkerRuntime:
         if current is not None:
             self.running[job] = current
         try:
-            await self._execute(claimed)
+            with tracing.attempt(claimed):
+                await self._execute(claimed)
         finally:
             if self.running.get(job) is current:
                 del self.running[job]
@@ -324,6 +325,7 @@ class WorkerRuntime:
         """The attempt was cancelled from outside (a cancel, a shutdown): _after_cancel decides what it becomes."""
         metrics.TASK_ATTEMPTS.labels(label, "aborted").inc()
         metrics.TASK_DURATION.labels(label).observe(time.perf_counter() - t0)
+        tracing.outcome("aborted")
         await asyncio.shield(self._after_cancel(key, label))
 
     async def _attempt_failed(
@@ -340,6 +342,7 @@ class WorkerRuntime:
         """The handler raised (or ran out of time): _finish_failed makes it canceled, retrying or failed."""
         metrics.TASK_DURATION.labels(label).observe(time.perf_counter() - t0)
         metrics.TASK_ATTEMPTS.labels(label, outcome).inc()
+        tracing.outcome(outcome, error)
         await self._record(key, lambda: self._finish_failed(key, label, error, permanent=permanent, delay_s=delay_s))
 
     async def _completed(self, key: tuple[uuid.UUID, int, int], label: str, t0: float, result_text: str) -> None:
@@ -348,6 +351,7 @@ class WorkerRuntime:
         elapsed = time.perf_counter() - t0
         metrics.TASK_DURATION.labels(label).observe(elapsed)
         metrics.TASK_ATTEMPTS.labels(label, "success").inc()
+        tracing.outcome("success")
         outcome = batch.Outcome(
             id=task_id,
             generation=generation,
@@ -366,6 +370,7 @@ class WorkerRuntime:
             return
         if written is not None:
             metrics.TASKS_FINISHED.labels(label, written).inc()
+        tracing.status(written or "stale")
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "stale completion ignored"
@@ -467,9 +472,11 @@ class WorkerRuntime:
                 error=error,
                 delay_s=delay,
                 retry=not permanent,
+                span=tracing.current_traceparent(),
             )
             await session.commit()
         status = row.status.value if row is not None else "stale"
+        tracing.status(status)
         if row is not None:
             label = metrics.type_label(row.type)
             if row.status == TaskStatus.retrying:

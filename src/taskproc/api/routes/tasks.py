@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from taskproc import metrics, testhooks
+from taskproc import metrics, testhooks, tracing
 from taskproc.api.deps import RedisDep, RegistryDep, SessionDep, SettingsDep
 from taskproc.api.routing import DocstringRoute
 from taskproc.api.schemas import ERROR_RESPONSES, SUBMIT_503
@@ -29,6 +29,11 @@ from taskproc.services import tasks as service
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=ERROR_RESPONSES, route_class=DocstringRoute)
 
 TaskId = Annotated[uuid.UUID, "task id"]
+# Not validated here: an invalid one is ignored, as W3C Trace Context asks (taskproc.tracing.parse_traceparent).
+TraceParent = Annotated[
+    str | None,
+    Header(description="W3C trace context of the caller: the task joins its trace (`trace_id`); ignored if invalid."),
+]
 
 
 @router.post(
@@ -48,6 +53,7 @@ async def create_task(
     settings: SettingsDep,
     registry: RegistryDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
+    traceparent: TraceParent = None,
 ) -> Response:
     """Submit a task.
 
@@ -67,9 +73,16 @@ async def create_task(
                 ]
             )
         task_in = task_in.model_copy(update={"idempotency_key": idempotency_key})
-    [(task, created)] = await service.create_tasks(
-        session=session, redis=redis, tasks_in=[task_in], settings=settings, registry=registry
-    )
+    with tracing.send([task_in.queue], traceparent, task_type=task_in.type) as send:
+        [(task, created)] = await service.create_tasks(
+            session=session,
+            redis=redis,
+            tasks_in=[task_in],
+            settings=settings,
+            registry=registry,
+            traceparent=send.traceparent,
+        )
+        send.sent([task.id])
     # Committed, not answered yet: a deadline striking here gives the client a 503 for a task that exists.
     await testhooks.point("api.create.committed")
     if created:
@@ -91,20 +104,23 @@ async def create_tasks_batch(
     redis: RedisDep,
     settings: SettingsDep,
     registry: RegistryDep,
+    traceparent: TraceParent = None,
 ) -> TaskBatchPublic:
     """Submit up to 1000 tasks at once.
 
     Validated as a whole: if any item is invalid the answer is 422 naming its index, and nothing is created.
     Items whose idempotency key already exists come back as the existing task.
     """
-    results = await service.create_tasks(
-        session=session,
-        redis=redis,
-        tasks_in=batch.tasks,
-        settings=settings,
-        registry=registry,
-        batch=True,
-    )
+    with tracing.send([t.queue for t in batch.tasks], traceparent) as send:
+        results = await service.create_tasks(
+            session=session,
+            redis=redis,
+            tasks_in=batch.tasks,
+            settings=settings,
+            registry=registry,
+            batch=True,
+            traceparent=send.traceparent,
+        )
     await testhooks.point("api.create.committed")
     for task, created in results:
         if created:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import StackFactory
 from support import Stack
 
 LIMIT = 1_048_576  # TASKPROC_MAX_BODY_BYTES default
@@ -161,7 +162,17 @@ def test_deeply_nested_json_is_refused_and_harmless(stack: Stack, depth: int) ->
     assert rss_kib(stack.api.pid) - before < 100_000
 
 
-def test_wide_payloads_within_the_limit_cost_bounded_memory(stack: Stack) -> None:
+def test_wide_payloads_within_the_limit_cost_bounded_memory(stack: Stack, stack_factory: StackFactory) -> None:
+    wide = b'{"type": "add", "payload": {"a": [' + b"0," * 500_000 + b'0], "b": 1}}'
+    # By default the per-payload limit (TASKPROC_MAX_PAYLOAD_BYTES) refuses it before validation ...
+    r = stack.client.post(TASKS, content=wide, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "TASKPROC_MAX_PAYLOAD_BYTES" in r.text
+    # ... and with that limit raised to the body's, validating it still costs bounded memory.
+    with stack_factory(workers=0, env={"TASKPROC_MAX_PAYLOAD_BYTES": str(LIMIT)}) as big:
+        _wide_payloads_cost_bounded_memory(big)
+
+
+def _wide_payloads_cost_bounded_memory(stack: Stack) -> None:
     assert stack.api is not None
     before = rss_kib(stack.api.pid)
     wide_list = b'{"type": "add", "payload": {"a": [' + b"0," * 500_000 + b'0], "b": 1}}'

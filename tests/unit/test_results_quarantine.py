@@ -4,7 +4,6 @@ settings' bounds."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,11 +11,13 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from taskproc.config import Settings
-from taskproc.models import MAX_RESULT_TTL_S, Priority, TaskCreate, TaskStatus
+from taskproc.models import MAX_RESULT_TTL_S, TaskCreate, TaskStatus
 from taskproc.services.tasks import to_public
 from taskproc.store import TaskRow
 from taskproc.tasks.registry import TaskContext, TaskRegistry
 from taskproc.worker.runtime import _oversized
+
+from rows import task_row
 
 
 class In(BaseModel):
@@ -58,39 +59,7 @@ def test_a_result_over_the_limit_is_named_with_both_sizes() -> None:
 
 
 def _row(**fields: Any) -> TaskRow:
-    now = datetime.now(UTC)
-    values: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "type": "add",
-        "priority": Priority.normal,
-        "payload": {},
-        "status": TaskStatus.completed,
-        "attempts": 1,
-        "max_retries": 3,
-        "timeout_s": 30.0,
-        "result": {"sum": 3},
-        "error": None,
-        "idempotency_key": None,
-        "generation": 1,
-        "run_at": now,
-        "worker_id": None,
-        "cancel_requested": False,
-        "created_at": now,
-        "started_at": now,
-        "finished_at": now,
-        "updated_at": now,
-        "schedule": None,
-        "queue": "default",
-        "concurrency_key": None,
-        "callback_url": None,
-        "traceparent": None,
-        "result_ttl_s": None,
-        "result_expired_at": None,
-        "lost_attempts": 0,
-        "quarantined": False,
-        **fields,
-    }
-    return TaskRow(**values)
+    return task_row(**fields)
 
 
 def test_a_result_is_reported_expired_from_the_end_of_its_ttl_before_the_pass_drops_it() -> None:

@@ -6,14 +6,17 @@ from __future__ import annotations
 import ipaddress
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from taskproc import webhooks
 from taskproc.config import Settings
-from taskproc.models import Priority, TaskStatus, WebhookEventType
+from taskproc.models import TaskStatus, WebhookEventType
 from taskproc.store import TaskRow, WebhookEvent, WebhookRow
+
+from rows import task_row
 
 
 def test_a_signature_verifies_with_the_secret_and_not_when_anything_changed() -> None:
@@ -104,40 +107,9 @@ async def test_the_checked_addresses_come_back_and_the_request_is_pinned_to_them
     )
 
 
-def _task(**fields: object) -> TaskRow:
-    now = datetime.now(UTC)
-    values: dict[str, object] = {
-        "id": uuid.uuid4(),
-        "type": "add",
-        "priority": Priority.normal,
-        "payload": {"a": 1},
-        "status": TaskStatus.completed,
-        "attempts": 1,
-        "max_retries": 0,
-        "timeout_s": 1.0,
-        "result": {"sum": 1},
-        "error": None,
-        "idempotency_key": None,
-        "generation": 1,
-        "run_at": now,
-        "worker_id": None,
-        "cancel_requested": False,
-        "created_at": now,
-        "started_at": now,
-        "finished_at": now,
-        "updated_at": now,
-        "schedule": None,
-        "queue": "default",
-        "concurrency_key": None,
-        "callback_url": None,
-        "traceparent": None,
-        "result_ttl_s": None,
-        "result_expired_at": None,
-        "lost_attempts": 0,
-        "quarantined": False,
-        **fields,
-    }
-    return TaskRow(**values)  # type: ignore[arg-type]
+def _task(**fields: Any) -> TaskRow:
+    base: dict[str, Any] = {"payload": {"a": 1}, "max_retries": 0, "timeout_s": 1.0, "result": {"sum": 1}}
+    return task_row(**{**base, **fields})
 
 
 def _hook(events: list[str], flt: dict[str, list[str]] | None = None) -> WebhookRow:

@@ -195,6 +195,9 @@ local function unpark(k)
   end
   return n > 0
 end
+-- Whether any job has a key, asked once per script call: a release of a batch without keys then costs no
+-- HGET per job.
+local jobkeys_present = nil
 local function stop_running(jid, q, forget)
   redis.call('ZREM', '{RUNNING_KEY}', jid)
   if q ~= '' then
@@ -205,7 +208,8 @@ local function stop_running(jid, q, forget)
       redis.call('ZREM', '{QUEUE_RUNNING_PREFIX}' .. name, jid)
     end
   end
-  local k = redis.call('HGET', '{JOBKEY_KEY}', jid)
+  if jobkeys_present == nil then jobkeys_present = redis.call('EXISTS', '{JOBKEY_KEY}') == 1 end
+  local k = jobkeys_present and redis.call('HGET', '{JOBKEY_KEY}', jid)
   if k then
     redis.call('ZREM', '{KEY_RUNNING_PREFIX}' .. k, jid)
     if forget then

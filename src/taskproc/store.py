@@ -566,8 +566,29 @@ async def stats(db: Db, *, queue: str | None = None) -> StatsRow:
 
 # ---- changing tasks (API) ------------------------------------------------------------------------------------
 
+# Each transition's SET and WHERE, shared by the single-task statements here and the bulk steps below, so a bulk
+# retry resets exactly what a retry does.
+_RETRY_SETS = (
+    "status = :s_pending, attempts = 0, generation = generation + 1, run_at = now(), result = NULL, "
+    "error = NULL, started_at = NULL, finished_at = NULL, worker_id = NULL, cancel_requested = FALSE, "
+    "shutdown_requeues = 0, lost_attempts = 0, quarantined = FALSE, result_expired_at = NULL"
+)
+# One statement for both cases, so a task that moves between running and waiting while the cancel is on its way
+# is canceled all the same (a waiting one at once, a running one flagged for its worker).
+_CANCEL_SETS = (
+    "status = CASE WHEN status = :s_running THEN status ELSE :s_canceled END, "
+    "finished_at = CASE WHEN status = :s_running THEN finished_at ELSE now() END, "
+    "generation = CASE WHEN status = :s_running THEN generation ELSE generation + 1 END, "
+    "worker_id = CASE WHEN status = :s_running THEN worker_id END, "
+    "cancel_requested = cancel_requested OR status = :s_running"
+)
+_PRIORITY_SETS = "priority = :priority, generation = generation + 1"
+_RETRY_WHERE = "status = ANY(CAST(:retryable AS text[]))"
+_CANCEL_WHERE = "status = ANY(CAST(:cancelable AS text[]))"
+_PRIORITY_WHERE = "status = :s_pending AND priority <> :priority"
+
 UPDATE_PRIORITY = _transition(
-    sets="priority = :priority, generation = generation + 1",
+    sets=_PRIORITY_SETS,
     where="id = :id AND status = :s_pending",
     detail="CAST(:detail AS text)",
 )
@@ -587,16 +608,8 @@ async def update(db: Db, task_id: uuid.UUID, *, priority: Priority) -> TaskRow |
 
 
 CANCEL = _transition(
-    # One statement for both cases, so a task that moves between running and waiting while the cancel is on its
-    # way is canceled all the same (a waiting one at once, a running one flagged for its worker).
-    sets=(
-        "status = CASE WHEN status = :s_running THEN status ELSE :s_canceled END, "
-        "finished_at = CASE WHEN status = :s_running THEN finished_at ELSE now() END, "
-        "generation = CASE WHEN status = :s_running THEN generation ELSE generation + 1 END, "
-        "worker_id = CASE WHEN status = :s_running THEN worker_id END, "
-        "cancel_requested = cancel_requested OR status = :s_running"
-    ),
-    where="id = :id AND status = ANY(CAST(:cancelable AS text[]))",
+    sets=_CANCEL_SETS,
+    where=f"id = :id AND {_CANCEL_WHERE}",
     detail="'canceled before it ran'",
     event_where="WHERE status = :s_canceled",
 )
@@ -610,12 +623,8 @@ async def cancel(db: Db, task_id: uuid.UUID) -> TaskRow | None:
 
 
 RETRY = _transition(
-    sets=(
-        "status = :s_pending, attempts = 0, generation = generation + 1, run_at = now(), result = NULL, "
-        "error = NULL, started_at = NULL, finished_at = NULL, worker_id = NULL, cancel_requested = FALSE, "
-        "shutdown_requeues = 0, lost_attempts = 0, quarantined = FALSE, result_expired_at = NULL"
-    ),
-    where="id = :id AND status = ANY(CAST(:retryable AS text[]))",
+    sets=_RETRY_SETS,
+    where=f"id = :id AND {_RETRY_WHERE}",
     detail="'retry requested'",
 )
 
@@ -1957,54 +1966,6 @@ async def purge_deliveries(db: Db, *, older_than_s: float, batch: int = 1000) ->
 
 # The single-task transitions above, for a batch of ids: each row is still a compare-and-set on its status.
 _MANY = "id = ANY(CAST(:ids AS uuid[]))"
-_RETRY_SETS = (
-    "status = :s_pending, attempts = 0, generation = generation + 1, run_at = now(), result = NULL, "
-    "error = NULL, started_at = NULL, finished_at = NULL, worker_id = NULL, cancel_requested = FALSE, "
-    "shutdown_requeues = 0"
-)
-_CANCEL_SETS = (
-    "status = CASE WHEN status = :s_running THEN status ELSE :s_canceled END, "
-    "finished_at = CASE WHEN status = :s_running THEN finished_at ELSE now() END, "
-    "generation = CASE WHEN status = :s_running THEN generation ELSE generation + 1 END, "
-    "worker_id = CASE WHEN status = :s_running THEN worker_id END, "
-    "cancel_requested = cancel_requested OR status = :s_running"
-)
-_PRIORITY_SETS = "priority = :priority, generation = generation + 1"
-_RETRY_WHERE = "status = ANY(CAST(:retryable AS text[]))"
-_CANCEL_WHERE = "status = ANY(CAST(:cancelable AS text[]))"
-_PRIORITY_WHERE = "status = :s_pending AND priority <> :priority"
-
-RETRY_MANY = _transition(sets=_RETRY_SETS, where=f"{_MANY} AND {_RETRY_WHERE}", detail="CAST(:detail AS text)")
-CANCEL_MANY = _transition(
-    sets=_CANCEL_SETS,
-    where=f"{_MANY} AND {_CANCEL_WHERE}",
-    detail="CAST(:detail AS text)",
-    event_where="WHERE status = :s_canceled",
-)
-PRIORITY_MANY = _transition(sets=_PRIORITY_SETS, where=f"{_MANY} AND {_PRIORITY_WHERE}", detail="CAST(:detail AS text)")
-DELETE_MANY = sa.text(f"DELETE FROM task WHERE {_MANY} AND status = ANY(CAST(:terminal AS text[])) RETURNING id")  # noqa: S608
-
-
-async def retry_many(db: Db, ids: Sequence[uuid.UUID], *, detail: str) -> list[TaskRow]:
-    """`retry` for each of `ids` that is failed or canceled; the rows changed."""
-    return _rows(TaskRow, await db.execute(RETRY_MANY, _params(ids=list(ids), detail=detail)))
-
-
-async def cancel_many(db: Db, ids: Sequence[uuid.UUID], *, detail: str) -> list[TaskRow]:
-    """`cancel` for each of `ids` that is waiting (canceled) or running (flagged); the rows changed."""
-    return _rows(TaskRow, await db.execute(CANCEL_MANY, _params(ids=list(ids), detail=detail)))
-
-
-async def update_many(db: Db, ids: Sequence[uuid.UUID], *, priority: Priority, detail: str) -> list[TaskRow]:
-    """`update` for each of `ids` that is pending with another priority; the rows changed."""
-    params = _params(ids=list(ids), priority=priority.value, detail=detail)
-    return _rows(TaskRow, await db.execute(PRIORITY_MANY, params))
-
-
-async def delete_many(db: Db, ids: Sequence[uuid.UUID]) -> int:
-    """`delete` for each of `ids` that is finished; how many were deleted."""
-    return len((await db.execute(DELETE_MANY, _params(ids=list(ids)))).all())
-
 
 # A bulk operation's statuses, bound like the tasks' (BulkStatus has some of the same words).
 BULK_PARAMS = {"bulk_running": BulkStatus.running.value, "bulk_completed": BulkStatus.completed.value}

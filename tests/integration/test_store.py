@@ -1039,27 +1039,27 @@ async def test_webhooks_events_become_deliveries_that_are_leased_recorded_redeli
 # ---- bulk actions (migration 0010) ------------------------------------------------------------------------------
 
 
-async def test_the_many_transitions_are_compare_and_sets_on_each_row(pg: Pg) -> None:
-    failed, canceled, pending, running, done = await create(pg, new(), new(), new(), new(), new())
-    pg.sql("UPDATE task SET status = 'failed' WHERE id = %s", (failed.id,))
+async def test_a_bulk_retry_is_a_compare_and_set_per_row_resetting_what_a_retry_resets(pg: Pg) -> None:
+    failed, canceled, pending, running, done, single = await create(pg, new(), new(), new(), new(), new(), new())
+    worn = "status = 'failed', lost_attempts = 3, quarantined = TRUE, result_expired_at = now(), attempts = 2"
+    pg.sql(f"UPDATE task SET {worn} WHERE id = ANY(%s)", ([failed.id, single.id],))
     pg.sql("UPDATE task SET status = 'canceled' WHERE id = %s", (canceled.id,))
     pg.sql("UPDATE task SET status = 'completed' WHERE id = %s", (done.id,))
     await claim(pg, running)
     every = [t.id for t in (failed, canceled, pending, running, done)]
-    async with pg.tx() as s:
-        retried = await store.retry_many(s, every, detail="bulk")
-        await s.rollback()
-    assert {r.id for r in retried} == {failed.id, canceled.id}
     async with pg.auto() as s:
-        moved = await store.update_many(s, every, priority=Priority.high, detail="priority changed to high")
-        assert [r.id for r in moved] == [pending.id] and moved[0].generation == 2
-        assert await store.update_many(s, every, priority=Priority.high, detail="again") == [], "already high"
-        stopped = {r.id: r for r in await store.cancel_many(s, every, detail="canceled before it ran")}
-        assert set(stopped) == {pending.id, running.id}
-        assert stopped[pending.id].status is TaskStatus.canceled
-        assert stopped[running.id].status is TaskStatus.running and stopped[running.id].cancel_requested
-        assert (await pg.details(pending.id))[-1] == (TaskStatus.canceled, "canceled before it ran")
-        assert await store.delete_many(s, every) == 4, "every finished one; the running one stays"
+        op = await store.create_bulk(
+            s, action="retry", filter_json="{}", priority=None, total=5, requested_by="anonymous", request_id="r"
+        )
+        retried = await store.bulk_step(s, op, every, last=None, finished=True, detail="retried (bulk)")
+        again = await store.retry(s, single.id)
+    assert {r.id for r in retried} == {failed.id, canceled.id}, "only the failed and the canceled"
+    assert again is not None
+    for row in (*(r for r in retried if r.id == failed.id), again):
+        assert (row.status, row.attempts, row.lost_attempts, row.quarantined) == (TaskStatus.pending, 0, 0, False)
+        assert row.result_expired_at is None
+    assert (await pg.row(running.id)).status is TaskStatus.running
+    assert (await pg.row(done.id)).status is TaskStatus.completed
 
 
 async def test_bulk_operations_walk_their_matching_tasks_by_keyset_and_record_progress(pg: Pg) -> None:

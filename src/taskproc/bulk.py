@@ -25,6 +25,7 @@ from taskproc.config import Settings
 from taskproc.maintenance import TRANSIENT
 from taskproc.models import BulkFilter
 from taskproc.services import bulk as service
+from taskproc.services.tasks import redis_follow_up
 
 log = logging.getLogger("taskproc.bulk")
 
@@ -65,7 +66,7 @@ class BulkRunner:
                 finished=finished,
                 detail=service.event_detail(op),
             )
-        await service.after_batch(self.redis, op.action, rows)
+        await redis_follow_up(self.redis, op.action, rows)
         if finished:
             log.info("bulk operation finished", extra={"bulk_id": str(op.id), "action": op.action})
         return True

@@ -13,10 +13,9 @@ import json
 import logging
 import uuid
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskproc import queue, store
+from taskproc import store
 from taskproc.errors import InvalidInputError, NotFoundError
 from taskproc.models import (
     BulkAction,
@@ -26,9 +25,7 @@ from taskproc.models import (
     BulkPublic,
     BulkStatus,
     Priority,
-    TaskStatus,
 )
-from taskproc.services.tasks import _redis_best_effort, enqueue_item
 
 log = logging.getLogger("taskproc.service")
 
@@ -118,20 +115,3 @@ def event_detail(op: store.BulkRow) -> str:
         BulkAction.set_priority: f"priority changed to {op.priority}",
     }.get(BulkAction(op.action), op.action)
     return f"{what} (bulk {op.action} {op.id})"
-
-
-async def after_batch(redis: Redis, action: str, rows: list[store.TaskRow]) -> None:
-    """Redis's side of a committed batch, as the single-task operations do it (best effort: the reconciler
-    repairs what is lost)."""
-    if not rows:
-        return
-    if action in (BulkAction.retry, BulkAction.set_priority):
-        await _redis_best_effort("enqueue", queue.enqueue(redis, [enqueue_item(r) for r in rows]))
-    if action in (BulkAction.cancel, BulkAction.set_priority):
-        moved = [r for r in rows if r.status != TaskStatus.running]
-        old = [(r.id, r.generation - 1, r.priority, r.queue) for r in moved]
-        await _redis_best_effort("cleanup", queue.remove_jobs(redis, old))
-    if action == BulkAction.cancel:
-        for r in rows:
-            if r.status == TaskStatus.running:
-                await _redis_best_effort("abort", queue.request_abort(redis, r.id, r.generation))

@@ -432,9 +432,7 @@ async def update_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID
         status = await _current_status(session, task_id)
         raise ConflictError(f"task {task_id} is {status.value}; only a pending task's priority can change")
     await session.commit()
-    old = [(row.id, row.generation - 1, row.priority, row.queue)]
-    await _redis_best_effort("re-enqueue", queue.enqueue(redis, [enqueue_item(row)]))
-    await _redis_best_effort("cleanup", queue.remove_jobs(redis, old))
+    await redis_follow_up(redis, "set_priority", [row])
     return to_public(row)
 
 
@@ -447,13 +445,7 @@ async def cancel_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID
         status = await _current_status(session, task_id)
         raise ConflictError(f"task {task_id} is already {status.value}")
     await session.commit()
-    if row.status == TaskStatus.canceled.value:
-        await _redis_best_effort(
-            "cleanup", queue.remove_jobs(redis, [(row.id, row.generation - 1, row.priority, row.queue)])
-        )
-    else:
-        # Best effort: the worker also finds the flag in Postgres (once per lease tick) if this request is lost.
-        await _redis_best_effort("abort", queue.request_abort(redis, row.id, row.generation))
+    await redis_follow_up(redis, "cancel", [row])
     return to_public(row)
 
 
@@ -465,8 +457,27 @@ async def retry_task(*, session: AsyncSession, redis: Redis, task_id: uuid.UUID)
         status = await _current_status(session, task_id)
         raise ConflictError(f"task {task_id} is {status.value}; only failed or canceled tasks can be retried")
     await session.commit()
-    await _redis_best_effort("enqueue", queue.enqueue(redis, [enqueue_item(row)]))
+    await redis_follow_up(redis, "retry", [row])
     return to_public(row)
+
+
+async def redis_follow_up(redis: Redis, action: str, rows: list[store.TaskRow]) -> None:
+    """Redis's side of committed retries, cancels or priority changes (one task's or a bulk batch's): best
+    effort, as the reconciler repairs what is lost."""
+    if not rows:
+        return
+    if action in ("retry", "set_priority"):
+        await _redis_best_effort("enqueue", queue.enqueue(redis, [enqueue_item(r) for r in rows]))
+    if action in ("cancel", "set_priority"):
+        # A canceled or re-prioritised task's job of the generation before is dead; a running one keeps its job.
+        old = [(r.id, r.generation - 1, r.priority, r.queue) for r in rows if r.status != TaskStatus.running]
+        if old:
+            await _redis_best_effort("cleanup", queue.remove_jobs(redis, old))
+    if action == "cancel":
+        for r in rows:
+            if r.status == TaskStatus.running:
+                # The worker also finds the flag in Postgres (once per lease tick) if this request is lost.
+                await _redis_best_effort("abort", queue.request_abort(redis, r.id, r.generation))
 
 
 async def delete_task(*, session: AsyncSession, task_id: uuid.UUID) -> None:

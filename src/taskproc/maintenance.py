@@ -107,7 +107,7 @@ class Maintenance:
         async with self.sessions() as session:
             rows = await store.list_limits(session)
             paused = await store.paused_queues(session)
-        limits = {r.key: queue.KeyLimit(r.max_running, r.rate_count, r.rate_per_s) for r in rows}
+        limits = {r.key: queue.KeyLimit.of(r) for r in rows}
         await queue.set_limits(self.redis, limits, complete=True)
         await queue.sync_paused(self.redis, paused)
 

@@ -578,6 +578,15 @@ async def sync_paused(redis: Redis, names: Sequence[str]) -> int:
     return int(await redis.register_script(SYNC_PAUSED_SCRIPT)(args=list(names)))
 
 
+class _LimitFields(Protocol):
+    @property
+    def max_running(self) -> int | None: ...
+    @property
+    def rate_count(self) -> int | None: ...
+    @property
+    def rate_per_s(self) -> float | None: ...
+
+
 @dataclass(frozen=True)
 class KeyLimit:
     """A key's limit as the scripts read it (mirrored from Postgres's task_key)."""
@@ -585,6 +594,11 @@ class KeyLimit:
     max_running: int | None
     rate_count: int | None
     rate_per_s: float | None
+
+    @classmethod
+    def of(cls, row: _LimitFields) -> KeyLimit:
+        """The mirror of a limit as Postgres keeps it (a task_key row, or a type's default)."""
+        return cls(row.max_running, row.rate_count, row.rate_per_s)
 
     def encoded(self) -> str:
         return "|".join("" if v is None else repr(v) for v in (self.max_running, self.rate_count, self.rate_per_s))

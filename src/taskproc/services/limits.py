@@ -37,10 +37,6 @@ def to_public(row: store.KeyRow) -> LimitPublic:
     )
 
 
-def _mirror(row: store.KeyRow) -> queue.KeyLimit:
-    return queue.KeyLimit(row.max_running, row.rate_count, row.rate_per_s)
-
-
 async def put_limit(*, session: AsyncSession, redis: Redis, key: str, limit_in: LimitPut) -> LimitPublic:
     """Set the key's limit; tasks of the key already running count against it at once."""
     if limit_in.max_running is None and limit_in.rate is None:
@@ -54,7 +50,7 @@ async def put_limit(*, session: AsyncSession, redis: Redis, key: str, limit_in: 
         rate_per_s=None if rate is None else rate.per_s,
     )
     await session.commit()
-    await _redis_best_effort("limit mirror", queue.set_limits(redis, {key: _mirror(row)}))
+    await _redis_best_effort("limit mirror", queue.set_limits(redis, {key: queue.KeyLimit.of(row)}))
     return to_public(row)
 
 

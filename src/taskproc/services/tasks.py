@@ -237,7 +237,7 @@ async def create_tasks(
     inserted, existing = await _insert(session, sorted(rows, key=lambda r: r.idempotency_key or ""))
     await session.commit()
     if changed:
-        mirror = {lim.key: queue.KeyLimit(lim.max_running, lim.rate_count, lim.rate_per_s) for lim in type_limits}
+        mirror = {lim.key: queue.KeyLimit.of(lim) for lim in type_limits}
         await _redis_best_effort("limit mirror", queue.set_limits(redis, {k: mirror[k] for k in changed}))
 
     out: list[tuple[TaskPublic, bool]] = []

@@ -74,14 +74,20 @@ class Counters:
         }
         if "statements" in after["pg"]:
             stmts = []
-            for q, (calls, total) in after["pg"]["statements"].items():
-                c0, t0 = before["pg"].get("statements", {}).get(q, (0, 0.0))
-                if calls - c0 >= n / 10:
+            deltas = {
+                q: (calls - c0, total - t0)
+                for q, (calls, total) in after["pg"]["statements"].items()
+                for c0, t0 in [before["pg"].get("statements", {}).get(q, (0, 0.0))]
+            }
+            spent = sum(t for _, t in deltas.values())
+            for q, (calls, total) in deltas.items():
+                # By share of the time, not by calls: a statement that takes a batch per call matters as much.
+                if calls > 0 and total >= spent / 100:
                     stmts.append(
                         {
                             "query": " ".join(q.split())[:160],
-                            "calls_per_task": round((calls - c0) / n, 2),
-                            "exec_ms_per_task": round((total - t0) / n, 4),
+                            "calls_per_task": round(calls / n, 3),
+                            "exec_ms_per_task": round(total / n, 4),
                         }
                     )
             out["pg_statements"] = sorted(stmts, key=lambda s: -s["exec_ms_per_task"])

@@ -55,7 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings)
+        # The budget's 2 x P as one pool that keeps them: an overflow connection is closed when it comes back to
+        # a full pool, so under a steady load above P every request paid a new backend (a fork in Postgres, a
+        # connect here) and never reused a prepared statement.
+        engine = create_engine(settings, pool_size=2 * settings.db_pool_size, max_overflow=0)
         app.state.engine = engine
         # Autocommit: every write the API makes is one statement that is atomic on its own (a compare-and-set
         # that appends its event, or the batch insert with its events), so BEGIN and COMMIT would only add

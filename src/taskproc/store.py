@@ -426,6 +426,55 @@ async def get(db: Db, task_id: uuid.UUID) -> TaskRow | None:
     return None if row is None else _make(TaskRow, row._mapping)
 
 
+@dataclass(frozen=True, slots=True)
+class WaitContext:
+    """What says why a waiting task is not running, read with it (services.tasks.with_waiting): the types and
+    queues live workers serve (None: some live worker serves every one), the paused queues, Postgres's clock."""
+
+    served_types: frozenset[str] | None
+    paused_queues: frozenset[str]
+    served_queues: frozenset[str] | None
+    now: datetime
+
+
+# The row, and for a waiting task the context of its waiting reason, in one statement (it used to be five): each
+# scalar subquery runs only when the CASE needs it, so a finished task's read costs what GET_TASK costs.
+_IF_WAITING = "CASE WHEN task.status = ANY(%(waiting)s::text[]) THEN "
+GET_TASK_WAITING = sql.SQL(
+    f"SELECT {', '.join(f'task.{c}' for c in _names(TaskRow))}, "  # noqa: S608 - constant fragments
+    f"{_IF_WAITING}(SELECT CASE WHEN bool_or(w.task_types IS NULL) THEN NULL "
+    "ELSE coalesce(array_agg(DISTINCT k.name) FILTER (WHERE k.name IS NOT NULL), ARRAY[]::text[]) END "
+    "FROM worker w LEFT JOIN LATERAL jsonb_object_keys(w.task_types) AS k(name) ON TRUE "
+    "WHERE w.expires_at > now()) END AS ctx_served_types, "
+    f"{_IF_WAITING}(SELECT CASE WHEN bool_or(w.queues IS NULL) THEN NULL "
+    "ELSE coalesce(array_agg(DISTINCT q.name) FILTER (WHERE q.name IS NOT NULL), ARRAY[]::text[]) END "
+    "FROM worker w LEFT JOIN LATERAL unnest(w.queues) AS q(name) ON TRUE "
+    "WHERE w.expires_at > now()) END AS ctx_served_queues, "
+    f"{_IF_WAITING}(SELECT coalesce(array_agg(name), ARRAY[]::text[]) FROM queue WHERE paused) END AS ctx_paused, "
+    "clock_timestamp() AS ctx_now "
+    "FROM task WHERE task.id = %(id)s"
+)
+
+
+async def get_waiting(db: Db, task_id: uuid.UUID) -> tuple[TaskRow, WaitContext | None] | None:
+    """A task, and if it waits the context of its waiting reason (one round trip, on the psycopg connection
+    under `db`); None if there is no such task."""
+    rows = await _fetch(db, GET_TASK_WAITING, {"id": task_id, "waiting": STATUS_PARAMS["waiting"]})
+    if not rows:
+        return None
+    r = rows[0]
+    row = _make(TaskRow, r)
+    if row.status not in WAITING:
+        return row, None
+    types, queues = r["ctx_served_types"], r["ctx_served_queues"]
+    return row, WaitContext(
+        served_types=None if types is None else frozenset(types),
+        paused_queues=frozenset(r["ctx_paused"]),
+        served_queues=None if queues is None else frozenset(queues),
+        now=r["ctx_now"],
+    )
+
+
 STATUS_OF = sa.text("SELECT status FROM task WHERE id = :id")
 
 

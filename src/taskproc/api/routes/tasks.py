@@ -50,9 +50,6 @@ async def create_task(
     task_in: TaskCreate,
     request: Request,
     session: SessionDep,
-    redis: RedisDep,
-    settings: SettingsDep,
-    registry: RegistryDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
     traceparent: TraceParent = None,
 ) -> Response:
@@ -74,13 +71,15 @@ async def create_task(
                 ]
             )
         task_in = task_in.model_copy(update={"idempotency_key": idempotency_key})
+    # The app's state read here rather than as three more dependencies: FastAPI solves each one per request.
+    state = request.app.state
     with tracing.send([task_in.queue], traceparent, task_type=task_in.type) as send:
         [(task, created)] = await service.create_tasks(
             session=session,
-            redis=redis,
+            redis=state.redis,
             tasks_in=[task_in],
-            settings=settings,
-            registry=registry,
+            settings=state.settings,
+            registry=state.registry,
             traceparent=send.traceparent,
         )
         send.sent([task.id])

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,6 @@ from typing import Any
 import psycopg
 
 from taskproc.dev.embedded import free_port
-from taskproc.dev.supervisor import taskproc_argv
 
 from bench.http import closed_loop, open_loop
 from bench.procs import Monitor, Proc, system_busy_s, tree_cpu_s, wait_until
@@ -65,13 +67,13 @@ class MinimalApi:
         with psycopg.connect(self.servers.pg.url, autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (MINIMAL_DB,)).fetchone() is None:
                 conn.execute(f"CREATE DATABASE {MINIMAL_DB}")
-        migrate(Settings(database_url=self.database_url), wait_s=60)  # type: ignore[arg-type]
+        migrate(Settings(database_url=self.database_url), wait_s=60)
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "bench.minimal_api", "--port", str(self.port)]
         argv += ["--database-url", self.database_url, "--redis-url", self.redis_url]
-        self.proc = Proc("minimal-api", argv, {**_env(), "PYTHONPATH": str(Path(__file__).parents[1])}, self.log_dir)
-        self.proc.cwd = Path(__file__).parents[1]
+        root = Path(__file__).parents[1]
+        self.proc = Proc("minimal-api", argv, {**os.environ, "PYTHONPATH": str(root)}, self.log_dir, cwd=root)
         self.proc.start()
         wait_until(lambda: _ready(self.proc, self.port), timeout=60, what="minimal API /readyz")
 
@@ -85,15 +87,7 @@ class MinimalApi:
             self.proc.stop()
 
 
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
-
-
 def _ready(proc: Proc | None, port: int) -> bool:
-    import urllib.request
-
     assert proc is not None
     if not proc.alive():
         raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
@@ -150,7 +144,7 @@ def _one_system(
     out: dict[str, Any] = {"closed": {**closed, "clients": clients, **_costs(closed, cpu)}}
     for name, r in (("paced", rate), ("paced_half_capacity", max(10.0, closed["throughput_rps"] / 2))):
         paced, cpu = _measure(
-            pid, servers, lambda r=r: open_loop("127.0.0.1", port, lambda: SUBMIT, rate=r, duration_s=seconds)
+            pid, servers, functools.partial(open_loop, "127.0.0.1", port, lambda: SUBMIT, rate=r, duration_s=seconds)
         )
         out[name] = {**paced, "rate_rps": round(r, 1), **_costs(paced, cpu)}
     return out

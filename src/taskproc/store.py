@@ -366,7 +366,7 @@ INSERT_TASKS = sql.SQL(
 )
 
 
-async def driver_connection(db: Db) -> psycopg.AsyncConnection[Any]:
+async def _driver_connection(db: Db) -> psycopg.AsyncConnection[Any]:
     """The psycopg connection under a session or connection (checked out if it was not yet), in the same
     transaction. For the API's hot statements: SQLAlchemy's statement and result machinery cost more CPU than
     the statement itself (about 40 % of a single submit's, profiled), and none of its features are used there."""
@@ -379,7 +379,7 @@ async def driver_connection(db: Db) -> psycopg.AsyncConnection[Any]:
 
 async def _fetch(db: Db, query: sql.SQL, params: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Run one statement (prepared) on the psycopg connection under `db`; its rows by column name."""
-    async with (await driver_connection(db)).cursor(row_factory=dict_row) as cur:
+    async with (await _driver_connection(db)).cursor(row_factory=dict_row) as cur:
         await cur.execute(query, params, prepare=True)
         return await cur.fetchall()
 
@@ -389,7 +389,7 @@ async def create(db: Db, tasks: Sequence[NewTask]) -> list[TaskRow]:
     given; returns the rows inserted, which leaves out every task whose idempotency key already exists (the
     unique index decides, ON CONFLICT DO NOTHING yields to the winner). Callers pass the tasks sorted by key:
     two batches racing on the same keys then wait on each other in the same order and never deadlock.
-    Runs on the psycopg connection under `db` (driver_connection): psycopg's own errors come out of it."""
+    Runs on the psycopg connection under `db` (_driver_connection): psycopg's own errors come out of it."""
     params = {
         "s_pending": TaskStatus.pending.value,
         "ids": [t.id for t in tasks],

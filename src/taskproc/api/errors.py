@@ -201,7 +201,7 @@ def _install_request_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": detail}, status_code=422)
 
     # SQLAlchemy's wrapper, and psycopg's own from the statements run on the driver's connection
-    # (store.driver_connection).
+    # (store._driver_connection).
     app.add_exception_handler(sa_exc.DataError, _data_error)
     app.add_exception_handler(psycopg.DataError, _data_error)
 
@@ -225,7 +225,7 @@ def _install_backing_service_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(psycopg.Error)
     async def _psycopg_error(request: Request, exc: psycopg.Error) -> JSONResponse:
-        # The driver's own errors (store.driver_connection), answered as their SQLAlchemy wrappers are above.
+        # The driver's own errors (store._driver_connection), answered as their SQLAlchemy wrappers are above.
         log.error("database error: %s", type(exc).__name__)
         return JSONResponse({"detail": "internal database error"}, status_code=500)
 

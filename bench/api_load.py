@@ -43,10 +43,26 @@ NOOP_BODY = json.dumps({"type": "sleep", "payload": {"duration_ms": 0}}, separat
 SUBMIT = ("POST", "/api/v1/tasks", NOOP_BODY)
 MINIMAL_DB = "minimal_api"
 MINIMAL_REDIS_DB = max(REDIS_DB.values()) + 1
+TASKPROC_DB = "api_load_taskproc"
+TASKPROC_REDIS_DB = MINIMAL_REDIS_DB + 1
 
 
 def log(msg: str) -> None:
     print(f"[api_load {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _own_database(servers: Servers, name: str) -> str:
+    """A migrated taskproc database of its own on the servers (created if missing): the tasks these tests leave
+    behind stay out of the databases the other phases of `python -m bench` measure."""
+    from taskproc.config import Settings
+    from taskproc.migrate import migrate
+
+    with psycopg.connect(servers.pg.url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(f"CREATE DATABASE {name}")
+    url = servers.pg.url.rsplit("/", 1)[0] + f"/{name}"
+    migrate(Settings(database_url=url), wait_s=60)  # type: ignore[arg-type]
+    return url
 
 
 class MinimalApi:
@@ -56,18 +72,12 @@ class MinimalApi:
         self.servers = servers
         self.log_dir = log_dir
         self.port = free_port()
-        self.database_url = servers.pg.url.rsplit("/", 1)[0] + f"/{MINIMAL_DB}"
+        self.database_url = ""
         self.redis_url = f"redis://127.0.0.1:{servers.redis.port}/{MINIMAL_REDIS_DB}"
         self.proc: Proc | None = None
 
     def prepare(self) -> None:
-        from taskproc.config import Settings
-        from taskproc.migrate import migrate
-
-        with psycopg.connect(self.servers.pg.url, autocommit=True) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (MINIMAL_DB,)).fetchone() is None:
-                conn.execute(f"CREATE DATABASE {MINIMAL_DB}")
-        migrate(Settings(database_url=self.database_url), wait_s=60)
+        self.database_url = _own_database(self.servers, MINIMAL_DB)
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "bench.minimal_api", "--port", str(self.port)]
@@ -175,13 +185,16 @@ def compare(
     profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     """taskproc's API and the minimal endpoint, `rounds` alternating rounds each (no workers run: both only
-    submit). Returns every round's figures, the medians, and the ratios taskproc / minimal."""
+    submit), each on a database and Redis db index of its own. Returns every round's figures, the medians, and
+    the ratios taskproc / minimal."""
     monitor = Monitor()
     stack = TaskprocStack(servers, log_dir, monitor)
+    stack.database_url = _own_database(servers, TASKPROC_DB)
+    stack.env["TASKPROC_DATABASE_URL"] = stack.database_url
+    stack.env["TASKPROC_REDIS_URL"] = f"redis://127.0.0.1:{servers.redis.port}/{TASKPROC_REDIS_DB}"
     if env:
         stack.env.update(env)
     minimal = MinimalApi(servers, log_dir)
-    stack.migrate()
     minimal.prepare()
     stack.start_api()
     minimal.start()

@@ -61,7 +61,7 @@ def _own_database(servers: Servers, name: str) -> str:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
             conn.execute(f"CREATE DATABASE {name}")
     url = servers.pg.url.rsplit("/", 1)[0] + f"/{name}"
-    migrate(Settings(database_url=url), wait_s=60)  # type: ignore[arg-type]
+    migrate(Settings(database_url=url), wait_s=60)
     return url
 
 

@@ -18,12 +18,19 @@ from taskproc.config import Settings
 
 
 def create_engine(
-    settings: Settings, *, pool_size: int | None = None, max_overflow: int | None = None, pre_ping: bool = True
+    settings: Settings,
+    *,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+    pre_ping: bool = True,
+    autocommit: bool = False,
 ) -> AsyncEngine:
     """An engine whose every wait is bounded, so a Postgres outage surfaces as an error, never a hang.
 
     `pre_ping` costs a round trip per checkout; the worker turns it off, since it retries every statement that
-    fails on a dead connection anyway (and the pool is invalidated on the first such error).
+    fails on a dead connection anyway (and the pool is invalidated on the first such error). `autocommit`: every
+    connection is opened in autocommit (the API's), set once per connection; an engine's
+    `execution_options(isolation_level=...)` switched it on at every checkout and back at every checkin.
     """
     timeout = settings.db_timeout_s
     return create_async_engine(
@@ -34,6 +41,7 @@ def create_engine(
         pool_timeout=timeout,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
         connect_args={
             "connect_timeout": max(1, int(timeout)),
             "options": f"-c statement_timeout={int(timeout * 1000) + 2000} -c lock_timeout={int(timeout * 1000)}",

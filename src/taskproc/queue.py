@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from taskproc.models import DEFAULT_QUEUE, Priority
 
@@ -346,12 +348,23 @@ return #ready
 _ENQUEUE_CHUNK = 1500
 
 
+_ENQUEUE_SCRIPTS: weakref.WeakKeyDictionary[Redis, AsyncScript] = weakref.WeakKeyDictionary()
+
+
+def _enqueue_script(redis: Redis) -> AsyncScript:
+    # Once per client: register_script hashes the script's text (a few KB) every time, on every submit.
+    script = _ENQUEUE_SCRIPTS.get(redis)
+    if script is None:
+        script = _ENQUEUE_SCRIPTS[redis] = redis.register_script(ENQUEUE_SCRIPT)
+    return script
+
+
 async def enqueue(redis: Redis, items: Sequence[Enqueue]) -> None:
     """Add queue entries for `items` (one script call per chunk), then wake idle workers.
 
     Also for deferred-only batches: an idle worker must learn the new earliest due time.
     """
-    script = redis.register_script(ENQUEUE_SCRIPT)
+    script = _enqueue_script(redis)
     by_queue: dict[str, list[Enqueue]] = {}
     for item in items:
         by_queue.setdefault(item.queue, []).append(item)

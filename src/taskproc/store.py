@@ -27,8 +27,10 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+import psycopg
 import sqlalchemy as sa
 from psycopg import sql
+from psycopg.rows import dict_row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from taskproc.db import PgWriter
@@ -341,59 +343,79 @@ _THIS_ATTEMPT = "id = :id AND generation = :gen AND status = :s_running AND atte
 
 # ---- creating and reading tasks (API) ----------------------------------------------------------------------
 
-INSERT_TASKS = sa.text(
+INSERT_TASKS = sql.SQL(
     # One fixed statement whatever the batch size (arrays through unnest): psycopg prepares it once.
-    "WITH input AS (SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), "  # noqa: S608 - constant SQL
-    "CAST(:priorities AS text[]), CAST(:payloads AS text[]), CAST(:max_retries AS int[]), "
-    "CAST(:timeouts AS float8[]), CAST(:keys AS text[]), CAST(:delays AS float8[]), CAST(:schedules AS text[]), "
-    "CAST(:queues AS text[]), CAST(:ckeys AS text[]), CAST(:callbacks AS text[]), CAST(:ttls AS float8[]), "
-    "CAST(:traceparents AS text[])) "
+    "WITH input AS (SELECT * FROM unnest(%(ids)s::uuid[], %(types)s::text[], "  # noqa: S608 - constant SQL
+    "%(priorities)s::text[], %(payloads)s::text[], %(max_retries)s::int[], "
+    "%(timeouts)s::float8[], %(keys)s::text[], %(delays)s::float8[], %(schedules)s::text[], "
+    "%(queues)s::text[], %(ckeys)s::text[], %(callbacks)s::text[], %(ttls)s::float8[], "
+    "%(traceparents)s::text[]) "
     "WITH ORDINALITY AS i(id, type, priority, payload, max_retries, timeout_s, idempotency_key, delay_s, schedule, "
     "queue, concurrency_key, callback_url, result_ttl_s, traceparent, ord)), "
     "ins AS (INSERT INTO task (id, type, priority, payload, status, attempts, max_retries, timeout_s, "
     "idempotency_key, generation, run_at, cancel_requested, created_at, updated_at, schedule, queue, "
     "concurrency_key, callback_url, result_ttl_s, traceparent) "
-    "SELECT id, type, priority, CAST(payload AS jsonb), CAST(:s_pending AS text), 0, max_retries, timeout_s, "
+    "SELECT id, type, priority, payload::jsonb, %(s_pending)s::text, 0, max_retries, timeout_s, "
     "idempotency_key, 1, now() + make_interval(secs => delay_s), FALSE, now(), now(), schedule, queue, "
     "concurrency_key, callback_url, result_ttl_s, traceparent FROM input "
     "ORDER BY ord "
     "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
     f"RETURNING {TASK_COLUMNS}), "
-    f"ev AS ({_EVENT_INSERT} SELECT id, created_at, CAST(:s_pending AS text), 0, 'accepted' FROM ins) "
+    f"ev AS ({_EVENT_INSERT} SELECT id, created_at, %(s_pending)s::text, 0, 'accepted' FROM ins) "
     "SELECT * FROM ins"
 )
+
+
+async def _driver_connection(db: Db) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under a session or connection (checked out if it was not yet), in the same
+    transaction. For the API's hot statements: SQLAlchemy's statement and result machinery cost more CPU than
+    the statement itself (about 40 % of a single submit's, profiled), and none of its features are used there."""
+    conn = db if isinstance(db, AsyncConnection) else await db.connection()
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert isinstance(driver, psycopg.AsyncConnection)
+    return driver
+
+
+async def _fetch(db: Db, query: sql.SQL, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Run one statement (prepared) on the psycopg connection under `db`; its rows by column name."""
+    async with (await _driver_connection(db)).cursor(row_factory=dict_row) as cur:
+        await cur.execute(query, params, prepare=True)
+        return await cur.fetchall()
 
 
 async def create(db: Db, tasks: Sequence[NewTask]) -> list[TaskRow]:
     """Insert `tasks` (pending, generation 1, due after their delay) with their first event, in the order
     given; returns the rows inserted, which leaves out every task whose idempotency key already exists (the
     unique index decides, ON CONFLICT DO NOTHING yields to the winner). Callers pass the tasks sorted by key:
-    two batches racing on the same keys then wait on each other in the same order and never deadlock."""
-    params = _params(
-        ids=[t.id for t in tasks],
-        types=[t.type for t in tasks],
-        priorities=[t.priority.value for t in tasks],
-        payloads=[json.dumps(t.payload, separators=(",", ":")) for t in tasks],
-        max_retries=[t.max_retries for t in tasks],
-        timeouts=[float(t.timeout_s) for t in tasks],
-        keys=[t.idempotency_key for t in tasks],
-        delays=[t.delay_s for t in tasks],
-        schedules=[t.schedule for t in tasks],
-        queues=[t.queue for t in tasks],
-        ckeys=[t.concurrency_key for t in tasks],
-        callbacks=[t.callback_url for t in tasks],
-        ttls=[t.result_ttl_s for t in tasks],
-        traceparents=[t.traceparent for t in tasks],
-    )
-    return _rows(TaskRow, await db.execute(INSERT_TASKS, params))
+    two batches racing on the same keys then wait on each other in the same order and never deadlock.
+    Runs on the psycopg connection under `db` (_driver_connection): psycopg's own errors come out of it."""
+    params = {
+        "s_pending": TaskStatus.pending.value,
+        "ids": [t.id for t in tasks],
+        "types": [t.type for t in tasks],
+        "priorities": [t.priority.value for t in tasks],
+        "payloads": [json.dumps(t.payload, separators=(",", ":")) for t in tasks],
+        "max_retries": [t.max_retries for t in tasks],
+        "timeouts": [float(t.timeout_s) for t in tasks],
+        "keys": [t.idempotency_key for t in tasks],
+        "delays": [t.delay_s for t in tasks],
+        "schedules": [t.schedule for t in tasks],
+        "queues": [t.queue for t in tasks],
+        "ckeys": [t.concurrency_key for t in tasks],
+        "callbacks": [t.callback_url for t in tasks],
+        "ttls": [t.result_ttl_s for t in tasks],
+        "traceparents": [t.traceparent for t in tasks],
+    }
+    return [_make(TaskRow, r) for r in await _fetch(db, INSERT_TASKS, params)]
 
 
-BY_KEYS = sa.text(f"SELECT {TASK_COLUMNS} FROM task WHERE idempotency_key = ANY(CAST(:keys AS text[]))")  # noqa: S608
+BY_KEYS = sql.SQL(f"SELECT {TASK_COLUMNS} FROM task WHERE idempotency_key = ANY(%(keys)s::text[])")  # noqa: S608
 
 
 async def by_idempotency_keys(db: Db, keys: Sequence[str]) -> list[TaskRow]:
-    """The tasks that hold these idempotency keys."""
-    return _rows(TaskRow, await db.execute(BY_KEYS, {"keys": list(keys)}))
+    """The tasks that hold these idempotency keys (on the psycopg connection under `db`, like `create`)."""
+    return [_make(TaskRow, r) for r in await _fetch(db, BY_KEYS, {"keys": list(keys)})]
 
 
 GET_TASK = sa.text(f"SELECT {TASK_COLUMNS} FROM task WHERE id = :id")  # noqa: S608
@@ -402,6 +424,55 @@ GET_TASK = sa.text(f"SELECT {TASK_COLUMNS} FROM task WHERE id = :id")  # noqa: S
 async def get(db: Db, task_id: uuid.UUID) -> TaskRow | None:
     row = (await db.execute(GET_TASK, {"id": task_id})).first()
     return None if row is None else _make(TaskRow, row._mapping)
+
+
+@dataclass(frozen=True, slots=True)
+class WaitContext:
+    """What says why a waiting task is not running, read with it (services.tasks.with_waiting): the types and
+    queues live workers serve (None: some live worker serves every one), the paused queues, Postgres's clock."""
+
+    served_types: frozenset[str] | None
+    paused_queues: frozenset[str]
+    served_queues: frozenset[str] | None
+    now: datetime
+
+
+# The row, and for a waiting task the context of its waiting reason, in one statement (it used to be five): each
+# scalar subquery runs only when the CASE needs it, so a finished task's read costs what GET_TASK costs.
+_IF_WAITING = "CASE WHEN task.status = ANY(%(waiting)s::text[]) THEN "
+GET_TASK_WAITING = sql.SQL(
+    f"SELECT {', '.join(f'task.{c}' for c in _names(TaskRow))}, "  # noqa: S608 - constant fragments
+    f"{_IF_WAITING}(SELECT CASE WHEN bool_or(w.task_types IS NULL) THEN NULL "
+    "ELSE coalesce(array_agg(DISTINCT k.name) FILTER (WHERE k.name IS NOT NULL), ARRAY[]::text[]) END "
+    "FROM worker w LEFT JOIN LATERAL jsonb_object_keys(w.task_types) AS k(name) ON TRUE "
+    "WHERE w.expires_at > now()) END AS ctx_served_types, "
+    f"{_IF_WAITING}(SELECT CASE WHEN bool_or(w.queues IS NULL) THEN NULL "
+    "ELSE coalesce(array_agg(DISTINCT q.name) FILTER (WHERE q.name IS NOT NULL), ARRAY[]::text[]) END "
+    "FROM worker w LEFT JOIN LATERAL unnest(w.queues) AS q(name) ON TRUE "
+    "WHERE w.expires_at > now()) END AS ctx_served_queues, "
+    f"{_IF_WAITING}(SELECT coalesce(array_agg(name), ARRAY[]::text[]) FROM queue WHERE paused) END AS ctx_paused, "
+    "clock_timestamp() AS ctx_now "
+    "FROM task WHERE task.id = %(id)s"
+)
+
+
+async def get_waiting(db: Db, task_id: uuid.UUID) -> tuple[TaskRow, WaitContext | None] | None:
+    """A task, and if it waits the context of its waiting reason (one round trip, on the psycopg connection
+    under `db`); None if there is no such task."""
+    rows = await _fetch(db, GET_TASK_WAITING, {"id": task_id, "waiting": STATUS_PARAMS["waiting"]})
+    if not rows:
+        return None
+    r = rows[0]
+    row = _make(TaskRow, r)
+    if row.status not in WAITING:
+        return row, None
+    types, queues = r["ctx_served_types"], r["ctx_served_queues"]
+    return row, WaitContext(
+        served_types=None if types is None else frozenset(types),
+        paused_queues=frozenset(r["ctx_paused"]),
+        served_queues=None if queues is None else frozenset(queues),
+        now=r["ctx_now"],
+    )
 
 
 STATUS_OF = sa.text("SELECT status FROM task WHERE id = :id")

@@ -265,6 +265,43 @@ async def test_heartbeat_registers_and_renews_a_worker_and_unregister_removes_it
     assert pg.sql("SELECT count(*) FROM worker") == [(0,)]
 
 
+async def test_get_waiting_reads_a_waiting_tasks_context_in_one_statement_as_the_separate_reads_do(pg: Pg) -> None:
+    """store.get_waiting (GET /tasks/{id}) gives what served_types, served_queues, paused_queues and db_now give,
+    for a waiting task only; None for a missing one."""
+    waiting, done = await create(pg, new(queue="a"), new())
+    await claim(pg, done)
+    async with pg.auto() as s:
+        assert await store.get_waiting(s, uuid.uuid4()) is None
+        # No live worker: nothing served (not None, which means served by all).
+        found = await store.get_waiting(s, waiting.id)
+        assert found is not None and found[0] == waiting
+        ctx = found[1]
+        assert ctx is not None
+        assert (ctx.served_types, ctx.served_queues, ctx.paused_queues) == (frozenset(), frozenset(), frozenset())
+        await store.heartbeat(pg.writer, "w2", hostname="h", pid=1, lease_s=30, task_types={"add": "f"}, queues=["b"])
+        await store.heartbeat(pg.writer, "w3", hostname="h", pid=1, lease_s=30, task_types={"sleep": "f"}, queues=["c"])
+        await heartbeat(pg, "dead", {"echo": "f1"}, lease_s=-1)
+        await store.set_queue_paused(s, "a", paused=True)
+        before = await store.db_now(s)
+        found = await store.get_waiting(s, waiting.id)
+        assert found is not None and found[1] is not None
+        ctx = found[1]
+        assert ctx.served_types == await store.served_types(s) == frozenset({"add", "sleep"})
+        assert ctx.served_queues == await store.served_queues(s) == frozenset({"b", "c"})
+        assert ctx.paused_queues == frozenset(await store.paused_queues(s)) == frozenset({"a"})
+        assert before <= ctx.now <= await store.db_now(s)
+        # A worker taking from every queue, and one that predates task_types: both mean "every one".
+        await heartbeat(pg, "w1")
+        pg.sql(
+            "INSERT INTO worker (id, hostname, pid, started_at, expires_at) "
+            "VALUES ('old', 'h', 1, now(), now() + interval '1 minute')"
+        )
+        found = await store.get_waiting(s, waiting.id)
+        assert found is not None and found[1] is not None
+        assert (found[1].served_types, found[1].served_queues) == (None, None)
+        assert await store.get_waiting(s, done.id) == (await store.get(s, done.id), None), "running: no context"
+
+
 async def test_served_types_and_other_schemas_come_from_live_workers_only(pg: Pg) -> None:
     async with pg.auto() as s:
         assert await store.served_types(s) == frozenset()

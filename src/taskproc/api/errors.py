@@ -76,6 +76,7 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     sa_exc.InterfaceError,
     sa_exc.TimeoutError,
     psycopg.OperationalError,
+    psycopg.InterfaceError,
     TimeoutError,
     ConnectionError,
     RedisError,
@@ -142,7 +143,7 @@ def status_of(exc: BaseException) -> int:
         return 503
     if isinstance(exc, UNAVAILABLE):
         return 503
-    if isinstance(exc, sa_exc.DataError):
+    if isinstance(exc, sa_exc.DataError | psycopg.DataError):
         return 422
     return 500
 
@@ -194,11 +195,15 @@ def _install_request_handlers(app: FastAPI) -> None:
             return JSONResponse({"detail": [{"loc": ["body"], "msg": msg, "type": "json_invalid"}]}, status_code=422)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(sa_exc.DataError)
-    async def _data_error(request: Request, exc: sa_exc.DataError) -> JSONResponse:
+    async def _data_error(request: Request, exc: Exception) -> JSONResponse:
         # E.g. a NUL character in a string, which Postgres text cannot hold. Same shape as other 422s.
         detail = [{"loc": ["request"], "msg": "a value is not acceptable to the database", "type": "value_error"}]
         return JSONResponse({"detail": detail}, status_code=422)
+
+    # SQLAlchemy's wrapper, and psycopg's own from the statements run on the driver's connection
+    # (store._driver_connection).
+    app.add_exception_handler(sa_exc.DataError, _data_error)
+    app.add_exception_handler(psycopg.DataError, _data_error)
 
 
 def _install_backing_service_handlers(app: FastAPI) -> None:
@@ -216,6 +221,12 @@ def _install_backing_service_handlers(app: FastAPI) -> None:
             log.warning("database unavailable: %s", type(exc.orig).__name__)
             return _unavailable("database")
         log.error("database error: %s", type(exc.orig).__name__)
+        return JSONResponse({"detail": "internal database error"}, status_code=500)
+
+    @app.exception_handler(psycopg.Error)
+    async def _psycopg_error(request: Request, exc: psycopg.Error) -> JSONResponse:
+        # The driver's own errors (store._driver_connection), answered as their SQLAlchemy wrappers are above.
+        log.error("database error: %s", type(exc).__name__)
         return JSONResponse({"detail": "internal database error"}, status_code=500)
 
     @app.exception_handler(RedisError)

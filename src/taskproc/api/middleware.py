@@ -216,31 +216,11 @@ async def _after_timeout(current: asyncio.Task[Any], scope: Scope, reply: asynci
 
 
 class RequestIdMiddleware:
-    """Takes X-Request-ID from the client (if sane) or makes one, and returns it on the response."""
+    """Takes X-Request-ID from the client (if sane) or makes one, returns it on the response, and logs one line
+    per API request (probes and scrapes excluded) with the request id, status and duration.
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
-
-
-class AccessLogMiddleware:
-    """One log line per API request (probes and scrapes excluded), with the request id, status and duration.
-
-    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which costs a task and a stream per request.
+    One layer for both, plain ASGI (not Starlette's BaseHTTPMiddleware, which costs a task and a stream per
+    request): every layer that wraps `send` is a call per message of every response.
     """
 
     QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -250,31 +230,42 @@ class AccessLogMiddleware:
         self.log = logging.getLogger("taskproc.api")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.QUIET:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        incoming = b""
+        for name, value in scope.get("headers") or ():
+            if name == b"x-request-id":
+                incoming = value
+                break
+        text = incoming.decode("latin-1")
+        request_id = text if _REQUEST_ID.match(text) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
         t0 = time.perf_counter()
         status = 500
 
-        async def send_and_record(message: Message) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive, send_with_id)
         finally:
-            self.log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status_code": status,
-                    "duration_ms": round((time.perf_counter() - t0) * 1000, 2),
-                    "request_id": scope.get("state", {}).get("request_id"),
-                },
-            )
+            if scope["path"] not in self.QUIET and self.log.isEnabledFor(logging.INFO):
+                self.log.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status_code": status,
+                        "duration_ms": round((time.perf_counter() - t0) * 1000, 2),
+                        "request_id": request_id,
+                    },
+                )
 
 
 class ApiKeyMiddleware:

@@ -348,12 +348,18 @@ async def _with_waiting(session: AsyncSession, tasks: list[TaskPublic]) -> list[
 
 
 async def get_task(*, session: AsyncSession, task_id: uuid.UUID, redis: Redis | None = None) -> TaskPublic:
-    row = await store.get(session, task_id)
-    if row is None:
+    """One task; a waiting one with its reason, from one statement (store.get_waiting), plus its key's limit
+    for a due keyed task (a second) and its position for a ready one (one Redis call)."""
+    found = await store.get_waiting(session, task_id)
+    if found is None:
         raise NotFoundError(f"task {task_id} not found")
+    row, ctx = found
     task = to_public(row)
-    if task.status in WAITING:
-        await _with_waiting(session, [task])
+    if ctx is not None:
+        with_waiting([task], ctx.served_types, ctx.paused_queues, ctx.served_queues, ctx.now)
+        if task.waiting is not None and task.waiting.reason == "ready" and task.concurrency_key:
+            keys = {r.key: r for r in await store.get_keys(session, [task.concurrency_key])}
+            with_waiting([task], ctx.served_types, ctx.paused_queues, ctx.served_queues, ctx.now, keys)
         if redis is not None and task.waiting is not None and task.waiting.reason == "ready":
             task.waiting.position = await _ready_position(redis, row)
     return task

@@ -1,5 +1,6 @@
 // The taskproc dashboard: stats, the task table, task details, actions, and live updates over SSE.
 
+import { startCharts } from './charts.js';
 import { API, api, authHeaders, clearKey, getKey, onUnauthorized, query, setKey } from './api.js';
 import { $, badge, clear, formatDuration, formatTime, h, pretty, shortId, taskDuration, toast } from './dom.js';
 import { refreshLimits, startLimits } from './limits.js';
@@ -735,6 +736,7 @@ async function start() {
   startSchedules(reportError, (name) => setFilter('schedule', name));
   startQueues(reportError, queuesSeen);
   startLimits(reportError);
+  startCharts(reportError);
   startCountdowns(() => { if (state.selected) scheduleDetail(); });
   if (state.selected) openDetail(state.selected);
   state.started = true;

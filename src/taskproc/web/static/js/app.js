@@ -1,5 +1,6 @@
 // The taskproc dashboard: stats, the task table, task details, actions, and live updates over SSE.
 
+import { startBulk } from './bulk.js';
 import { startCharts } from './charts.js';
 import { API, api, authHeaders, clearKey, getKey, onUnauthorized, query, setKey } from './api.js';
 import { $, badge, clear, formatDuration, formatTime, h, pretty, shortId, taskDuration, toast } from './dom.js';
@@ -737,6 +738,7 @@ async function start() {
   startQueues(reportError, queuesSeen);
   startLimits(reportError);
   startCharts(reportError);
+  startBulk({ filters: () => state.filters, done: () => { scheduleTasks(); scheduleStats(); }, reportError });
   startCountdowns(() => { if (state.selected) scheduleDetail(); });
   if (state.selected) openDetail(state.selected);
   state.started = true;

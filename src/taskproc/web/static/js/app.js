@@ -7,6 +7,7 @@ import { $, badge, clear, formatDuration, formatTime, h, pretty, shortId, taskDu
 import { refreshLimits, startLimits } from './limits.js';
 import { refreshQueues, startQueues } from './queues.js';
 import { startSchedules } from './schedules.js';
+import { startWebhooks } from './webhooks.js';
 import { FieldError, PayloadForm } from './schema-form.js';
 import { EventStream } from './sse.js';
 import { reasonBadge, startCountdowns, waitingLine } from './waiting.js';
@@ -738,6 +739,7 @@ async function start() {
   startQueues(reportError, queuesSeen);
   startLimits(reportError);
   startCharts(reportError);
+  startWebhooks(reportError);
   startBulk({ filters: () => state.filters, done: () => { scheduleTasks(); scheduleStats(); }, reportError });
   startCountdowns(() => { if (state.selected) scheduleDetail(); });
   if (state.selected) openDetail(state.selected);

@@ -27,7 +27,7 @@ const CHARTS = [
     id: 'backlog',
     title: 'Ready and running',
     hint: 'tasks at each sample',
-    format: (v) => Math.round(v).toLocaleString(),
+    format: (v) => (Number.isInteger(v) ? v.toLocaleString() : v.toFixed(1)),
     series: [
       { key: 'ready', label: 'ready', color: 'pending' },
       { key: 'running', label: 'running', color: 'running' },
@@ -100,7 +100,7 @@ function drawChart(chart, points, now) {
   const axis = svg('g', { class: 'axis' },
     svg('text', { x: PAD.left, y: H - 4 }, formatTime(new Date(x0).toISOString())),
     svg('text', { x: W - PAD.right, y: H - 4, 'text-anchor': 'end' }, 'now'));
-  return svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': chart.title, preserveAspectRatio: 'none' },
+  return svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': chart.title },
     ...grid, axis, ...lines);
 }
 

@@ -1,5 +1,5 @@
-"""Client commands of `taskproc`: submit, get, list, cancel, retry, delete, stats, watch, schedules, queues and
-limits, over the REST API.
+"""Client commands of `taskproc`: submit, get, list, cancel, retry, delete, stats, watch, schedules, queues,
+limits, webhooks and bulk, over the REST API.
 
 A thin layer over the SDK (`taskproc.client`): they talk to a running API (`--api-url`, env TASKPROC_API_URL),
 optionally with a key (`--api-key`, env TASKPROC_API_KEY), and print for people with rich, or JSON for scripts
@@ -41,6 +41,8 @@ from rich.text import Text
 from taskproc.client import (
     APIConnectionError,
     APIStatusError,
+    BulkCount,
+    BulkPublic,
     LimitPublic,
     Overlap,
     QueuePublic,
@@ -1194,6 +1196,134 @@ def webhooks_redeliver(
         out.print(f"[green]✓[/green] redelivery of {delivery.id} queued")
 
 
+# ---- bulk actions ------------------------------------------------------------------------------------------
+
+bulk_app = typer.Typer(help="Bulk actions by filter: retry, cancel, delete, set-priority; status and list.")
+BULK_POLL_S = 0.5
+
+
+def bulk_line(op: BulkPublic) -> str:
+    return f"bulk {op.action.value} {op.id}: {op.status.value}, {op.done:,} done, {op.failed:,} skipped of {op.total:,}"
+
+
+def _show_bulk(op: BulkPublic, json_out: bool) -> None:
+    if json_out:
+        emit_json(dump(op))
+    else:
+        out.print(bulk_line(op))
+
+
+def _bulk_command(action: str, *, with_priority: bool) -> Callable[..., None]:
+    def command(
+        status: Annotated[StatusChoice | None, typer.Option(help="Only tasks in this status.")] = None,
+        type_: Annotated[str | None, typer.Option("--type", help="Only this task type.")] = None,
+        priority: Annotated[PriorityChoice | None, typer.Option(help="Only tasks of this priority.")] = None,
+        queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None,
+        schedule: Annotated[str | None, typer.Option(help="Only the tasks of this schedule.")] = None,
+        created_before: Annotated[datetime | None, typer.Option(help="Only tasks created before (ISO 8601).")] = None,
+        created_after: Annotated[datetime | None, typer.Option(help="Only tasks created after (ISO 8601).")] = None,
+        to: Annotated[PriorityChoice | None, typer.Option("--to", help="set-priority: the new priority.")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count the matching tasks.")] = False,
+        wait: Annotated[bool, typer.Option("--wait", help="Follow the operation until it ends.")] = False,
+        api_url: ApiUrl = DEFAULT_URL,
+        api_key: ApiKey = None,
+        json_out: JsonOut = False,
+    ) -> None:
+        if with_priority and to is None and not dry_run:
+            err.print("[red]error:[/red] set-priority needs --to high|normal|low")
+            raise typer.Exit(2)
+        flt: dict[str, Any] = {
+            "status": status,
+            "type": type_,
+            "priority": priority,
+            "queue": queue,
+            "schedule": schedule,
+            "created_before": None if created_before is None else created_before.isoformat(),
+            "created_after": None if created_after is None else created_after.isoformat(),
+        }
+        flt = {k: str(v) if k in ("status", "priority") and v is not None else v for k, v in flt.items()}
+        with client_for(api_url, api_key) as client:
+            result = client.bulk(action, flt, priority=to if with_priority else None, dry_run=dry_run)
+            if isinstance(result, BulkCount):
+                if json_out:
+                    emit_json(dump(result))
+                else:
+                    out.print(f"{result.total:,} tasks match: bulk {action} would apply to them (dry run)")
+                return
+            op = result
+            if not json_out:
+                out.print(bulk_line(op))
+            while wait and op.status.value == "running":
+                time.sleep(BULK_POLL_S)
+                op = client.bulk_status(op.id)
+        if json_out:
+            emit_json(dump(op))
+        elif wait:
+            out.print(bulk_line(op))
+        if wait and op.status.value == "failed":
+            raise typer.Exit(EXIT_TASK)
+
+    command.__doc__ = {
+        "retry": "Retry every failed or canceled task the filters match (count first with --dry-run).",
+        "cancel": "Cancel every waiting or running task the filters match.",
+        "delete": "Delete every finished task the filters match, with its history.",
+        "set_priority": "Change the priority of every pending task the filters match (--to).",
+    }[action]
+    return command
+
+
+for _name, _action_name in (("retry", "retry"), ("cancel", "cancel"), ("delete", "delete")):
+    bulk_app.command(_name)(_bulk_command(_action_name, with_priority=False))
+bulk_app.command("set-priority")(_bulk_command("set_priority", with_priority=True))
+
+
+@bulk_app.command("status")
+def bulk_status(
+    bulk_id: Annotated[str, typer.Argument(metavar="ID", help="Bulk operation id.")],
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """A bulk operation's progress."""
+    with client_for(api_url, api_key) as client:
+        op = client.bulk_status(bulk_id)
+    _show_bulk(op, json_out)
+
+
+@bulk_app.command("list")
+def bulk_list(
+    limit: Annotated[int, typer.Option(min=1, max=200, help="How many, newest first.")] = 50,
+    api_url: ApiUrl = DEFAULT_URL,
+    api_key: ApiKey = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Bulk operations, newest first: who asked for what, when, and how far they got."""
+    with client_for(api_url, api_key) as client:
+        items = client.list_bulk(limit=limit)
+    if json_out:
+        emit_json(dump(items))
+        return
+    if not items:
+        out.print("no bulk operations")
+        return
+    table = Table(box=box.SIMPLE_HEAD, title=None)
+    for column in ("id", "action", "filter", "status", "done", "skipped", "total", "by", "created"):
+        table.add_column(column)
+    for op in items:
+        table.add_row(
+            str(op.id),
+            op.action.value,
+            escape(json.dumps(op.filter.model_dump(mode="json", exclude_none=True))),
+            op.status.value,
+            f"{op.done:,}",
+            f"{op.failed:,}",
+            f"{op.total:,}",
+            escape(op.requested_by),
+            fmt_time(op.created_at),
+        )
+    out.print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Add the client commands to the `taskproc` command."""
     panel = "Client commands (talk to a running API)"
@@ -1216,3 +1346,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(queues_app, name="queues", rich_help_panel=panel)
     app.add_typer(webhooks_app, name="webhooks", rich_help_panel=panel)
     app.add_typer(limits_app, name="limits", rich_help_panel=panel)
+    app.add_typer(bulk_app, name="bulk", rich_help_panel=panel)

@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     scheduler_tick_s: float = Field(
         default=1.0, gt=0, le=60, description="How often the scheduler looks for due schedules."
     )
+    stats_sample_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="How often an API process (one at a time, under an advisory lock) records a sample for the "
+        "dashboard's charts (GET /api/v1/stats/history); samples are kept for 24 hours.",
+    )
     webhooks: bool = Field(
         default=True,
         description="API processes turn task events into webhook deliveries (one process at a time, under an "

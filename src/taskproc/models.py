@@ -1044,3 +1044,63 @@ class BulkOperation(SQLModel, table=True):
     created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
     finished_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True)))
+
+
+# ---- stats history (migration 0016) -------------------------------------------------------------------------------
+
+
+def _float_col() -> Any:
+    return sa.Column(sa.Float, nullable=True)
+
+
+class StatsSample(SQLModel, table=True):
+    """One sample of the service's numbers (migration 0016): what the dashboard's charts draw."""
+
+    __tablename__ = "stats_sample"
+
+    at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), primary_key=True))
+    interval_s: float = Field(sa_column=sa.Column(sa.Float, nullable=False))
+    completed: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    failed: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    canceled: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    ready: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    running: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    wait_p50_s: float | None = Field(default=None, sa_column=_float_col())
+    wait_p95_s: float | None = Field(default=None, sa_column=_float_col())
+    wait_p99_s: float | None = Field(default=None, sa_column=_float_col())
+    run_p50_s: float | None = Field(default=None, sa_column=_float_col())
+    run_p95_s: float | None = Field(default=None, sa_column=_float_col())
+    run_p99_s: float | None = Field(default=None, sa_column=_float_col())
+
+
+class StatsPoint(SQLModel):
+    """The numbers of one interval: tasks that finished in it, and the backlog at its end."""
+
+    at: datetime = Field(description="The end of the interval (the sample's time, Postgres's clock).")
+    interval_s: float = Field(description="Its length: the time since the previous sample.")
+    completed: int = Field(description="Tasks that completed in the interval.")
+    failed: int = Field(description="Tasks that failed in the interval (their last attempt).")
+    canceled: int = Field(description="Tasks canceled in the interval.")
+    completed_per_s: float
+    failed_per_s: float
+    ready: int = Field(description="Tasks waiting (pending or retrying, delayed ones included) at the end.")
+    running: int = Field(description="Tasks running at the end.")
+    wait_p50_s: float | None = Field(
+        description="Median wait of the tasks that finished in the interval: from due (run_at) to their last start; "
+        "null if none finished."
+    )
+    wait_p95_s: float | None
+    wait_p99_s: float | None
+    run_p50_s: float | None = Field(
+        description="Median run time (last start to finish) of the completed and failed tasks of the interval."
+    )
+    run_p95_s: float | None
+    run_p99_s: float | None
+
+
+class StatsHistory(SQLModel):
+    """GET /api/v1/stats/history: samples oldest first."""
+
+    window_s: int
+    sample_s: float = Field(description="How often samples are taken (TASKPROC_STATS_SAMPLE_S).")
+    points: list[StatsPoint]

@@ -2291,3 +2291,90 @@ async def expire_results(db: Db, *, batch: int) -> int:
     """Drop the results of up to `batch` finished tasks whose `result_ttl_s` has passed (the row and its history
     stay, `result_expired_at` says when), skipping rows someone holds a lock on; returns how many."""
     return int((await db.execute(EXPIRE_RESULTS, {"batch": batch})).scalar_one())
+
+
+# ---- stats history (migration 0016) ----------------------------------------------------------------------------
+
+STATS_SAMPLE_LOCK = 7314250016
+TRY_STATS_SAMPLE_LOCK = sa.text("SELECT pg_try_advisory_xact_lock(:k)")
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSampleRow:
+    """A `stats_sample` row: one interval's finished tasks and percentiles, and the backlog at its end."""
+
+    at: datetime
+    interval_s: float
+    completed: int
+    failed: int
+    canceled: int
+    ready: int
+    running: int
+    wait_p50_s: float | None
+    wait_p95_s: float | None
+    wait_p99_s: float | None
+    run_p50_s: float | None
+    run_p95_s: float | None
+    run_p99_s: float | None
+
+
+STATS_SAMPLE_COLUMNS = ", ".join(_names(StatsSampleRow))
+_PERCENTILES = "percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY {}) FILTER (WHERE {})"
+_RAN = "started_at IS NOT NULL AND status <> :s_canceled"
+TAKE_STATS_SAMPLE = sa.text(
+    # The interval ends `:lag_s` ago, so that a completion whose transaction commits just after this statement
+    # began (its finished_at is its own now()) still falls into the next interval instead of none.
+    "WITH prev AS (SELECT max(at) AS at FROM stats_sample), "  # noqa: S608 - constant fragments
+    "b AS (SELECT now() - make_interval(secs => :lag_s) AS until, greatest(coalesce(prev.at, now() - "
+    "make_interval(secs => :lag_s + :first_s)), now() - make_interval(secs => :lag_s + :max_s)) AS since, "
+    "prev.at AS prev_at FROM prev), "
+    # Bounded by the partial index on finished_at (ix_task_terminal_finished): only the interval's rows are read.
+    "fin AS (SELECT t.status, t.run_at, t.started_at, t.finished_at FROM task t, b "
+    "WHERE t.status = ANY(CAST(:terminal AS text[])) AND t.finished_at > b.since AND t.finished_at <= b.until), "
+    "agg AS (SELECT count(*) FILTER (WHERE status = :s_completed) AS completed, "
+    "count(*) FILTER (WHERE status = :s_failed) AS failed, count(*) FILTER (WHERE status = :s_canceled) AS canceled, "
+    + _PERCENTILES.format("greatest(extract(epoch FROM started_at - run_at), 0)", _RAN)
+    + " AS wait, "
+    + _PERCENTILES.format("greatest(extract(epoch FROM finished_at - started_at), 0)", _RAN)
+    + " AS run FROM fin), "
+    # The backlog from the trigger-kept counters (migration 0002), never from the task table.
+    "c AS (SELECT coalesce(sum(n) FILTER (WHERE status = ANY(CAST(:waiting AS text[]))), 0)::bigint AS ready, "
+    "coalesce(sum(n) FILTER (WHERE status = :s_running), 0)::bigint AS running FROM task_count) "
+    "INSERT INTO stats_sample (" + STATS_SAMPLE_COLUMNS + ") "
+    "SELECT b.until, extract(epoch FROM b.until - b.since), agg.completed, agg.failed, agg.canceled, c.ready, "
+    "c.running, agg.wait[1], agg.wait[2], agg.wait[3], agg.run[1], agg.run[2], agg.run[3] FROM b, agg, c "
+    # Another API process took a sample a moment ago (the lock is held only while one is taken).
+    "WHERE b.prev_at IS NULL OR b.prev_at <= b.until - make_interval(secs => :min_gap_s) "
+    "ON CONFLICT (at) DO NOTHING RETURNING " + STATS_SAMPLE_COLUMNS
+)
+PRUNE_STATS_SAMPLES = sa.text("DELETE FROM stats_sample WHERE at < now() - make_interval(secs => :keep_s)")
+STATS_SAMPLES = sa.text(
+    "SELECT " + STATS_SAMPLE_COLUMNS + " FROM stats_sample "  # noqa: S608 - constant fragments
+    "WHERE at > now() - make_interval(secs => :window_s) ORDER BY at"
+)
+
+
+async def try_stats_sample_lock(db: Db) -> bool:
+    """Take the stats sampler's transaction-level advisory lock if no other process holds it."""
+    return bool((await db.execute(TRY_STATS_SAMPLE_LOCK, {"k": STATS_SAMPLE_LOCK})).scalar_one())
+
+
+async def take_stats_sample(
+    db: Db, *, interval_s: float, lag_s: float = 1.0, max_interval_s: float = 300.0
+) -> StatsSampleRow | None:
+    """Record the interval since the last sample (the first one covers `interval_s`, none more than
+    `max_interval_s`): its completed, failed and canceled tasks, their wait and run percentiles, and the waiting
+    and running counters now. None if another process sampled less than half an interval ago."""
+    params = _params(lag_s=lag_s, first_s=interval_s, max_s=max_interval_s, min_gap_s=interval_s / 2)
+    rows = _rows(StatsSampleRow, await db.execute(TAKE_STATS_SAMPLE, params))
+    return rows[0] if rows else None
+
+
+async def prune_stats_samples(db: Db, *, keep_s: float) -> int:
+    """Delete the samples older than `keep_s`; how many."""
+    return int(getattr(await db.execute(PRUNE_STATS_SAMPLES, {"keep_s": keep_s}), "rowcount", 0))
+
+
+async def stats_samples(db: Db, *, window_s: float) -> list[StatsSampleRow]:
+    """The samples of the last `window_s` seconds, oldest first (at most window / sample interval rows)."""
+    return _rows(StatsSampleRow, await db.execute(STATS_SAMPLES, {"window_s": window_s}))

@@ -12,7 +12,7 @@ from fastapi import APIRouter, FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 from redis.asyncio import Redis
 
-from taskproc import __version__, bulk, scheduler, tracing, webhooks
+from taskproc import __version__, bulk, samples, scheduler, tracing, webhooks
 from taskproc.api.deps import AuthDep
 from taskproc.api.errors import install_error_handlers
 from taskproc.api.middleware import (
@@ -23,6 +23,7 @@ from taskproc.api.middleware import (
 )
 from taskproc.api.routes import bulk as bulk_routes
 from taskproc.api.routes import events, health, limits, meta, queues, schedules, tasks, web
+from taskproc.api.routes import history as history_routes
 from taskproc.api.routes import webhooks as webhook_routes
 from taskproc.api.routing import DocstringRoute
 from taskproc.config import Settings, get_settings
@@ -85,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     scheduler.run_in_api(settings, app.state.redis, app.state.registry, sessions),
                     bulk.run_in_api(settings, app.state.redis, sessions),
                     webhooks.run_in_api(settings, sessions),
+                    # And the samples behind the dashboard's charts (GET /api/v1/stats/history).
+                    samples.run_in_api(settings, sessions),
                 ):
                     yield
         finally:
@@ -120,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(queues.router)
     api.include_router(limits.router)
     api.include_router(meta.router)
+    api.include_router(history_routes.router)
     api.include_router(events.router)
     api.include_router(webhook_routes.router)
     app.include_router(api)

@@ -29,6 +29,8 @@ from taskproc.client.errors import (
 )
 from taskproc.client.stream import Ready, Reset, StreamEvent, TaskChange
 from taskproc.models import (
+    BulkCount,
+    BulkPublic,
     LimitOrigin,
     LimitPublic,
     Overlap,
@@ -54,6 +56,8 @@ __all__ = [
     "APITimeoutError",
     "AsyncTaskprocClient",
     "BadRequestError",
+    "BulkCount",
+    "BulkPublic",
     "ConflictError",
     "InvalidInputError",
     "InvalidResponseError",

@@ -23,6 +23,8 @@ from taskproc.client.errors import (
 from taskproc.client.stream import Reset, StreamEvent, parse
 from taskproc.models import (
     TERMINAL,
+    BulkCount,
+    BulkPublic,
     LimitPublic,
     Overlap,
     Priority,
@@ -61,6 +63,9 @@ _DELIVERY = TypeAdapter(WebhookDeliveryPublic)
 _DELIVERIES = TypeAdapter(builtins.list[WebhookDeliveryPublic])
 _LIMIT = TypeAdapter(LimitPublic)
 _LIMITS = TypeAdapter(builtins.list[LimitPublic])
+_BULK = TypeAdapter(BulkPublic)
+_BULKS = TypeAdapter(builtins.list[BulkPublic])
+_BULK_COUNT = TypeAdapter(BulkCount)
 
 
 class AsyncTaskprocClient:
@@ -330,6 +335,34 @@ class AsyncTaskprocClient:
     async def trigger_schedule(self, name: str) -> TaskPublic:
         """Run a schedule now: one task at once; returns it."""
         return await self._call(_base.Call("POST", _base.schedule_path(name, "/trigger"), False), _TASK)
+
+    # ---- bulk actions ----
+
+    async def bulk(
+        self,
+        action: str,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        priority: Priority | str | None = None,
+        dry_run: bool = False,
+    ) -> BulkPublic | BulkCount:
+        """Apply `action` (`retry`, `cancel`, `delete`, `set_priority` with `priority`) to every task `filter`
+        matches (the list's filters: status, type, priority, queue, schedule, created_before, created_after).
+        With `dry_run`, the count of matching tasks now (a `BulkCount`); otherwise the operation, which runs in
+        the background (follow it with `bulk_status`)."""
+        call = _base.Call("POST", "/tasks/bulk", dry_run, json=_base.bulk_body(action, filter, priority, dry_run))
+        if dry_run:
+            return await self._call(call, _BULK_COUNT)
+        return await self._call(call, _BULK)
+
+    async def bulk_status(self, bulk_id: TaskId) -> BulkPublic:
+        """A bulk operation and its progress (`done` and `failed` of `total`, `status`)."""
+        return await self._call(_base.Call("GET", _base.bulk_path(bulk_id), True), _BULK)
+
+    async def list_bulk(self, *, limit: int | None = None) -> builtins.list[BulkPublic]:
+        """Bulk operations, newest first (the audit trail: who asked for what, and when)."""
+        params = {"limit": limit} if limit is not None else None
+        return await self._call(_base.Call("GET", "/bulk", True, params=params), _BULKS)
 
     # ---- webhooks ----
 

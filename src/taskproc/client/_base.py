@@ -130,6 +130,19 @@ def webhook_body(
     return body
 
 
+def bulk_body(action: str, filter: Mapping[str, Any] | None, priority: str | None, dry_run: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"action": str(action), "filter": {k: v for k, v in (filter or {}).items() if v is not None}}
+    if priority is not None:
+        body["priority"] = str(priority)
+    if dry_run:
+        body["dry_run"] = True
+    return body
+
+
+def bulk_path(bulk_id: TaskId) -> str:
+    return f"/bulk/{uuid.UUID(str(bulk_id))}"
+
+
 def redeliver_path(delivery_id: TaskId, webhook_id: TaskId | None) -> str:
     delivery = uuid.UUID(str(delivery_id))
     if webhook_id is None:

@@ -1,10 +1,13 @@
 // The taskproc dashboard: stats, the task table, task details, actions, and live updates over SSE.
 
+import { startBulk } from './bulk.js';
+import { startCharts } from './charts.js';
 import { API, api, authHeaders, clearKey, getKey, onUnauthorized, query, setKey } from './api.js';
 import { $, badge, clear, formatDuration, formatTime, h, pretty, shortId, taskDuration, toast } from './dom.js';
 import { refreshLimits, startLimits } from './limits.js';
 import { refreshQueues, startQueues } from './queues.js';
 import { startSchedules } from './schedules.js';
+import { startWebhooks } from './webhooks.js';
 import { FieldError, PayloadForm } from './schema-form.js';
 import { EventStream } from './sse.js';
 import { reasonBadge, startCountdowns, waitingLine } from './waiting.js';
@@ -735,6 +738,9 @@ async function start() {
   startSchedules(reportError, (name) => setFilter('schedule', name));
   startQueues(reportError, queuesSeen);
   startLimits(reportError);
+  startCharts(reportError);
+  startWebhooks(reportError);
+  startBulk({ filters: () => state.filters, done: () => { scheduleTasks(); scheduleStats(); }, reportError });
   startCountdowns(() => { if (state.selected) scheduleDetail(); });
   if (state.selected) openDetail(state.selected);
   state.started = true;

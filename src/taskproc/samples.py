@@ -81,8 +81,14 @@ async def run_in_api(settings: Settings, sessions: async_sessionmaker[AsyncSessi
         sessions = create_sessionmaker(engine)
     made = sessions
 
+    started = False
+
     async def tick() -> None:
-        await sample(settings, made)
+        # The first sample one interval after start, not at once: a sample covers an interval that has passed.
+        nonlocal started
+        if started:
+            await sample(settings, made)
+        started = True
 
     loop = asyncio.create_task(every(settings.stats_sample_s, tick, "stats sampler", jitter=0.05))
     try:

@@ -47,7 +47,8 @@ def _scans(stack: Stack, table: str) -> int:
 
 def test_stats_and_metrics_read_no_task_rows(stack_factory: StackFactory) -> None:
     # The API's own maintenance (reconciler) would read the table; it is not what this measures.
-    env = {"TASKPROC_API_MAINTENANCE": "false", "TASKPROC_RECONCILE_S": "3600"}
+    # Nor the stats sampler (its first sample is one interval after start).
+    env = {"TASKPROC_API_MAINTENANCE": "false", "TASKPROC_RECONCILE_S": "3600", "TASKPROC_STATS_SAMPLE_S": "300"}
     with stack_factory(workers=0, env=env) as stack:
         stack.sql("ALTER TABLE task SET (autovacuum_enabled = false)")
         stack.sql(

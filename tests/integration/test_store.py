@@ -1253,3 +1253,19 @@ async def test_expire_results_skips_rows_another_transaction_holds(pg: Pg) -> No
     async with pg.auto() as s:
         again = await store.retry(s, expired)
     assert again is not None and again.result_expired_at is None and again.result is None
+
+
+# ---- stats history (migration 0016) -----------------------------------------------------------------------------
+
+
+async def test_stats_samples_are_taken_once_per_interval_listed_and_pruned(pg: Pg) -> None:
+    async with pg.tx() as s:
+        assert await store.try_stats_sample_lock(s)
+        await store.prune_stats_samples(s, keep_s=0)
+        first = await store.take_stats_sample(s, interval_s=10)
+        assert first is not None and first.interval_s > 0
+        assert await store.take_stats_sample(s, interval_s=10) is None, "sampled less than half an interval ago"
+        assert [r.at for r in await store.stats_samples(s, window_s=3600)] == [first.at]
+        await s.rollback()
+    async with pg.tx() as s:
+        assert await store.stats_samples(s, window_s=3600) == [], "rolled back"
